@@ -1,0 +1,46 @@
+# reelflow: `make demo` and `make test` work from a fresh clone; both set up .venv on first use.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+UV := $(VENV)/bin/uv
+STAMP := $(VENV)/.installed
+
+# No telemetry from the engines; Ray/Prefect/GX settings shared by every target.
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export RAY_USAGE_STATS_ENABLED := 0
+export DO_NOT_TRACK := 1
+export GX_ANALYTICS_ENABLED := false
+export TOKENIZERS_PARALLELISM := false
+export HF_HUB_OFFLINE := 1
+
+.PHONY: install demo test test-fast bench lock clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	@command -v ffmpeg >/dev/null || { echo "installing ffmpeg (Debian)"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ffmpeg) >/dev/null; }
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@test -x $(UV) || $(VENV)/bin/pip install -q uv
+	$(UV) pip install --python $(PY) -q -c constraints.txt -e '.[dev]'
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/reelflow demo --output demo_output
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not integration"
+
+bench: $(STAMP)
+	$(PY) bench/curate_throughput.py
+
+# Re-pin constraints.txt to what is installed now (after changing dependencies in pyproject.toml).
+lock: $(STAMP)
+	$(UV) pip freeze --python $(PY) | grep -v -E '^(-e |reelflow)' > constraints.txt
+
+clean:
+	rm -rf demo_output .pytest_cache

@@ -1,0 +1,248 @@
+"""Data-quality gates: one Great Expectations (GX Core) suite per stage table, defined as code.
+
+Each gate checks the persisted table of a stage: its schema, non-null ids, unique keys, value
+ranges on passed rows, a reason on every rejected/failed row, and conservation (every input of
+the stage is accounted for, nothing appears from nowhere). A failing gate raises ``GateFailed``,
+whose message names each failed expectation and the rows (item ids) that broke it.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass
+from functools import lru_cache
+
+import pandas as pd
+import pyarrow as pa
+
+from curation.records import LEDGER_SCHEMA, STAGE_SCHEMAS, STATUSES, TERMINAL_STATUSES, INDEX_SCHEMA
+
+MAX_ROWS_SHOWN = 10
+SHARD_PATH_REGEX = r"^shards/[A-Za-z0-9_\-]+/shard-[0-9]{6}\.tar$"
+KEY_REGEX = r"^[A-Za-z0-9_\-]+$"  # WebDataset keys: no dots, no slashes
+
+
+@dataclass
+class FailedExpectation:
+    expectation: str
+    kwargs: dict
+    rows: list[str]  # item ids (or values) that broke it
+    detail: str = ""
+
+    def __str__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.kwargs.items() if k not in ("value_set",) and v is not None)
+        shown = ", ".join(self.rows[:MAX_ROWS_SHOWN])
+        more = f" (+{len(self.rows) - MAX_ROWS_SHOWN} more)" if len(self.rows) > MAX_ROWS_SHOWN else ""
+        rows = f"\n      rows: {shown}{more}" if self.rows else ""
+        detail = f"\n      {self.detail}" if self.detail else ""
+        return f"  - {self.expectation}({args}){rows}{detail}"
+
+
+class GateFailed(Exception):
+    """A stage's table broke its suite: the flow stops before the next stage (CLI exit code 3)."""
+
+    def __init__(self, gate: str, failures: list[FailedExpectation], n_rows: int):
+        self.gate, self.failures, self.n_rows = gate, failures, n_rows
+        lines = [f"data-quality gate '{gate}' failed: {len(failures)} expectation(s) on {n_rows} row(s)"]
+        lines += [str(f) for f in failures]
+        super().__init__("\n".join(lines))
+
+
+@lru_cache(maxsize=1)
+def _context():
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    logging.getLogger("great_expectations").setLevel(logging.ERROR)
+    ctx = gx.get_context(mode="ephemeral")
+    ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
+    return ctx
+
+
+_counter = 0
+
+
+def _validate(name: str, df: pd.DataFrame, expectations: list, id_column: str | None) -> list[FailedExpectation]:
+    import great_expectations as gx
+
+    global _counter
+    _counter += 1
+    ctx = _context()
+    source = ctx.data_sources.add_pandas(f"{name}-{_counter}")
+    batch = source.add_dataframe_asset(name).add_batch_definition_whole_dataframe("all").get_batch(
+        batch_parameters={"dataframe": df}
+    )
+    suite = gx.ExpectationSuite(name=f"reelflow.{name}")
+    for e in expectations:
+        suite.add_expectation(e)
+    fmt: dict = {"result_format": "COMPLETE"}
+    if id_column and id_column in df.columns:
+        fmt["unexpected_index_column_names"] = [id_column]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = batch.validate(suite, result_format=fmt)
+    failures = []
+    for r in result.results:
+        if r.success:
+            continue
+        cfg = r.expectation_config
+        rows = []
+        for item in r.result.get("unexpected_index_list") or []:
+            rows.append(str(item.get(id_column)) if isinstance(item, dict) and id_column else str(item))
+        if not rows and r.result.get("unexpected_list"):
+            rows = [str(v) for v in r.result["unexpected_list"]]
+        detail = ""
+        if r.exception_info and r.exception_info.get("raised_exception"):
+            detail = f"could not be evaluated: {r.exception_info.get('exception_message')}"
+        elif "observed_value" in r.result and r.result["observed_value"] is not None:
+            detail = f"observed: {r.result['observed_value']!r}"
+        kwargs = {k: v for k, v in cfg.kwargs.items() if k not in ("result_format", "batch_id")}
+        failures.append(FailedExpectation(cfg.type, kwargs, rows, detail))
+    ctx.data_sources.delete(source.name)
+    return failures
+
+
+def _ok(cond: str) -> dict:
+    return {"row_condition": cond, "condition_parser": "pandas"}
+
+
+OK_ROWS = 'status=="ok"'
+
+
+def stage_expectations(stage: str, expected_inputs: set[str], id_column: str, policy) -> list:
+    import great_expectations.expectations as gxe
+
+    schema = STAGE_SCHEMAS[stage]
+    ex = [
+        gxe.ExpectTableColumnsToMatchSet(column_set=list(schema.names), exact_match=True),
+        *[gxe.ExpectColumnValuesToNotBeNull(column=c) for c in ("run_id", "item_id", "kind", "source_uri", "stage", "status")],
+        gxe.ExpectColumnValuesToBeUnique(column="item_id"),
+        gxe.ExpectColumnValuesToBeInSet(column="status", value_set=list(STATUSES)),
+        gxe.ExpectColumnValuesToBeInSet(column="stage", value_set=[stage]),
+        gxe.ExpectColumnValuesToNotBeNull(column="reason", **_ok('status!="ok"')),
+        gxe.ExpectColumnValuesToMatchRegex(column="item_id", regex=KEY_REGEX),
+    ]
+    # Conservation: exactly the inputs that passed the previous stage, each at least once.
+    if expected_inputs:
+        ex.append(gxe.ExpectColumnDistinctValuesToEqualSet(column=id_column, value_set=sorted(expected_inputs)))
+    else:
+        ex.append(gxe.ExpectTableRowCountToEqual(value=0))
+    video_cols = stage in ("probe", "filter", "shots", "clips", "extract", "shard")
+    if video_cols:
+        ex += [
+            gxe.ExpectColumnValuesToBeBetween(column="src_width", min_value=1, max_value=16384, **_ok(OK_ROWS)),
+            gxe.ExpectColumnValuesToBeBetween(column="src_height", min_value=1, max_value=16384, **_ok(OK_ROWS)),
+            gxe.ExpectColumnValuesToBeBetween(column="src_fps", min_value=0.1, max_value=1000, **_ok(OK_ROWS)),
+            gxe.ExpectColumnValuesToBeBetween(column="src_duration_s", min_value=0, strict_min=True, **_ok(OK_ROWS)),
+            gxe.ExpectColumnValuesToBeInSet(column="rotation", value_set=[0, 90, 180, 270], **_ok(OK_ROWS)),
+        ]
+    if stage == "ingest":
+        ex.append(gxe.ExpectColumnValuesToBeInSet(column="kind", value_set=["video"]))
+    if stage in ("clips", "extract", "shard"):
+        c = policy.clips
+        ex += [
+            gxe.ExpectColumnValuesToBeInSet(column="kind", value_set=["clip"]),
+            gxe.ExpectColumnValuesToNotBeNull(column="parent_id"),
+            gxe.ExpectColumnValuesToBeBetween(column="start_s", min_value=0),
+            gxe.ExpectColumnPairValuesAToBeGreaterThanB(column_A="end_s", column_B="start_s", or_equal=False),
+            gxe.ExpectColumnValuesToBeBetween(column="duration_s", min_value=c.min_seconds - 1e-3,
+                                              max_value=c.max_seconds + 1e-3, **_ok(OK_ROWS)),
+        ]
+    if stage in ("extract", "shard"):
+        ex += [
+            gxe.ExpectColumnValuesToNotBeNull(column="clip_uri", **_ok(OK_ROWS)),
+            gxe.ExpectColumnValuesToBeBetween(column="width", min_value=2, max_value=16384, **_ok(OK_ROWS)),
+            gxe.ExpectColumnValuesToBeBetween(column="height", min_value=2, max_value=16384, **_ok(OK_ROWS)),
+            gxe.ExpectColumnValuesToBeBetween(column="fps", min_value=1, max_value=240, **_ok(OK_ROWS)),
+            gxe.ExpectColumnValuesToBeBetween(column="frames", min_value=1, **_ok(OK_ROWS)),
+        ]
+    if stage == "shard":
+        ex += [
+            gxe.ExpectColumnValuesToBeInSet(column="status", value_set=["ok"]),
+            gxe.ExpectColumnValuesToMatchRegex(column="shard", regex=SHARD_PATH_REGEX),
+            gxe.ExpectColumnValuesToNotBeNull(column="bucket"),
+            gxe.ExpectColumnValuesToNotBeNull(column="caption"),
+        ]
+    return ex
+
+
+def _to_pandas(table: pa.Table) -> pd.DataFrame:
+    # Lists (shot boundaries) are opaque to GX's pandas engine; the gate does not inspect them.
+    cols = {f.name: table.column(f.name).to_pylist() if not pa.types.is_list(f.type) else
+            [len(x) if x is not None else None for x in table.column(f.name).to_pylist()]
+            for f in table.schema}
+    return pd.DataFrame(cols) if cols else pd.DataFrame()
+
+
+def check_stage(stage: str, table: pa.Table, expected_inputs: set[str], id_column: str, policy) -> None:
+    """Validate a stage's persisted table; raises GateFailed with the failing rows."""
+    failures = _validate(stage, _to_pandas(table), stage_expectations(stage, expected_inputs, id_column, policy), "item_id")
+    if failures and expected_inputs and id_column in table.column_names:
+        # Name the ids behind a conservation failure: GX reports only that the sets differ.
+        seen = {x for x in table.column(id_column).to_pylist() if x is not None}
+        for f in failures:
+            if f.expectation == "expect_column_distinct_values_to_equal_set":
+                missing, extra = sorted(expected_inputs - seen), sorted(seen - expected_inputs)
+                f.rows = [f"missing:{m}" for m in missing] + [f"unexpected:{e}" for e in extra]
+    if failures:
+        raise GateFailed(stage, failures, table.num_rows)
+
+
+def check_dataset(index: pa.Table, samples: pd.DataFrame, ledger: pa.Table, input_ids: set[str], policy) -> None:
+    """The final dataset suite (``reelflow validate``): index <-> shards, members, licences, ledger."""
+    import great_expectations.expectations as gxe
+
+    allowed = sorted({x.strip() for x in policy.licenses.allow} | {x.strip().lower() for x in policy.licenses.allow})
+    keys = sorted(set(index.column("key").to_pylist())) if index.num_rows else []
+    index_ex = [
+        gxe.ExpectTableColumnsToMatchSet(column_set=list(INDEX_SCHEMA.names), exact_match=True),
+        gxe.ExpectColumnValuesToNotBeNull(column="key"),
+        gxe.ExpectColumnValuesToBeUnique(column="key"),
+        gxe.ExpectColumnValuesToMatchRegex(column="key", regex=KEY_REGEX),
+        gxe.ExpectColumnValuesToBeInSet(column="license", value_set=allowed),
+        gxe.ExpectColumnValuesToMatchRegex(column="shard", regex=SHARD_PATH_REGEX),
+        gxe.ExpectColumnValuesToBeBetween(column="duration_s", min_value=0, strict_min=True),
+        gxe.ExpectColumnValuesToBeBetween(column="sampling_weight", min_value=0, strict_min=True),
+        gxe.ExpectColumnValuesToNotBeNull(column="caption"),
+    ]
+    shard_ex = [
+        gxe.ExpectColumnValuesToBeUnique(column="key"),
+        *[gxe.ExpectColumnValuesToBeInSet(column=m, value_set=[True]) for m in ("has_mp4", "has_json", "has_txt")],
+        gxe.ExpectColumnValuesToBeInSet(column="json_key_matches", value_set=[True]),
+        gxe.ExpectColumnValuesToBeInSet(column="json_license_allowed", value_set=[True]),
+        gxe.ExpectColumnValuesToBeInSet(column="in_index_same_shard", value_set=[True]),
+        (gxe.ExpectColumnDistinctValuesToEqualSet(column="key", value_set=keys) if keys
+         else gxe.ExpectTableRowCountToEqual(value=0)),
+    ]
+    led = _to_pandas(ledger)
+    ledger_ex = [
+        gxe.ExpectTableColumnsToMatchSet(column_set=list(LEDGER_SCHEMA.names), exact_match=True),
+        gxe.ExpectColumnValuesToBeUnique(column="item_id"),
+        gxe.ExpectColumnValuesToBeInSet(column="status", value_set=list(TERMINAL_STATUSES)),
+        gxe.ExpectColumnValuesToNotBeNull(column="reason", **_ok('status!="accepted"')),
+        gxe.ExpectColumnValuesToBeInSet(column="kind", value_set=["video", "clip"]),
+    ]
+    failures = []
+    failures += [_tag("index", f) for f in _validate("index", _to_pandas(index), index_ex, "key")]
+    failures += [_tag("shards", f) for f in _validate("shards", samples, shard_ex, "key")]
+    failures += [_tag("ledger", f) for f in _validate("ledger", led, ledger_ex, "item_id")]
+    # Conservation across the whole run: every input video has one terminal row.
+    videos = led[led["kind"] == "video"] if len(led) else led
+    failures += [_tag("ledger", f) for f in _validate(
+        "ledger_videos", videos,
+        [gxe.ExpectColumnDistinctValuesToEqualSet(column="item_id", value_set=sorted(input_ids))] if input_ids
+        else [gxe.ExpectTableRowCountToEqual(value=0)], "item_id")]
+    # Accepted clips in the ledger are exactly the index's keys.
+    accepted = led[(led["kind"] == "clip") & (led["status"] == "accepted")] if len(led) else led
+    failures += [_tag("ledger", f) for f in _validate(
+        "ledger_accepted", accepted,
+        [gxe.ExpectColumnDistinctValuesToEqualSet(column="item_id", value_set=keys)] if keys
+        else [gxe.ExpectTableRowCountToEqual(value=0)], "item_id")]
+    if failures:
+        raise GateFailed("dataset", failures, index.num_rows)
+
+
+def _tag(where: str, f: FailedExpectation) -> FailedExpectation:
+    f.expectation = f"{where}: {f.expectation}"
+    return f

@@ -1,0 +1,191 @@
+"""Composition: stages as Ray Data operators, results streamed back into persisted stage tables.
+
+The driver streams each finished block from Ray Data and commits rows to part files as they
+arrive, so a crash loses at most one part's worth of work and a rerun does only what is missing.
+Rows whose worker died (a crash Ray could not retry away) are written as ``failed`` rows: every
+input still reaches the table, and the run goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pyarrow as pa
+import ray
+
+from curation import shard as shard_mod
+from curation.records import FAILED, OK, STAGE_SCHEMAS, to_table
+from curation.stage_store import StageStore
+from curation.stages import Stage, StageContext
+from curation.storage import join
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]  # (done, total)
+
+
+@dataclass
+class StageRun:
+    stage: str
+    inputs: int  # ok rows of the input stage
+    skipped: int  # already done by an earlier run (resume)
+    processed: int  # inputs processed in this run
+    crashed: int  # inputs whose worker died; written as failed rows
+
+
+def ensure_ray(address: str | None = None) -> None:
+    """Connect to ``address`` / ``RAY_ADDRESS`` when given, else start (or reuse) a local Ray."""
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    kwargs: dict = {"include_dashboard": False, "logging_level": logging.WARNING, "log_to_driver": False}
+    if address:
+        import curation
+
+        # Ship this package to the cluster's workers so they run the same stage code as the driver.
+        kwargs["runtime_env"] = {"py_modules": [curation]}
+    ray.init(address=address, **kwargs)
+    _quiet_ray_data()
+
+
+def _quiet_ray_data() -> None:
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    ctx = ray.data.DataContext.get_current()
+    # Our own progress bar reports per stage; Ray's would interleave with it.
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    ctx.enable_auto_log_stats = False
+    # A block whose task crashed beyond its retries must not abort the stage: its rows are
+    # written as failed afterwards (see run_media_stage).
+    ctx.max_errored_blocks = -1
+
+
+def _run_batch(batch: pa.Table, stage: Stage) -> pa.Table:
+    if not getattr(stage, "_ready", False):
+        stage.setup()
+        stage._ready = True
+    out: list[dict] = []
+    for row in batch.to_pylist():
+        out.extend(stage.run_row(row))
+    return to_table(out, STAGE_SCHEMAS[stage.name])
+
+
+class _StageActor:
+    """Ray actor wrapper: ``setup`` (model loading) runs once per actor, not per batch."""
+
+    def __init__(self, stage: Stage):
+        self.stage = stage
+        self.stage.setup()
+        self.stage._ready = True
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return _run_batch(batch, self.stage)
+
+
+def _pending(store: StageStore, stage: Stage) -> tuple[list[dict], int, int]:
+    inputs = store.read(stage.input_stage)
+    ok = [r for r in inputs.to_pylist() if r["status"] == OK]
+    done = store.done_inputs(stage.name, stage.input_id_column)
+    pending = [r for r in ok if r["item_id"] not in done]
+    return pending, len(ok), len(ok) - len(pending)
+
+
+def run_media_stage(
+    stage: Stage, store: StageStore, progress: Progress | None = None, actors: int | None = None
+) -> StageRun:
+    """Run one stage over the pending inputs with Ray Data; commit results as they stream in."""
+    ctx = stage.ctx
+    pending, n_ok, skipped = _pending(store, stage)
+    if progress:
+        progress(0, len(pending))
+    if not pending:
+        return StageRun(stage.name, n_ok, skipped, 0, 0)
+    ensure_ray()
+    _quiet_ray_data()
+    in_schema = STAGE_SCHEMAS[stage.input_stage]
+    bs = ctx.policy.runtime.batch_size
+    blocks = [to_table(pending[i : i + bs], in_schema) for i in range(0, len(pending), bs)]
+    ds = ray.data.from_arrow(blocks)
+    common = dict(batch_size=bs, batch_format="pyarrow", zero_copy_batch=True, num_cpus=stage.num_cpus)
+    if stage.uses_actor:
+        n = actors or max(1, min(len(blocks), int(ray.available_resources().get("CPU", 1))))
+        ds = ds.map_batches(_StageActor, fn_constructor_kwargs={"stage": stage}, concurrency=n, **common)
+    else:
+        ds = ds.map_batches(_run_batch, fn_kwargs={"stage": stage}, **common)
+
+    id_col = stage.input_id_column
+    buffer: list[dict] = []
+    seen_inputs: set[str] = set()
+    part_rows = ctx.policy.runtime.part_rows
+    for block in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+        rows = block.to_pylist()
+        buffer.extend(rows)
+        seen_inputs.update(r[id_col] for r in rows)
+        if len(buffer) >= part_rows:
+            store.write_part(stage.name, buffer)
+            buffer = []
+        if progress:
+            progress(len(seen_inputs), len(pending))
+    store.write_part(stage.name, buffer)
+
+    crashed = [r for r in pending if r["item_id"] not in seen_inputs]
+    if crashed:
+        log.warning("%s: %d item(s) lost their worker; recording them as failed", stage.name, len(crashed))
+        store.write_part(
+            stage.name,
+            [
+                {**r, "stage": stage.name, "status": FAILED,
+                 "reason": f"{stage.name}: the worker processing this item crashed (after Ray's retries)"}
+                for r in crashed
+            ],
+        )
+    if progress:
+        progress(len(pending), len(pending))
+    return StageRun(stage.name, n_ok, skipped, len(pending), len(crashed))
+
+
+def _write_shard_task(batch: pa.Table, ctx: StageContext) -> pa.Table:
+    out: list[dict] = []
+    storage = ctx.storage
+    for item in batch.to_pylist():
+        rows = json.loads(item["rows_json"])
+        out.extend(shard_mod.write_shard(storage, ctx.output, item["shard"], rows))
+    return to_table([{**r, "stage": "shard", "status": OK} for r in out], STAGE_SCHEMAS["shard"])
+
+
+def run_shard_stage(ctx: StageContext, store: StageStore, progress: Progress | None = None) -> StageRun:
+    """Write all shards from the accepted clips. All-or-nothing: shard membership depends on the
+    whole set, so an incomplete earlier attempt is cleared and redone (identical bytes)."""
+    accepted = [r for r in store.read("extract").to_pylist() if r["status"] == OK]
+    done = store.read("shard")
+    if done.num_rows and set(done.column("item_id").to_pylist()) == {r["item_id"] for r in accepted}:
+        return StageRun("shard", len(accepted), len(accepted), 0, 0)
+    store.clear("shard")
+    ctx.storage.delete_prefix(join(ctx.output, "shards"))
+    plan = shard_mod.plan_shards(accepted, ctx.policy)
+    if progress:
+        progress(0, len(plan))
+    if not plan:
+        return StageRun("shard", 0, 0, 0, 0)
+    ensure_ray()
+    _quiet_ray_data()
+    items = [{"shard": p["shard"], "rows_json": json.dumps(p["rows"])} for p in plan]
+    ds = ray.data.from_arrow([pa.Table.from_pylist([it]) for it in items])
+    ds = ds.map_batches(_write_shard_task, fn_kwargs={"ctx": ctx}, batch_size=1, batch_format="pyarrow",
+                        num_cpus=0.5)
+    rows: list[dict] = []
+    n = 0
+    for block in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+        rows.extend(block.to_pylist())
+        n += len({r["shard"] for r in block.to_pylist()})
+        if progress:
+            progress(n, len(plan))
+    if len({r["item_id"] for r in rows}) != len(accepted):
+        raise RuntimeError(f"shard: wrote {len(rows)} samples for {len(accepted)} accepted clips; a shard task failed")
+    store.write_part("shard", rows)
+    return StageRun("shard", len(accepted), 0, len(accepted), 0)

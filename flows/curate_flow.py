@@ -1,0 +1,201 @@
+"""The ``curate`` Prefect flow: one task per stage, each driving a Ray Data pipeline, each gated.
+
+Prefect orchestrates (retries, state, artifacts); Ray does the per-item work inside each task.
+Media never passes through Prefect: tasks exchange only the OUTPUT location, and every stage's
+result is the persisted table under ``OUTPUT/_stages/<stage>/``.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+from curation import gates, ledger, pipeline, sources
+from curation.dataset import OutputError, read_run_info, validate_output, write_run_info
+from curation.policy import Policy, load_policy
+from curation.records import OK
+from curation.stage_store import StageStore
+from curation.stages import MEDIA_STAGES, StageContext
+from curation.storage import S3Config, Storage
+
+# Set by the CLI to drive its progress bars: (stage, done, total). Tasks also log milestones.
+ProgressHook = Callable[[str, int, int], None]
+_progress_hook: ProgressHook | None = None
+
+
+def set_progress_hook(hook: ProgressHook | None) -> None:
+    global _progress_hook
+    _progress_hook = hook
+
+
+def _progress(stage: str) -> Callable[[int, int], None]:
+    logger = get_run_logger()
+    last_logged = [-1]
+
+    def report(done: int, total: int) -> None:
+        if _progress_hook:
+            _progress_hook(stage, done, total)
+        decile = (10 * done // total) if total else 10
+        if decile != last_logged[0] and (decile in (0, 10) or decile % 2 == 0):
+            last_logged[0] = decile
+            logger.info("%s: %d/%d", stage, done, total)
+
+    return report
+
+
+# -- transient errors are retried; data and gate errors are not ------------------------------------
+def _is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, (gates.GateFailed, OutputError, sources.SourceError, ValueError)):
+        return False
+    if isinstance(exc, (ConnectionError, TimeoutError)):
+        return True
+    try:
+        import botocore.exceptions as be
+        import ray.exceptions as re
+
+        transient = (be.EndpointConnectionError, be.ConnectionClosedError, be.ReadTimeoutError,
+                     re.RaySystemError, re.WorkerCrashedError, re.NodeDiedError, re.ObjectLostError)
+        return isinstance(exc, transient)
+    except ImportError:
+        return False
+
+
+def retry_transient(task, task_run, state) -> bool:
+    try:
+        state.result()
+    except Exception as exc:  # the task's own exception
+        return _is_transient(exc)
+    return False
+
+
+STAGE_TASK = dict(retries=2, retry_delay_seconds=5, retry_condition_fn=retry_transient, cache_policy=NO_CACHE)
+
+
+@task(name="ingest", task_run_name="ingest", **STAGE_TASK)
+def ingest_task(ctx: StageContext, source: str) -> set[str]:
+    """List the source once; on resume the persisted input table is reused as-is."""
+    store = StageStore(ctx.storage, ctx.output)
+    existing = store.read("ingest")
+    if existing.num_rows:
+        get_run_logger().info("ingest: resuming with %d inputs already listed", existing.num_rows)
+        return set(existing.column("item_id").to_pylist())
+    rows = sources.ingest_rows(ctx.storage, source, ctx.run_id, ctx.policy)
+    store.write_part("ingest", rows)
+    get_run_logger().info("ingest: %d inputs", len(rows))
+    return {r["item_id"] for r in rows}
+
+
+@task(name="stage", task_run_name="{stage_name}", **STAGE_TASK)
+def stage_task(stage_name: str, ctx: StageContext) -> dict:
+    stage_cls = next(s for s in MEDIA_STAGES if s.name == stage_name)
+    stage = stage_cls(ctx)
+    run = pipeline.run_media_stage(stage, StageStore(ctx.storage, ctx.output), _progress(stage_name))
+    get_run_logger().info("%s: %s", stage_name, run)
+    return run.__dict__
+
+
+@task(name="shard", task_run_name="shard", **STAGE_TASK)
+def shard_task(ctx: StageContext) -> dict:
+    run = pipeline.run_shard_stage(ctx, StageStore(ctx.storage, ctx.output), _progress("shard"))
+    return run.__dict__
+
+
+@task(name="gate", task_run_name="gate-{stage_name}", cache_policy=NO_CACHE)
+def gate_task(stage_name: str, input_stage: str | None, id_column: str, ctx: StageContext,
+              expected: set[str] | None = None) -> int:
+    store = StageStore(ctx.storage, ctx.output)
+    table = store.read(stage_name)
+    if expected is None:
+        inputs = store.read(input_stage).to_pylist()
+        expected = {r["item_id"] for r in inputs if r["status"] == OK}
+    gates.check_stage(stage_name, table, expected, id_column, ctx.policy)
+    get_run_logger().info("gate %s: passed (%d rows)", stage_name, table.num_rows)
+    return table.num_rows
+
+
+@task(name="write-outputs", task_run_name="write-outputs", cache_policy=NO_CACHE)
+def outputs_task(ctx: StageContext) -> dict:
+    store = StageStore(ctx.storage, ctx.output)
+    return ledger.write_outputs(store, ctx.run_id, ctx.policy.model_dump_json())
+
+
+@task(name="gate-dataset", task_run_name="gate-dataset", cache_policy=NO_CACHE)
+def dataset_gate_task(ctx: StageContext) -> dict:
+    return validate_output(ctx.output, ctx.storage)
+
+
+def prepare_run(source: str, output: str, policy: Policy, run_id: str | None, storage: Storage) -> str:
+    """Check OUTPUT against an earlier run (same source and policy to resume) and fix the run id."""
+    store = StageStore(storage, output)
+    info = read_run_info(storage, output)
+    if info is not None:
+        if info["source"] != source:
+            raise OutputError(f"{output} holds a run of source {info['source']!r}; use a new OUTPUT for {source!r}")
+        if info["policy"] != policy.model_dump(mode="json"):
+            raise OutputError(f"{output} was curated with a different policy; resume with the same policy or use a new OUTPUT")
+        return run_id or info["run_id"]
+    run_id = run_id or time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+    write_run_info(store, run_id, policy, source)
+    return run_id
+
+
+@flow(name="curate", log_prints=True)
+def curate(
+    source: str,
+    output: str,
+    policy_path: str | None = None,
+    ray_address: str | None = None,
+    run_id: str | None = None,
+) -> dict:
+    """Curate SOURCE (dir, s3:// prefix or manifest) into WebDataset shards under OUTPUT.
+
+    ``policy_path`` is a YAML policy file; without one, the Movie Gen defaults apply.
+    """
+    logger = get_run_logger()
+    policy = load_policy(policy_path)
+    storage = Storage(S3Config.from_env())
+    run_id = prepare_run(source, output, policy, run_id, storage)
+    ctx = StageContext(run_id=run_id, output=output, policy=policy, s3=storage.s3)
+    pipeline.ensure_ray(ray_address)
+    logger.info("run %s: %s -> %s", run_id, source, output)
+
+    retries = policy.runtime.stage_retries
+    inputs = ingest_task.with_options(retries=retries)(ctx, source)
+    gate_task("ingest", None, "item_id", ctx, expected=inputs)
+    for stage_cls in MEDIA_STAGES:
+        stage_task.with_options(retries=retries)(stage_cls.name, ctx)
+        gate_task(stage_cls.name, stage_cls.input_stage, stage_cls.input_id_column, ctx)
+    shard_task.with_options(retries=retries)(ctx)
+    gate_task("shard", "extract", "item_id", ctx)
+    summary = outputs_task(ctx)
+    dataset_gate_task(ctx)
+
+    store = StageStore(storage, output)
+    funnel = ledger.funnel(store)
+    create_table_artifact(key="curate-funnel", table=funnel, description=f"Per-stage funnel of run {run_id}")
+    create_markdown_artifact(key="curate-summary", markdown=summary_markdown(summary, output),
+                             description=f"Summary of run {run_id}")
+    return {"summary": summary, "funnel": funnel, "run_id": run_id, "output": output}
+
+
+def summary_markdown(summary: dict, output: str) -> str:
+    v, c = summary["videos"], summary["clips"]
+    lines = [
+        f"# reelflow curate: run `{summary['run_id']}`",
+        f"Output: `{output}`",
+        "",
+        f"- inputs: **{summary['inputs']}** (accepted {v['accepted']}, rejected {v['rejected']}, failed {v['failed']})",
+        f"- clips: **{c['accepted']}** accepted, {c['rejected']} rejected, {c['failed']} failed",
+        f"- hours of video: **{summary['hours']:.4f}** in {len(summary['shards'])} shard(s)",
+        "",
+        "| bucket | clips | seconds | shards |",
+        "|---|---:|---:|---:|",
+    ]
+    lines += [f"| {b} | {d['clips']} | {d['seconds']:.1f} | {d['shards']} |" for b, d in summary["buckets"].items()]
+    return "\n".join(lines)
+
