@@ -62,7 +62,8 @@ def extract_clip(
     dur = end_s - start_s
     cmd = [
         "ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-y",
-        "-ss", f"{start_s:.6f}", "-i", str(src), "-t", f"{dur:.6f}",
+        # -ss/-t as input options: both outputs (video and audio) get exactly the span.
+        "-ss", f"{start_s:.6f}", "-t", f"{dur:.6f}", "-i", str(src),
         # Rotation metadata is applied by ffmpeg's autorotate before the filters.
         "-map", "0:v:0", "-vf", f"fps={fps:g},scale={w}:{h}:flags=bicubic,format=yuv420p",
         "-c:v", "libx264", "-preset", cfg.x264_preset, "-crf", str(cfg.crf), "-pix_fmt", "yuv420p",

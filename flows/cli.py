@@ -19,8 +19,8 @@ EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_GATE = 0, 1, 2, 3
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="reelflow: curate licensed video into WebDataset shards for video generation models.")
-console = Console(stderr=True)
-out = Console()
+console = Console(stderr=True, soft_wrap=True)
+out = Console(soft_wrap=True)
 
 
 def _quiet_env() -> None:
@@ -49,14 +49,18 @@ def run_curate(source: str, output: str, policy: Optional[Path], ray_address: Op
     from curation.dataset import OutputError
     from curation.gates import GateFailed
     from curation.policy import PolicyError, load_policy
+    from curation import sources
     from curation.sources import SourceError
 
-    try:
-        load_policy(policy)  # fail fast, before Prefect or Ray start
-    except PolicyError as e:
+    from curation.storage import Storage
+
+    _check_source(source)
+    try:  # fail fast on bad configuration, before Prefect or Ray start
+        load_policy(policy)
+        sources.discover(Storage(), source)
+    except (PolicyError, SourceError) as e:
         console.print(f"[bold red]error:[/] {e}")
         return EXIT_USAGE
-    _check_source(source)
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 

@@ -1,0 +1,36 @@
+"""Bad usage and configuration end with exit code 2 and a clear message, before any engine starts."""
+
+from typer.testing import CliRunner
+
+from flows.cli import app
+
+runner = CliRunner()
+
+
+def test_unknown_policy_key_exits_2(tmp_path, media):
+    pol = tmp_path / "p.yaml"
+    pol.write_text("clips:\n  min_secs: 3\n")
+    r = runner.invoke(app, ["curate", str(media["root"]), str(tmp_path / "out"), "--policy", str(pol)])
+    assert r.exit_code == 2 and "clips.min_secs: unknown key" in r.output
+
+
+def test_missing_source_exits_2(tmp_path):
+    r = runner.invoke(app, ["curate", str(tmp_path / "nope"), str(tmp_path / "out")])
+    assert r.exit_code == 2 and "does not exist" in r.output
+
+
+def test_manifest_without_license_column_exits_2(tmp_path):
+    m = tmp_path / "m.csv"
+    m.write_text("uri\na.mp4\n")
+    r = runner.invoke(app, ["curate", str(m), str(tmp_path / "out")])
+    assert r.exit_code == 2 and "license" in r.output
+
+
+def test_missing_arguments_exit_2():
+    r = runner.invoke(app, ["curate"])
+    assert r.exit_code == 2
+
+
+def test_validate_on_a_non_dataset_exits_2(tmp_path):
+    r = runner.invoke(app, ["validate", str(tmp_path)])
+    assert r.exit_code == 2 and "not a finished reelflow dataset" in r.output

@@ -1,0 +1,57 @@
+import pytest
+import yaml
+
+from curation.policy import (DEFAULT_POLICY_FILE, Policy, PolicyError, demo_policy, load_policy,
+                             policy_from_dict)
+
+
+def test_defaults_follow_movie_gen():
+    p = Policy()
+    assert (p.clips.min_seconds, p.clips.max_seconds) == (4.0, 16.0)
+    assert p.video.min_short_side == 720
+    assert len(p.buckets.aspect_ratios) == 5 and len(p.buckets.duration_edges_s) == 6
+    assert p.allows_license("cc-by-4.0") and not p.allows_license("CC-BY-NC-4.0") and not p.allows_license(None)
+
+
+def test_default_yaml_documents_exactly_the_defaults():
+    assert load_policy(DEFAULT_POLICY_FILE) == Policy()
+
+
+def test_demo_policy_loads():
+    p = demo_policy()
+    assert p.video.min_short_side == 0 and p.allows_license("BSD-3-Clause")
+
+
+def test_unknown_key_is_an_error(tmp_path):
+    f = tmp_path / "p.yaml"
+    f.write_text(yaml.safe_dump({"clips": {"min_secs": 3}}))
+    with pytest.raises(PolicyError, match=r"clips.min_secs: unknown key"):
+        load_policy(f)
+
+
+@pytest.mark.parametrize(
+    "raw, match",
+    [
+        ({"clips": {"min_seconds": 10, "max_seconds": 5}}, "max_seconds"),
+        ({"clips": {"min_seconds": -1}}, "clips.min_seconds"),
+        ({"buckets": {"duration_edges_s": [4, 3]}}, "strictly increasing"),
+        ({"clips": {"min_seconds": 1}}, "inside the duration buckets"),
+        ({"shots": {"detector": "magic"}}, "shots.detector"),
+    ],
+)
+def test_invalid_values_name_the_field(raw, match):
+    with pytest.raises(PolicyError, match=match):
+        policy_from_dict(raw)
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(PolicyError, match="not found"):
+        load_policy(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("clips: [unclosed")
+    with pytest.raises(PolicyError, match="not valid YAML"):
+        load_policy(bad)
+    lst = tmp_path / "list.yaml"
+    lst.write_text("- 1\n- 2\n")
+    with pytest.raises(PolicyError, match="mapping"):
+        load_policy(lst)
