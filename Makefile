@@ -14,9 +14,11 @@ export GX_ANALYTICS_ENABLED := false
 export TOKENIZERS_PARALLELISM := false
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install demo test test-fast bench lock clean
+CHECKOV := .venv-checkov/bin/checkov
 
-install: $(STAMP)
+.PHONY: install demo test test-fast bench lock clean .venv-checkov
+
+install: $(STAMP) $(CHECKOV)
 
 $(STAMP): pyproject.toml constraints.txt
 	@command -v ffmpeg >/dev/null || { echo "installing ffmpeg (Debian)"; \
@@ -26,10 +28,17 @@ $(STAMP): pyproject.toml constraints.txt
 	$(UV) pip install --python $(PY) -q -c constraints.txt -e '.[dev]'
 	@touch $(STAMP)
 
+# checkov pins versions that clash with the main environment (boto3, packaging): its own venv.
+.venv-checkov: $(CHECKOV)
+$(CHECKOV): infra/requirements-checkov.txt infra/constraints-checkov.txt $(STAMP)
+	@test -x .venv-checkov/bin/python || $(PYTHON) -m venv .venv-checkov
+	$(UV) pip install --python .venv-checkov/bin/python -q -c infra/constraints-checkov.txt -r infra/requirements-checkov.txt
+	@touch $@
+
 demo: $(STAMP)
 	$(VENV)/bin/reelflow demo --output demo_output
 
-test: $(STAMP)
+test: $(STAMP) $(CHECKOV)
 	$(PY) -m pytest
 
 test-fast: $(STAMP)
@@ -41,6 +50,7 @@ bench: $(STAMP)
 # Re-pin constraints.txt to what is installed now (after changing dependencies in pyproject.toml).
 lock: $(STAMP)
 	$(UV) pip freeze --python $(PY) | grep -v -E '^(-e |reelflow)' > constraints.txt
+	$(UV) pip freeze --python .venv-checkov/bin/python > infra/constraints-checkov.txt
 
 clean:
 	rm -rf demo_output .pytest_cache

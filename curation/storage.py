@@ -165,10 +165,12 @@ class Storage:
             return Path(uri)
         cache = Path(cache_dir or Path(tempfile.gettempdir()) / "reelflow-cache")
         cache.mkdir(parents=True, exist_ok=True)
-        digest = hashlib.sha1(uri.encode()).hexdigest()[:16]
+        b, k = split_s3(uri)
+        # The ETag is part of the cache key: an object replaced under the same key is fetched anew.
+        etag = self.client.head_object(Bucket=b, Key=k)["ETag"].strip('"')
+        digest = hashlib.sha1(f"{uri}@{etag}".encode()).hexdigest()[:16]
         local = cache / f"{digest}-{basename(uri)}"
         if not local.exists():
-            b, k = split_s3(uri)
             tmp = local.with_name(f".{local.name}.part-{os.getpid()}")
             self.client.download_file(b, k, str(tmp))
             os.replace(tmp, local)

@@ -1,0 +1,1 @@
+"""Custom checkov policies for reelflow (loaded with --external-checks-dir infra/checkov)."""

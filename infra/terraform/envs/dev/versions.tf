@@ -1,0 +1,12 @@
+terraform {
+  required_version = ">= 1.9.0, < 2.0.0"
+
+  required_providers {
+    aws = {
+      source  = "hashicorp/aws"
+      version = "~> 5.100"
+    }
+  }
+
+  # Dev keeps local state. Switch to the S3 backend (see envs/prod) when several people share it.
+}
