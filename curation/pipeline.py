@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -35,6 +36,7 @@ class StageRun:
     skipped: int  # already done by an earlier run (resume)
     processed: int  # inputs processed in this run
     crashed: int  # inputs whose worker died; written as failed rows
+    seconds: float = 0.0  # wall time of this stage in this run
 
 
 def ensure_ray(address: str | None = None) -> None:
@@ -99,6 +101,7 @@ def run_media_stage(
     stage: Stage, store: StageStore, progress: Progress | None = None, actors: int | None = None
 ) -> StageRun:
     """Run one stage over the pending inputs with Ray Data; commit results as they stream in."""
+    t0 = time.perf_counter()
     ctx = stage.ctx
     pending, n_ok, skipped = _pending(store, stage)
     if progress:
@@ -112,11 +115,14 @@ def run_media_stage(
     blocks = [to_table(pending[i : i + bs], in_schema) for i in range(0, len(pending), bs)]
     ds = ray.data.from_arrow(blocks)
     common = dict(batch_size=bs, batch_format="pyarrow", zero_copy_batch=True, num_cpus=stage.num_cpus)
+    retries = ctx.policy.runtime.task_retries
     if stage.uses_actor:
         n = actors or max(1, min(len(blocks), int(ray.available_resources().get("CPU", 1))))
-        ds = ds.map_batches(_StageActor, fn_constructor_kwargs={"stage": stage}, concurrency=n, **common)
+        ds = ds.map_batches(_StageActor, fn_constructor_kwargs={"stage": stage}, concurrency=n,
+                            ray_remote_args_fn=lambda: {"max_restarts": retries, "max_task_retries": retries}, **common)
     else:
-        ds = ds.map_batches(_run_batch, fn_kwargs={"stage": stage}, **common)
+        ds = ds.map_batches(_run_batch, fn_kwargs={"stage": stage},
+                            ray_remote_args_fn=lambda: {"max_retries": retries}, **common)
 
     id_col = stage.input_id_column
     buffer: list[dict] = []
@@ -146,7 +152,7 @@ def run_media_stage(
         )
     if progress:
         progress(len(pending), len(pending))
-    return StageRun(stage.name, n_ok, skipped, len(pending), len(crashed))
+    return StageRun(stage.name, n_ok, skipped, len(pending), len(crashed), time.perf_counter() - t0)
 
 
 def _write_shard_task(batch: pa.Table, ctx: StageContext) -> pa.Table:
@@ -161,6 +167,7 @@ def _write_shard_task(batch: pa.Table, ctx: StageContext) -> pa.Table:
 def run_shard_stage(ctx: StageContext, store: StageStore, progress: Progress | None = None) -> StageRun:
     """Write all shards from the accepted clips. All-or-nothing: shard membership depends on the
     whole set, so an incomplete earlier attempt is cleared and redone (identical bytes)."""
+    t0 = time.perf_counter()
     accepted = [r for r in store.read("extract").to_pylist() if r["status"] == OK]
     done = store.read("shard")
     if done.num_rows and set(done.column("item_id").to_pylist()) == {r["item_id"] for r in accepted}:
@@ -176,8 +183,9 @@ def run_shard_stage(ctx: StageContext, store: StageStore, progress: Progress | N
     _quiet_ray_data()
     items = [{"shard": p["shard"], "rows_json": json.dumps(p["rows"])} for p in plan]
     ds = ray.data.from_arrow([pa.Table.from_pylist([it]) for it in items])
+    retries = ctx.policy.runtime.task_retries
     ds = ds.map_batches(_write_shard_task, fn_kwargs={"ctx": ctx}, batch_size=1, batch_format="pyarrow",
-                        num_cpus=0.5)
+                        num_cpus=0.5, ray_remote_args_fn=lambda: {"max_retries": retries})
     rows: list[dict] = []
     n = 0
     for block in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
@@ -188,4 +196,4 @@ def run_shard_stage(ctx: StageContext, store: StageStore, progress: Progress | N
     if len({r["item_id"] for r in rows}) != len(accepted):
         raise RuntimeError(f"shard: wrote {len(rows)} samples for {len(accepted)} accepted clips; a shard task failed")
     store.write_part("shard", rows)
-    return StageRun("shard", len(accepted), 0, len(accepted), 0)
+    return StageRun("shard", len(accepted), 0, len(accepted), 0, time.perf_counter() - t0)

@@ -118,6 +118,10 @@ class RuntimePolicy(_Strict):
     part_rows: int = Field(64, ge=1)
     # Retries of a whole stage task on transient errors (network, S3, a lost Ray worker).
     stage_retries: int = Field(2, ge=0)
+    # Retries of one Ray task whose worker died (segfault, OOM kill) before its items are
+    # recorded as failed. Ray Data's own default is to retry forever, which would hang a run on
+    # one poisonous file.
+    task_retries: int = Field(2, ge=0)
 
 
 class Policy(_Strict):

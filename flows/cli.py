@@ -97,10 +97,10 @@ def print_result(result: dict) -> None:
     from curation.storage import join
 
     t = Table(title=f"run {result['run_id']}: funnel")
-    for col in ("stage", "rows", "passed", "rejected", "failed"):
+    for col in ("stage", "rows", "passed", "rejected", "failed", "seconds"):
         t.add_column(col, justify="left" if col == "stage" else "right")
     for r in result["funnel"]:
-        t.add_row(r["stage"], *(str(r[k]) for k in ("rows", "passed", "rejected", "failed")))
+        t.add_row(r["stage"], *(str(r[k]) for k in ("rows", "passed", "rejected", "failed")), f"{r['seconds']:.1f}")
     out.print(t)
     s, o = result["summary"], result["output"]
     out.print(f"clips accepted: [bold]{s['clips']['accepted']}[/] ({s['seconds']:.1f} s) in {len(s['shards'])} shard(s)")
@@ -154,6 +154,11 @@ def demo(output: Path = typer.Option(Path("demo_output"), "--output", help="Wher
     if code == EXIT_OK:
         out.print(f"demo source: {manifest} (policy {DEMO_POLICY_FILE})")
     raise typer.Exit(code)
+
+
+from flows.cli_generate import generate_command  # noqa: E402  (imports torch lazily)
+
+app.command("generate")(generate_command)
 
 
 def main() -> None:

@@ -7,8 +7,11 @@ result is the persisted table under ``OUTPUT/_stages/<stage>/``.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import time
 import uuid
+from pathlib import Path
 from collections.abc import Callable
 
 from prefect import flow, get_run_logger, task
@@ -160,26 +163,32 @@ def curate(
     policy = load_policy(policy_path)
     storage = Storage(S3Config.from_env())
     run_id = prepare_run(source, output, policy, run_id, storage)
-    ctx = StageContext(run_id=run_id, output=output, policy=policy, s3=storage.s3)
+    # Downloads of s3:// sources are cached per run and removed when the run finishes.
+    cache_dir = Path(tempfile.gettempdir()) / "reelflow-cache" / run_id
+    ctx = StageContext(run_id=run_id, output=output, policy=policy, s3=storage.s3, cache_dir=str(cache_dir))
     pipeline.ensure_ray(ray_address)
     logger.info("run %s: %s -> %s", run_id, source, output)
 
     retries = policy.runtime.stage_retries
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
     inputs = ingest_task.with_options(retries=retries)(ctx, source)
+    timings["ingest"] = time.perf_counter() - t0
     gate_task("ingest", None, "item_id", ctx, expected=inputs)
     for stage_cls in MEDIA_STAGES:
-        stage_task.with_options(retries=retries)(stage_cls.name, ctx)
+        timings[stage_cls.name] = stage_task.with_options(retries=retries)(stage_cls.name, ctx)["seconds"]
         gate_task(stage_cls.name, stage_cls.input_stage, stage_cls.input_id_column, ctx)
-    shard_task.with_options(retries=retries)(ctx)
+    timings["shard"] = shard_task.with_options(retries=retries)(ctx)["seconds"]
     gate_task("shard", "extract", "item_id", ctx)
     summary = outputs_task(ctx)
     dataset_gate_task(ctx)
 
     store = StageStore(storage, output)
-    funnel = ledger.funnel(store)
+    funnel = [{**row, "seconds": round(timings.get(row["stage"], 0.0), 2)} for row in ledger.funnel(store)]
     create_table_artifact(key="curate-funnel", table=funnel, description=f"Per-stage funnel of run {run_id}")
     create_markdown_artifact(key="curate-summary", markdown=summary_markdown(summary, output),
                              description=f"Summary of run {run_id}")
+    shutil.rmtree(cache_dir, ignore_errors=True)
     return {"summary": summary, "funnel": funnel, "run_id": run_id, "output": output}
 
 

@@ -1,0 +1,115 @@
+"""Model sizes: `tiny` (CPU tests and demos), `small`, and Movie Gen's published dimensions.
+
+One `ModelConfig` bundles everything a generation checkpoint needs to rebuild its modules.
+Published figures are cited "Movie Gen" (arXiv 2410.13720).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+from models.audio_model import AudioConfig
+from models.flow_matching import FlowMatchingConfig
+from models.tae import TAEConfig
+from models.text_encoder import TextEncoderConfig
+from models.video_transformer import VideoTransformerConfig
+
+
+@dataclass
+class SampleConfig:
+    """Pixel-space output format a model was trained for."""
+
+    height: int = 768  # Movie Gen's 768 px stage (1080p comes from a separate upsampler)
+    width: int = 768
+    fps: int = 16  # Movie Gen trains at >= 16 fps
+
+
+@dataclass
+class ModelConfig:
+    name: str
+    tae: TAEConfig
+    video: VideoTransformerConfig
+    text: TextEncoderConfig
+    flow: FlowMatchingConfig = field(default_factory=FlowMatchingConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    audio: AudioConfig | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelConfig:
+        def build(kind, value):
+            if value is None:
+                return None
+            known = {f.name for f in fields(kind)}
+            unknown = set(value) - known
+            if unknown:
+                raise ValueError(f"unknown {kind.__name__} fields: {sorted(unknown)}")
+            return kind(**value)
+
+        return cls(
+            name=d["name"],
+            tae=build(TAEConfig, d["tae"]),
+            video=build(VideoTransformerConfig, d["video"]),
+            text=build(TextEncoderConfig, d["text"]),
+            flow=build(FlowMatchingConfig, d["flow"]),
+            sample=build(SampleConfig, d["sample"]),
+            audio=build(AudioConfig, d.get("audio")),
+        )
+
+
+def tiny(with_audio: bool = True) -> ModelConfig:
+    """Trains on 2 CPU cores in minutes: 64x64 px, 8 fps, 4x TAE compression, 2-layer transformers."""
+    tae = TAEConfig(latent_channels=8, base_channels=16, channel_mults=(1, 2, 2), num_res_blocks=1,
+                    temporal_downsamples=2, attention=False, tile_latents=4, decode_overlap_latents=2)
+    text = TextEncoderConfig(backbone="minilm", out_dim=64, char_encoder=True, char_dim=32, char_layers=1,
+                             char_heads=2, max_length=48, char_max_length=32)
+    video = VideoTransformerConfig(latent_channels=8, dim=64, n_layers=2, n_heads=4, ffn_dim=172,
+                                   text_dim=text.out_dim, max_frames=16, max_height=16, max_width=16)
+    audio = AudioConfig(sample_rate=16000, n_fft=512, hop_length=256, n_mels=32, dim=64, n_layers=2,
+                        n_heads=4, ffn_dim=256, video_dim=tae.latent_channels * 4, text_dim=text.out_dim,
+                        window_frames=64, overlap_frames=16, num_steps=8)
+    return ModelConfig(
+        name="tiny", tae=tae, video=video, text=text,
+        flow=FlowMatchingConfig(num_steps=8, guidance_scale=3.0),
+        sample=SampleConfig(height=64, width=64, fps=8),
+        audio=audio if with_audio else None,
+    )
+
+
+def small(with_audio: bool = True) -> ModelConfig:
+    """A single-GPU research size: 256 px, 16 fps, 8x TAE, ~54M-parameter video transformer."""
+    tae = TAEConfig(latent_channels=16, base_channels=64, channel_mults=(1, 2, 4, 4), num_res_blocks=1,
+                    temporal_downsamples=3, attention=True)
+    text = TextEncoderConfig(backbone="minilm", out_dim=384, char_encoder=True)
+    video = VideoTransformerConfig(latent_channels=16, dim=512, n_layers=12, n_heads=8, ffn_dim=1408,
+                                   text_dim=text.out_dim, max_frames=32, max_height=16, max_width=16)
+    audio = AudioConfig(sample_rate=16000, n_fft=1024, hop_length=640, n_mels=80, dim=384, n_layers=8,
+                        n_heads=6, ffn_dim=1536, video_dim=tae.latent_channels * 4, text_dim=text.out_dim,
+                        window_frames=250, overlap_frames=50)
+    return ModelConfig(name="small", tae=tae, video=video, text=text,
+                       sample=SampleConfig(height=256, width=256, fps=16),
+                       audio=audio if with_audio else None)
+
+
+def moviegen(with_audio: bool = True) -> ModelConfig:
+    """Published sizes (Movie Gen): 30B video transformer, 13B audio transformer, 8x TAE with 16
+    latent channels. The text backbone must be given a local path (e.g. a T5/UL2 encoder)."""
+    tae = TAEConfig()  # defaults are Movie Gen's
+    text = TextEncoderConfig(backbone="hf", path=None, out_dim=4096, max_length=256, char_encoder=True,
+                             char_dim=1472, char_layers=4, char_heads=8, char_max_length=256)
+    video = VideoTransformerConfig(text_dim=text.out_dim)  # defaults are Movie Gen 30B
+    audio = AudioConfig(text_dim=text.out_dim, video_dim=tae.latent_channels * 4)  # defaults: Movie Gen 13B
+    return ModelConfig(name="moviegen", tae=tae, video=video, text=text,
+                       sample=SampleConfig(height=768, width=768, fps=16),
+                       audio=audio if with_audio else None)
+
+
+SIZES = {"tiny": tiny, "small": small, "moviegen": moviegen}
+
+
+def get_config(name: str, with_audio: bool = True) -> ModelConfig:
+    if name not in SIZES:
+        raise KeyError(f"unknown model size {name!r}; choose from {sorted(SIZES)}")
+    return SIZES[name](with_audio)

@@ -1,0 +1,161 @@
+import pytest
+import torch
+
+from models.tae import (
+    AttentionBlock,
+    Conv25d,
+    TAEConfig,
+    TemporalAutoencoder,
+    outlier_penalty_loss,
+    pad_frames_to_valid,
+    tae_loss,
+)
+from training.synthetic_shapes import ShapeClip, render_clip
+
+
+def tiny_cfg(**kw) -> TAEConfig:
+    base = dict(latent_channels=8, base_channels=16, channel_mults=(1, 2, 2), num_res_blocks=1,
+                temporal_downsamples=2, attention=False)
+    base.update(kw)
+    return TAEConfig(**base)
+
+
+def perturb(model: TemporalAutoencoder, scale: float) -> TemporalAutoencoder:
+    """Move the identity-initialised temporal layers away from identity, as training would."""
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, Conv25d):
+                m.temporal.weight.add_(torch.randn(m.temporal.weight.shape, generator=g) * scale)
+            if isinstance(m, AttentionBlock):
+                for layer in (m.out_s, m.out_t):
+                    layer.weight.copy_(torch.randn(layer.weight.shape, generator=g) * 0.1)
+    return model
+
+
+def shapes_video(frames: int, size: int = 32) -> torch.Tensor:
+    rgb, _, _ = render_clip(ShapeClip("red", "circle", "right", speed=0.6, size=0.3), size, size, fps=8,
+                            num_frames=frames)
+    return torch.from_numpy(rgb).float().div(127.5).sub(1).permute(3, 0, 1, 2)[None]
+
+
+def test_shapes_video_and_image():
+    torch.manual_seed(0)
+    tae = TemporalAutoencoder(tiny_cfg()).eval()
+    with torch.no_grad():
+        z = tae.encode(torch.randn(1, 3, 9, 32, 32))
+        assert z.shape == (1, 8, 3, 8, 8)  # 4x in T (1 + 4k -> 1 + k), H, W
+        assert tae.decode(z).shape == (1, 3, 9, 32, 32)
+        img = tae.encode(torch.randn(2, 3, 1, 32, 32))  # an image is a one-frame video
+        assert img.shape == (2, 8, 1, 8, 8)
+        assert tae.decode(img).shape == (2, 3, 1, 32, 32)
+    with pytest.raises(ValueError):
+        tae.encode(torch.randn(1, 3, 8, 32, 32))  # not 1 + 4k frames
+    assert pad_frames_to_valid(torch.randn(1, 3, 8, 4, 4), 4).shape[2] == 9
+
+
+def test_published_compression_is_8x_with_16_channels():
+    cfg = TAEConfig(base_channels=8, num_res_blocks=1, attention=True)  # Movie Gen layout, narrow
+    assert (cfg.temporal_compression, cfg.spatial_compression, cfg.latent_channels) == (8, 8, 16)
+    tae = TemporalAutoencoder(cfg).eval()
+    with torch.no_grad():
+        z = tae.encode(torch.randn(1, 3, 17, 32, 32))
+        assert z.shape == (1, 16, 3, 4, 4)
+        assert tae.decode(z).shape == (1, 3, 17, 32, 32)
+
+
+def test_symmetric_padding_option():
+    """Movie Gen's symmetric temporal padding: same shapes, not causal, tiling still consistent."""
+    torch.manual_seed(0)
+    tae = TemporalAutoencoder(tiny_cfg(causal=False)).eval()
+    x = torch.randn(1, 3, 17, 16, 16)
+    with torch.no_grad():
+        z = tae.encode(x)
+        assert z.shape == (1, 8, 5, 4, 4) and tae.decode(z).shape == x.shape
+        torch.testing.assert_close(tae.decode_tiled(z, 3, 1), tae.decode(z), atol=1e-5, rtol=1e-5)  # identity init
+    perturb(tae, 0.2)
+    x2 = x.clone()
+    x2[:, :, 5:] = torch.randn_like(x2[:, :, 5:])
+    with torch.no_grad():
+        assert (tae.encode(x)[:, :, :2] - tae.encode(x2)[:, :, :2]).abs().max() > 1e-4  # sees the future
+
+
+def test_encoder_and_decoder_are_causal():
+    torch.manual_seed(0)
+    tae = perturb(TemporalAutoencoder(tiny_cfg(attention=True)), 0.2).eval()
+    x = torch.randn(1, 3, 13, 16, 16)
+    x2 = x.clone()
+    x2[:, :, 5:] = torch.randn_like(x2[:, :, 5:])  # change the future from frame 5 on
+    with torch.no_grad():
+        z, z2 = tae.encode(x), tae.encode(x2)
+        # latents 0 and 1 are anchored at frames 0 and 4: they must not see frames >= 5
+        assert torch.equal(z[:, :, :2], z2[:, :, :2])
+        assert (z[:, :, 2:] - z2[:, :, 2:]).abs().max() > 1e-3
+        y, y2 = tae.decode(z), tae.decode(z2)
+        assert torch.equal(y[:, :, :5], y2[:, :, :5])  # frames 0..4 come from latents 0..1 only
+        assert (y[:, :, 5:] - y2[:, :, 5:]).abs().max() > 1e-3
+
+
+@pytest.fixture(scope="module")
+def trained_tae():
+    """A tiny TAE trained briefly on one synthetic clip (its temporal layers leave the identity)."""
+    torch.manual_seed(0)
+    tae = TemporalAutoencoder(tiny_cfg())
+    x = shapes_video(9, 32)
+    opt = torch.optim.Adam(tae.parameters(), lr=2e-3)
+    first = None
+    for _ in range(150):
+        recon, mean, logvar = tae(x)
+        losses = tae_loss(x, recon, mean, logvar, tae.cfg)
+        opt.zero_grad()
+        losses["loss"].backward()
+        opt.step()
+        first = first if first is not None else losses["recon"].item()
+    return tae.eval(), x, first
+
+
+def test_round_trip_after_short_training(trained_tae):
+    tae, x, first = trained_tae
+    with torch.no_grad():
+        recon = tae.decode(tae.encode(x))
+    l1 = (recon - x).abs().mean().item()
+    mse = (recon - x).pow(2).mean().item()
+    psnr = 10 * torch.log10(torch.tensor(4.0 / mse)).item()  # peak-to-peak range is 2
+    print(f"TAE round trip: L1 {first:.3f} -> {l1:.3f}, PSNR {psnr:.1f} dB")
+    assert recon.shape == x.shape
+    assert l1 < 0.25 * first
+    assert psnr > 18.0
+
+
+def test_tiled_matches_untiled(trained_tae):
+    x = shapes_video(33, 32)  # 9 latent frames
+    # freshly inflated (temporal layers = identity): tiling is exact
+    fresh = TemporalAutoencoder(tiny_cfg()).eval()
+    with torch.no_grad():
+        z = fresh.encode(x)
+        torch.testing.assert_close(fresh.encode_tiled(x, 4, 1), z, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(fresh.decode_tiled(z, 4, 2), fresh.decode(z), atol=1e-5, rtol=1e-5)
+    # trained (temporal mixing learned): overlapping, blended tiles stay close to the untiled result
+    tae = trained_tae[0]
+    with torch.no_grad():
+        z = tae.encode(x)
+        y = tae.decode(z)
+        zt = tae.encode_tiled(x, 5, 2)
+        yt = tae.decode_tiled(z, 5, 2)
+        rel_z = ((zt - z).norm() / z.norm()).item()
+        rel_y = ((yt - y).norm() / y.norm()).item()
+    print(f"tiled vs untiled (trained TAE): encode rel err {rel_z:.4f}, decode rel err {rel_y:.4f}")
+    assert zt.shape == z.shape and yt.shape == y.shape
+    assert rel_z < 0.05 and rel_y < 0.05
+
+
+def test_outlier_penalty():
+    z = torch.randn(2, 4, 3, 8, 8).clamp(-2.5, 2.5)
+    assert outlier_penalty_loss(z, 3.0).item() == 0.0  # nothing beyond 3 std
+    spiky = z.clone()
+    spiky[0, 1, 1, 4, 4] = 40.0  # a latent "spot"
+    spiky.requires_grad_(True)
+    loss = outlier_penalty_loss(spiky, 3.0)
+    loss.backward()
+    assert loss.item() > 0
+    assert spiky.grad[0, 1, 1, 4, 4] > 0  # gradient descent pulls the spot back

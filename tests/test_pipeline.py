@@ -1,0 +1,73 @@
+"""Stages as Ray Data operators on the session's Ray: actor pools, resume, crashed workers."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+import ray.cloudpickle
+
+from curation.pipeline import run_media_stage
+from curation.policy import policy_from_dict
+from curation.records import OK, VIDEO, video_id
+from curation.stage_store import StageStore
+from curation.stages import FilterStage, ProbeStage, ShotsStage, Stage, StageContext
+from curation.storage import Storage
+
+pytestmark = pytest.mark.integration
+# Workers cannot import this test module by name: ship its classes by value.
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+def _ingest(store: StageStore, uris: list[str]) -> None:
+    store.write_part("ingest", [
+        {"run_id": "r", "item_id": video_id(u), "kind": VIDEO, "parent_id": None, "source_uri": u, "stage": "ingest",
+         "status": OK, "reason": None, "license": "CC0-1.0"} for u in uris])
+
+
+def _ctx(tmp_path, **policy) -> StageContext:
+    base = {"video": {"min_short_side": 0, "min_duration_s": 1.0}}
+    return StageContext(run_id="r", output=str(tmp_path), policy=policy_from_dict({**base, **policy}))
+
+
+def test_transnetv2_runs_as_an_actor_pool(ray_session, media, tmp_path):
+    ctx = _ctx(tmp_path, shots={"detector": "transnetv2"})
+    store = StageStore(Storage(), str(tmp_path))
+    _ingest(store, [str(media["cuts"].path)])
+    run_media_stage(ProbeStage(ctx), store)
+    run_media_stage(FilterStage(ctx), store)
+    stage = ShotsStage(ctx)
+    assert stage.uses_actor
+    run = run_media_stage(stage, store, actors=1)
+    assert run.processed == 1 and run.crashed == 0
+    (row,) = store.read("shots").to_pylist()
+    assert row["status"] == OK and row["shot_detector"] == "transnetv2"
+    cuts = media["cuts"].cuts_s
+    assert len(row["shot_starts"]) == len(cuts) + 1
+    assert all(abs(s - c) <= 2 / 24 for s, c in zip(row["shot_starts"][1:], cuts))
+    # A rerun finds nothing to do.
+    assert run_media_stage(ShotsStage(ctx), store, actors=1).processed == 0
+
+
+class CrashOnMarkedItem(Stage):
+    """Kills its worker process (as a segfaulting decoder would) on inputs whose uri says so."""
+
+    name = "probe"
+    input_stage = "ingest"
+
+    def process(self, row: dict) -> list[dict]:
+        if "crash" in row["source_uri"]:
+            os._exit(1)
+        return [{**row, "status": OK, "reason": None}]
+
+
+def test_a_crashing_worker_fails_its_item_and_the_stage_goes_on(ray_session, tmp_path):
+    ctx = _ctx(tmp_path)
+    store = StageStore(Storage(), str(tmp_path))
+    _ingest(store, ["/data/a.mp4", "/data/crash.mp4", "/data/b.mp4"])
+    run = run_media_stage(CrashOnMarkedItem(ctx), store)
+    assert run.crashed == 1 and run.processed == 3
+    rows = {r["source_uri"]: r for r in store.read("probe").to_pylist()}
+    assert rows["/data/a.mp4"]["status"] == OK and rows["/data/b.mp4"]["status"] == OK
+    assert rows["/data/crash.mp4"]["status"] == "failed" and "crashed" in rows["/data/crash.mp4"]["reason"]
