@@ -56,7 +56,7 @@ def ensure_ray(address: str | None = None) -> None:
 
 
 def _quiet_ray_data() -> None:
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
     ctx = ray.data.DataContext.get_current()
     # Our own progress bar reports per stage; Ray's would interleave with it.
     ctx.enable_progress_bars = False

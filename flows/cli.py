@@ -30,6 +30,13 @@ def _quiet_env() -> None:
         os.environ.setdefault(k, v)
 
 
+@app.callback()
+def _options(verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Prefect's INFO logs in the terminal.")) -> None:
+    # Prefect's INFO logs still reach its API (and UI); the terminal shows progress bars instead.
+    if not verbose:
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
+
+
 def _usage_error(msg: str) -> "typer.Exit":
     console.print(f"[bold red]error:[/] {msg}")
     return typer.Exit(EXIT_USAGE)
@@ -53,7 +60,9 @@ def run_curate(source: str, output: str, policy: Optional[Path], ray_address: Op
     from curation.sources import SourceError
 
     from curation.storage import Storage
+    from flows.curate_flow import expand_date
 
+    source, output = expand_date(source), expand_date(output)
     _check_source(source)
     try:  # fail fast on bad configuration, before Prefect or Ray start
         load_policy(policy)
@@ -113,7 +122,7 @@ def print_result(result: dict) -> None:
 @app.command()
 def curate(
     source: str = typer.Argument(..., help="Directory, s3://bucket/prefix, or manifest (.csv/.jsonl/.parquet)."),
-    output: str = typer.Argument(..., help="Output directory or s3://bucket/prefix."),
+    output: str = typer.Argument(..., help="Output directory or s3://bucket/prefix; {date} becomes today's UTC date."),
     policy: Optional[Path] = typer.Option(None, "--policy", help="Policy YAML (default: Movie Gen defaults)."),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", envvar="RAY_ADDRESS",
                                               help="Existing Ray cluster (default: a local Ray)."),
@@ -157,8 +166,10 @@ def demo(output: Path = typer.Option(Path("demo_output"), "--output", help="Wher
 
 
 from flows.cli_generate import generate_command  # noqa: E402  (imports torch lazily)
+from flows.cli_serve import serve_command  # noqa: E402
 
 app.command("generate")(generate_command)
+app.command("serve")(serve_command)
 
 
 def main() -> None:

@@ -13,6 +13,7 @@ import time
 import uuid
 from pathlib import Path
 from collections.abc import Callable
+from datetime import datetime, timezone
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -132,6 +133,22 @@ def dataset_gate_task(ctx: StageContext) -> dict:
     return validate_output(ctx.output, ctx.storage)
 
 
+def expand_date(uri: str, when: datetime | None = None) -> str:
+    """``{date}`` in SOURCE or OUTPUT becomes the run's scheduled date (UTC, ``YYYY-MM-DD``).
+
+    A nightly deployment with ``output: s3://curated/nightly/{date}`` writes each night to its
+    own OUTPUT (a finished OUTPUT is only ever resumed, never extended), and a retried run of the
+    same night resumes that night's OUTPUT.
+    """
+    if "{date}" not in uri:
+        return uri
+    if when is None:
+        from prefect.runtime import flow_run
+
+        when = flow_run.scheduled_start_time  # outside a flow run: now
+    return uri.replace("{date}", when.astimezone(timezone.utc).strftime("%Y-%m-%d"))
+
+
 def prepare_run(source: str, output: str, policy: Policy, run_id: str | None, storage: Storage) -> str:
     """Check OUTPUT against an earlier run (same source and policy to resume) and fix the run id."""
     store = StageStore(storage, output)
@@ -157,9 +174,11 @@ def curate(
 ) -> dict:
     """Curate SOURCE (dir, s3:// prefix or manifest) into WebDataset shards under OUTPUT.
 
-    ``policy_path`` is a YAML policy file; without one, the Movie Gen defaults apply.
+    ``policy_path`` is a YAML policy file; without one, the Movie Gen defaults apply. ``{date}`` in
+    SOURCE or OUTPUT is replaced by the run's scheduled date (see ``expand_date``).
     """
     logger = get_run_logger()
+    source, output = expand_date(source), expand_date(output)
     policy = load_policy(policy_path)
     storage = Storage(S3Config.from_env())
     run_id = prepare_run(source, output, policy, run_id, storage)

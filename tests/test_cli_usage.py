@@ -34,3 +34,15 @@ def test_missing_arguments_exit_2():
 def test_validate_on_a_non_dataset_exits_2(tmp_path):
     r = runner.invoke(app, ["validate", str(tmp_path)])
     assert r.exit_code == 2 and "not a finished reelflow dataset" in r.output
+
+
+def test_date_template_in_source_and_output():
+    from datetime import datetime, timedelta, timezone
+
+    from flows.curate_flow import expand_date
+
+    when = datetime(2026, 11, 22, 1, 30, tzinfo=timezone(timedelta(hours=3)))  # 2026-11-21 22:30 UTC
+    assert expand_date("s3://curated/nightly/{date}", when) == "s3://curated/nightly/2026-11-21"
+    assert expand_date("/data/out", when) == "/data/out"
+    today = datetime.now(timezone.utc).strftime("%Y-%m-%d")
+    assert expand_date("out-{date}") in (f"out-{today}", f"out-{(datetime.now(timezone.utc)).strftime('%Y-%m-%d')}")

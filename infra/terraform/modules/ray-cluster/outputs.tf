@@ -32,3 +32,22 @@ output "node_role_arns" {
   description = "IAM role ARNs of the node kinds: head, curation, training."
   value       = { for k, r in aws_iam_role.node : k => r.arn }
 }
+
+output "worker_group_sizes" {
+  description = "Size bounds of the worker Auto Scaling groups (curation_cpu, training_gpu): min_size, max_size, desired_capacity."
+  value = {
+    for k, g in { curation_cpu = aws_autoscaling_group.curation_cpu, training_gpu = aws_autoscaling_group.training_gpu } :
+    k => { min_size = g.min_size, max_size = g.max_size, desired_capacity = g.desired_capacity }
+  }
+}
+
+output "s3_bucket_arns_by_role" {
+  description = "Bucket ARNs named by the S3 statements of each worker role's policy (curation, training); the head has none."
+  value = {
+    for k, doc in { curation = data.aws_iam_policy_document.curation, training = data.aws_iam_policy_document.training } :
+    k => sort(distinct(flatten([
+      for s in doc.statement : [for r in s.resources : trimsuffix(r, "/*")]
+      if anytrue([for a in s.actions : startswith(a, "s3:")])
+    ])))
+  }
+}
