@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -67,6 +68,21 @@ def _quiet_ray_data() -> None:
     ctx.max_errored_blocks = -1
 
 
+def _bounded_retries(retries: int, actor: bool = False) -> dict:
+    """Ray Data retries a task whose worker died forever by default (``max_retries=-1``), which
+    would hang a run on one file that crashes its decoder. Ray 2.60 has no named parameter for
+    this; ``ray_remote_args_fn`` is deprecated for Ray 2.64 (we pin 2.60), so its warning is
+    silenced here, in the one place that uses it."""
+    args = {"max_restarts": retries, "max_task_retries": retries} if actor else {"max_retries": retries}
+    return {"ray_remote_args_fn": lambda: args}
+
+
+def _map_batches(ds, fn, **kwargs):
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*ray_remote_args_fn.*deprecated")
+        return ds.map_batches(fn, **kwargs)
+
+
 def _run_batch(batch: pa.Table, stage: Stage) -> pa.Table:
     if not getattr(stage, "_ready", False):
         stage.setup()
@@ -118,11 +134,10 @@ def run_media_stage(
     retries = ctx.policy.runtime.task_retries
     if stage.uses_actor:
         n = actors or max(1, min(len(blocks), int(ray.available_resources().get("CPU", 1))))
-        ds = ds.map_batches(_StageActor, fn_constructor_kwargs={"stage": stage}, concurrency=n,
-                            ray_remote_args_fn=lambda: {"max_restarts": retries, "max_task_retries": retries}, **common)
+        ds = _map_batches(ds, _StageActor, fn_constructor_kwargs={"stage": stage}, compute=ray.data.ActorPoolStrategy(size=n),
+                          **_bounded_retries(retries, actor=True), **common)
     else:
-        ds = ds.map_batches(_run_batch, fn_kwargs={"stage": stage},
-                            ray_remote_args_fn=lambda: {"max_retries": retries}, **common)
+        ds = _map_batches(ds, _run_batch, fn_kwargs={"stage": stage}, **_bounded_retries(retries), **common)
 
     id_col = stage.input_id_column
     buffer: list[dict] = []
@@ -183,9 +198,8 @@ def run_shard_stage(ctx: StageContext, store: StageStore, progress: Progress | N
     _quiet_ray_data()
     items = [{"shard": p["shard"], "rows_json": json.dumps(p["rows"])} for p in plan]
     ds = ray.data.from_arrow([pa.Table.from_pylist([it]) for it in items])
-    retries = ctx.policy.runtime.task_retries
-    ds = ds.map_batches(_write_shard_task, fn_kwargs={"ctx": ctx}, batch_size=1, batch_format="pyarrow",
-                        num_cpus=0.5, ray_remote_args_fn=lambda: {"max_retries": retries})
+    ds = _map_batches(ds, _write_shard_task, fn_kwargs={"ctx": ctx}, batch_size=1, batch_format="pyarrow",
+                      num_cpus=0.5, **_bounded_retries(ctx.policy.runtime.task_retries))
     rows: list[dict] = []
     n = 0
     for block in ds.iter_batches(batch_size=None, batch_format="pyarrow"):

@@ -111,12 +111,35 @@ def print_result(result: dict) -> None:
     for r in result["funnel"]:
         t.add_row(r["stage"], *(str(r[k]) for k in ("rows", "passed", "rejected", "failed")), f"{r['seconds']:.1f}")
     out.print(t)
+    _print_not_accepted(result["output"])
     s, o = result["summary"], result["output"]
     out.print(f"clips accepted: [bold]{s['clips']['accepted']}[/] ({s['seconds']:.1f} s) in {len(s['shards'])} shard(s)")
     out.print(f"shards:  {join(o, 'shards')}")
     out.print(f"index:   {join(o, 'index.parquet')}")
     out.print(f"ledger:  {join(o, 'ledger.parquet')}")
     out.print(f"summary: {join(o, 'dataset.json')}")
+
+
+def _print_not_accepted(output: str, limit: int = 15) -> None:
+    """The inputs that produced no clip, with the ledger's reason: what a person checks first."""
+    import io
+
+    import pyarrow.parquet as pq
+
+    from curation.storage import Storage, basename, join
+
+    ledger = pq.read_table(io.BytesIO(Storage().read_bytes(join(output, "ledger.parquet")))).to_pylist()
+    rows = [r for r in ledger if r["kind"] == "video" and r["status"] != "accepted"]
+    if not rows:
+        return
+    t = Table(title=f"inputs not accepted ({len(rows)})")
+    for col in ("input", "status", "stage", "reason"):
+        t.add_column(col)
+    for r in rows[:limit]:
+        t.add_row(basename(r["source_uri"]) or "(empty uri)", r["status"], r["stage"], r["reason"] or "")
+    out.print(t)
+    if len(rows) > limit:
+        out.print(f"... and {len(rows) - limit} more: see ledger.parquet")
 
 
 @app.command()
