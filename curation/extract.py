@@ -17,7 +17,7 @@ from curation.policy import OutputPolicy
 
 
 class ExtractError(RuntimeError):
-    pass
+    """ffmpeg could not produce the clip; the message is ffmpeg's last error line."""
 
 
 def output_size(src_w: int, src_h: int, max_short_side: int) -> tuple[int, int]:

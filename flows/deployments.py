@@ -193,17 +193,16 @@ def ensure_work_pool(spec: WorkPoolSpec = WORK_POOL) -> bool:
     with get_client(sync_client=True) as client:
         try:
             client.read_work_pool(spec.name)
-            return False
+            return False  # already there: nothing to do
         except ObjectNotFound:
-            pass
-        client.create_work_pool(
-            WorkPoolCreate(
-                name=spec.name,
-                type=spec.type,
-                description=spec.description,
-                concurrency_limit=spec.concurrency_limit,
-                # The process worker's own job template (command, env, working_dir, ...).
-                base_job_template=ProcessWorker.get_default_base_job_template(),
+            client.create_work_pool(
+                WorkPoolCreate(
+                    name=spec.name,
+                    type=spec.type,
+                    description=spec.description,
+                    concurrency_limit=spec.concurrency_limit,
+                    # The process worker's own job template (command, env, working_dir, ...).
+                    base_job_template=ProcessWorker.get_default_base_job_template(),
+                )
             )
-        )
         return True

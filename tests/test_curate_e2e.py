@@ -189,11 +189,14 @@ def test_poisoned_stage_table_stops_the_flow_at_its_gate(curated, source, tmp_pa
 
 
 def test_sigkill_mid_run_then_resume_gives_identical_results(curated, source, engines, tmp_path):
+    """The killed run is a separate driver on the session's Ray cluster (``--ray-address``, as
+    against a real cluster: the stage code travels as a runtime_env package)."""
     out = tmp_path / "killed"
     env = {**os.environ, "PREFECT_API_URL": engines["prefect_api_url"]}
     env.pop("RAY_ADDRESS", None)
+    address = engines["ray"].get_runtime_context().gcs_address
     cmd = [sys.executable, "-m", "flows.cli", "curate", str(source["manifest"]), str(out),
-           "--policy", str(source["policy"]), "--run-id", RUN_ID]
+           "--policy", str(source["policy"]), "--run-id", RUN_ID, "--ray-address", address]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     extract_dir = out / "_stages" / "extract"
     deadline = time.time() + 300
