@@ -31,7 +31,13 @@ class FailedExpectation:
     detail: str = ""
 
     def __str__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.kwargs.items() if k not in ("value_set",) and v is not None)
+        kw = {k: v for k, v in self.kwargs.items() if k not in ("value_set", "condition_parser") and v is not None}
+        cond = kw.pop("row_condition", None)
+        if isinstance(cond, dict):  # GX keeps the pandas filter inside a dict
+            cond = cond.get("pass_through_filter") or cond
+        if cond:
+            kw["where"] = cond
+        args = ", ".join(f"{k}={v!r}" for k, v in kw.items())
         shown = ", ".join(self.rows[:MAX_ROWS_SHOWN])
         more = f" (+{len(self.rows) - MAX_ROWS_SHOWN} more)" if len(self.rows) > MAX_ROWS_SHOWN else ""
         rows = f"\n      rows: {shown}{more}" if self.rows else ""

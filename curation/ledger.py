@@ -6,6 +6,7 @@ status: the stage where the item stopped (a non-ok status) or, for kept items, `
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 from collections import Counter, defaultdict
@@ -126,8 +127,6 @@ def dataset_summary(index: pa.Table, ledger: pa.Table, run_id: str, policy_json:
 
 
 def _sha1(s: str) -> str:
-    import hashlib
-
     return hashlib.sha1(s.encode()).hexdigest()
 
 

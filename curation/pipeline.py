@@ -20,7 +20,7 @@ import pyarrow as pa
 import ray
 
 from curation import shard as shard_mod
-from curation.records import FAILED, OK, STAGE_SCHEMAS, to_table
+from curation.records import CLIP, FAILED, OK, STAGE_SCHEMAS, clip_key, to_table
 from curation.stage_store import StageStore
 from curation.stages import Stage, StageContext
 from curation.storage import join
@@ -134,8 +134,9 @@ def run_media_stage(
     retries = ctx.policy.runtime.task_retries
     if stage.uses_actor:
         n = actors or max(1, min(len(blocks), int(ray.available_resources().get("CPU", 1))))
-        ds = _map_batches(ds, _StageActor, fn_constructor_kwargs={"stage": stage}, compute=ray.data.ActorPoolStrategy(size=n),
-                          **_bounded_retries(retries, actor=True), **common)
+        ds = _map_batches(ds, _StageActor, fn_constructor_kwargs={"stage": stage},
+                          compute=ray.data.ActorPoolStrategy(size=n), **_bounded_retries(retries, actor=True),
+                          **common)
     else:
         ds = _map_batches(ds, _run_batch, fn_kwargs={"stage": stage}, **_bounded_retries(retries), **common)
 
@@ -157,17 +158,19 @@ def run_media_stage(
     crashed = [r for r in pending if r["item_id"] not in seen_inputs]
     if crashed:
         log.warning("%s: %d item(s) lost their worker; recording them as failed", stage.name, len(crashed))
-        store.write_part(
-            stage.name,
-            [
-                {**r, "stage": stage.name, "status": FAILED,
-                 "reason": f"{stage.name}: the worker processing this item crashed (after Ray's retries)"}
-                for r in crashed
-            ],
-        )
+        store.write_part(stage.name, [_crashed_row(stage, r) for r in crashed])
     if progress:
         progress(len(pending), len(pending))
     return StageRun(stage.name, n_ok, skipped, len(pending), len(crashed), time.perf_counter() - t0)
+
+
+def _crashed_row(stage: Stage, row: dict) -> dict:
+    out = {**row, "stage": stage.name, "status": FAILED,
+           "reason": f"{stage.name}: the worker processing this item crashed (after Ray's retries)"}
+    if stage.input_id_column == "parent_id":
+        # A 1:N stage (video -> clips) records the loss as one failed clip of that video.
+        out.update(kind=CLIP, parent_id=row["item_id"], item_id=clip_key(row["item_id"], 0, 99))
+    return out
 
 
 def _write_shard_task(batch: pa.Table, ctx: StageContext) -> pa.Table:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import io
 import json
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -114,7 +114,7 @@ def discover(storage: Storage, source: str) -> list[dict]:
     ``manifest_row``. Raises SourceError when the source does not exist or holds nothing.
     """
     source = str(source)
-    if is_manifest(source) and not _is_dir(storage, source):
+    if is_manifest(source) and not _is_dir(source):
         rows = read_manifest(storage, source)
         if not rows:
             raise SourceError(f"manifest {source} has no rows")
@@ -149,12 +149,8 @@ def discover(storage: Storage, source: str) -> list[dict]:
     return rows
 
 
-def _is_dir(storage: Storage, uri: str) -> bool:
-    if is_s3(uri):
-        return False
-    from pathlib import Path
-
-    return Path(uri).is_dir()
+def _is_dir(uri: str) -> bool:
+    return not is_s3(uri) and Path(uri).is_dir()
 
 
 def _sidecar(storage: Storage, uri: str, names: set[str]) -> dict | None:

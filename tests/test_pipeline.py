@@ -71,3 +71,36 @@ def test_a_crashing_worker_fails_its_item_and_the_stage_goes_on(ray_session, tmp
     rows = {r["source_uri"]: r for r in store.read("probe").to_pylist()}
     assert rows["/data/a.mp4"]["status"] == OK and rows["/data/b.mp4"]["status"] == OK
     assert rows["/data/crash.mp4"]["status"] == "failed" and "crashed" in rows["/data/crash.mp4"]["reason"]
+
+
+class CrashWhilePlanningClips(Stage):
+    """A 1:N stage (video -> clips) whose worker dies on one video."""
+
+    name = "clips"
+    input_stage = "shots"
+    input_id_column = "parent_id"
+
+    def process(self, row: dict) -> list[dict]:
+        if "crash" in row["source_uri"]:
+            os._exit(1)
+        return [{**row, "kind": "clip", "item_id": row["item_id"] + "_s0000_c00", "parent_id": row["item_id"],
+                 "start_s": 0.0, "end_s": 4.0, "duration_s": 4.0, "status": OK, "reason": None}]
+
+
+def test_a_crash_in_a_one_to_many_stage_is_recorded_as_a_failed_clip(ray_session, tmp_path):
+    from curation.gates import check_stage
+
+    ctx = _ctx(tmp_path)
+    store = StageStore(Storage(), str(tmp_path))
+    uris = ["/data/a.mp4", "/data/crash.mp4"]
+    store.write_part("shots", [
+        {"run_id": "r", "item_id": video_id(u), "kind": VIDEO, "parent_id": None, "source_uri": u, "stage": "shots",
+         "status": OK, "reason": None, "src_width": 64, "src_height": 64, "src_fps": 24.0, "src_duration_s": 5.0,
+         "rotation": 0, "shot_starts": [0.0], "shot_ends": [5.0]} for u in uris])
+    run = run_media_stage(CrashWhilePlanningClips(ctx), store)
+    assert run.crashed == 1
+    rows = {r["parent_id"]: r for r in store.read("clips").to_pylist()}
+    lost = rows[video_id("/data/crash.mp4")]
+    assert lost["status"] == "failed" and lost["kind"] == "clip" and "crashed" in lost["reason"]
+    # The table still satisfies its gate: every video accounted for, ids well-formed.
+    check_stage("clips", store.read("clips"), {video_id(u) for u in uris}, "parent_id", ctx.policy)
