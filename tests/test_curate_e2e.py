@@ -241,3 +241,18 @@ def test_flow_publishes_funnel_and_summary_artifacts(curated):
     stages = [row["stage"] for row in funnel]
     assert stages == ["ingest", "probe", "filter", "shots", "clips", "extract", "shard"]
     assert f"run `{RUN_ID}`" in by_key["curate-summary"].data
+
+
+def test_synthetic_captioned_shapes_flow_through_curate(engines, tmp_path):
+    """The models' synthetic CC0 data is an ordinary source: curate keeps it with its captions."""
+    from training.synthetic_shapes import write_synthetic_dataset
+
+    manifest = write_synthetic_dataset(tmp_path / "shapes", num_clips=2, seed=3, width=320, height=180, fps=24,
+                                       seconds=3.0)
+    out = tmp_path / "out"
+    r = runner.invoke(app, ["curate", str(manifest), str(out), "--policy", str(DEMO_POLICY_FILE)])
+    assert r.exit_code == 0, r.output
+    index = read(out, "index.parquet")
+    assert len(index) == 2 and all(row["license"] == "CC0-1.0" and row["has_audio"] for row in index)
+    captions = {row["caption"] for row in index}
+    assert all("moving" in c for c in captions)
