@@ -116,6 +116,18 @@ def _ok(cond: str) -> dict:
 OK_ROWS = 'status=="ok"'
 
 
+# Valid range of each score (units: curation/scoring/*). NaN (not computed) is not judged.
+SCORE_RANGES = {
+    "motion_mean": (0, 1e4), "motion_max": (0, 1e4), "static_fraction": (0, 1), "static_longest_s": (0, 1e5),
+    "static": (0, 1), "cut_count": (0, 1e6), "cuts_per_s": (0, 1e3),
+    "border_top": (0, 1), "border_bottom": (0, 1), "border_left": (0, 1), "border_right": (0, 1),
+    "border_fraction": (0, 1), "sharpness": (0, 1e8), "mean_luma": (0, 1), "dark_clipped": (0, 1),
+    "bright_clipped": (0, 1), "text_conf_max": (0, 1), "text_area_max": (0, 1), "text_area_mean": (0, 1),
+    "audio_has_audio": (0, 1), "audio_loudness_dbfs": (-120, 0.01), "audio_silent_fraction": (0, 1),
+    "audio_speech_fraction": (0, 1), "audio_has_speech": (0, 1), "aesthetic_score": (-100, 100),
+}
+
+
 def stage_expectations(stage: str, expected_inputs: set[str], id_column: str, policy) -> list:
     import great_expectations.expectations as gxe
 
@@ -134,7 +146,7 @@ def stage_expectations(stage: str, expected_inputs: set[str], id_column: str, po
         ex.append(gxe.ExpectColumnDistinctValuesToEqualSet(column=id_column, value_set=sorted(expected_inputs)))
     else:
         ex.append(gxe.ExpectTableRowCountToEqual(value=0))
-    video_cols = stage in ("probe", "filter", "shots", "clips", "extract", "shard")
+    video_cols = stage in ("probe", "filter", "shots", "clips", "extract", "score", "shard")
     if video_cols:
         ex += [
             gxe.ExpectColumnValuesToBeBetween(column="src_width", min_value=1, max_value=16384, **_ok(OK_ROWS)),
@@ -145,7 +157,7 @@ def stage_expectations(stage: str, expected_inputs: set[str], id_column: str, po
         ]
     if stage == "ingest":
         ex.append(gxe.ExpectColumnValuesToBeInSet(column="kind", value_set=["video"]))
-    if stage in ("clips", "extract", "shard"):
+    if stage in ("clips", "extract", "score", "shard"):
         c = policy.clips
         ex += [
             gxe.ExpectColumnValuesToBeInSet(column="kind", value_set=["clip"]),
@@ -155,7 +167,7 @@ def stage_expectations(stage: str, expected_inputs: set[str], id_column: str, po
             gxe.ExpectColumnValuesToBeBetween(column="duration_s", min_value=c.min_seconds - 1e-3,
                                               max_value=c.max_seconds + 1e-3, **_ok(OK_ROWS)),
         ]
-    if stage in ("extract", "shard"):
+    if stage in ("extract", "score", "shard"):
         ex += [
             gxe.ExpectColumnValuesToNotBeNull(column="clip_uri", **_ok(OK_ROWS)),
             gxe.ExpectColumnValuesToBeBetween(column="width", min_value=2, max_value=16384, **_ok(OK_ROWS)),
@@ -163,6 +175,13 @@ def stage_expectations(stage: str, expected_inputs: set[str], id_column: str, po
             gxe.ExpectColumnValuesToBeBetween(column="fps", min_value=1, max_value=240, **_ok(OK_ROWS)),
             gxe.ExpectColumnValuesToBeBetween(column="frames", min_value=1, **_ok(OK_ROWS)),
         ]
+    if stage in ("score", "shard"):
+        ex += [gxe.ExpectColumnValuesToBeBetween(column=c, min_value=lo, max_value=hi) for c, (lo, hi) in SCORE_RANGES.items()]
+        if policy.scoring.enabled:
+            # Scores every clip gets (visual scorers always run; text when its rule is on).
+            needed = ["motion_mean", "static", "cuts_per_s", "border_fraction", "sharpness", "mean_luma"]
+            needed += ["text_conf_max"] if policy.scoring.text.enabled else []
+            ex += [gxe.ExpectColumnValuesToNotBeNull(column=c, **_ok('status!="failed"')) for c in needed]
     if stage == "shard":
         ex += [
             gxe.ExpectColumnValuesToBeInSet(column="status", value_set=["ok"]),

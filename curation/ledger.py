@@ -19,7 +19,7 @@ from curation.stage_store import StageStore
 from curation.storage import join
 
 VIDEO_STAGES = ["ingest", "probe", "filter", "shots"]
-CLIP_STAGES = ["clips", "extract", "shard"]
+CLIP_STAGES = ["clips", "extract", "score", "shard"]
 FUNNEL_STAGES = VIDEO_STAGES + CLIP_STAGES
 
 

@@ -131,6 +131,8 @@ def run_media_stage(
     blocks = [to_table(pending[i : i + bs], in_schema) for i in range(0, len(pending), bs)]
     ds = ray.data.from_arrow(blocks)
     common = dict(batch_size=bs, batch_format="pyarrow", zero_copy_batch=True, num_cpus=stage.num_cpus)
+    if stage.num_gpus:
+        common["num_gpus"] = stage.num_gpus
     retries = ctx.policy.runtime.task_retries
     if stage.uses_actor:
         n = actors or max(1, min(len(blocks), int(ray.available_resources().get("CPU", 1))))
@@ -182,11 +184,14 @@ def _write_shard_task(batch: pa.Table, ctx: StageContext) -> pa.Table:
     return to_table([{**r, "stage": "shard", "status": OK} for r in out], STAGE_SCHEMAS["shard"])
 
 
+SHARD_INPUT = "score"  # the last stage before sharding
+
+
 def run_shard_stage(ctx: StageContext, store: StageStore, progress: Progress | None = None) -> StageRun:
     """Write all shards from the accepted clips. All-or-nothing: shard membership depends on the
     whole set, so an incomplete earlier attempt is cleared and redone (identical bytes)."""
     t0 = time.perf_counter()
-    accepted = [r for r in store.read("extract").to_pylist() if r["status"] == OK]
+    accepted = [r for r in store.read(SHARD_INPUT).to_pylist() if r["status"] == OK]
     done = store.read("shard")
     if done.num_rows and set(done.column("item_id").to_pylist()) == {r["item_id"] for r in accepted}:
         return StageRun("shard", len(accepted), len(accepted), 0, 0)

@@ -111,6 +111,80 @@ class BucketPolicy(_Strict):
         return self
 
 
+class ScoreRule(_Strict):
+    """Keep a clip when ``min <= score < max`` (either bound optional). A NaN score (scorer
+    disabled, or an audio score on a silent-track clip) is not judged. ``score_only`` records the
+    score and the would-be rejection in ``rule_failures`` without rejecting."""
+
+    enabled: bool = True
+    min: float | None = None
+    max: float | None = None
+    score_only: bool = False
+
+
+# rule name -> the score it judges (curation/scoring/*). Rules apply in ScoringPolicy's field order.
+RULE_SCORES = {
+    "text": "text_conf_max",
+    "borders": "border_fraction",
+    "jitter": "cuts_per_s",
+    "aesthetics": "aesthetic_score",
+    "static": "static",
+    "motion": "motion_mean",
+    "sharpness": "sharpness",
+    "exposure": "mean_luma",
+    "silence": "audio_silent_fraction",
+    "speech": "audio_speech_fraction",
+}
+
+
+class AnalysisPolicy(_Strict):
+    # Scorers read one decode per clip at this size and rate (decode once): enough for motion,
+    # cuts, borders and OCR of burned-in text, a fraction of a full-resolution decode.
+    short_side: int = Field(256, ge=32)
+    fps: float = Field(8.0, gt=0)
+
+
+class AestheticsModelPolicy(_Strict):
+    # open_clip model name + checkpoint path and LAION MLP head path (local or s3://); without
+    # both paths the aesthetics scorer is disabled (never a made-up score).
+    clip_model: str = "ViT-L-14-quickgelu"
+    clip_checkpoint: str | None = None
+    head_checkpoint: str | None = None
+
+
+class ScoringPolicy(_Strict):
+    enabled: bool = True
+    analysis: AnalysisPolicy = AnalysisPolicy()
+    aesthetics_model: AestheticsModelPolicy = AestheticsModelPolicy()
+    # Actors of the scoring pool (models load once per actor); GPUs per actor on clusters.
+    actors: int | None = Field(None, ge=1)
+    num_gpus: float = Field(0.0, ge=0)
+    # Rules, in the order Movie Gen's retention table applies them.
+    # Movie Gen keeps a clip only if every sampled frame's word detection x recognition < 0.6.
+    text: ScoreRule = ScoreRule(max=0.6)
+    # Movie Gen removes borders with a first-derivative + scan-line detector; 5% of the frame in
+    # bars is our threshold (the paper gives none).
+    borders: ScoreRule = ScoreRule(max=0.05)
+    # Movie Gen drops clips with >= 0.85 PySceneDetect shots per second.
+    jitter: ScoreRule = ScoreRule(max=0.85)
+    # Movie Gen: LAION aesthetic score of the middle frame >= 4.0 (needs configured weights).
+    aesthetics: ScoreRule = ScoreRule(min=4.0)
+    # Movie Gen removes static video (flag: 1 = static).
+    static: ScoreRule = ScoreRule(max=0.5)
+    # Movie Gen keeps mean motion between 0.5 and 7 (unit unstated there; ours: px per 1/8 s at 256 px).
+    motion: ScoreRule = ScoreRule(min=0.5, max=7.0)
+    # Recorded for the report; no Movie Gen threshold.
+    sharpness: ScoreRule = ScoreRule(score_only=True)
+    exposure: ScoreRule = ScoreRule(min=0.03, max=0.97, score_only=True)
+    # Movie Gen's audio data drops silence-dominated video; kept score-only for the video dataset.
+    silence: ScoreRule = ScoreRule(max=0.9, score_only=True)
+    speech: ScoreRule = ScoreRule(score_only=True)
+
+    def rules(self) -> list[tuple[str, str, ScoreRule]]:
+        """(rule, score column, rule) in the order applied."""
+        return [(name, RULE_SCORES[name], getattr(self, name)) for name in RULE_SCORES]
+
+
 class RuntimePolicy(_Strict):
     # Items per Ray Data batch and per persisted part file: small parts mean little lost work on a
     # crash, large parts mean fewer files.
@@ -131,6 +205,7 @@ class Policy(_Strict):
     shots: ShotPolicy = ShotPolicy()
     output: OutputPolicy = OutputPolicy()
     buckets: BucketPolicy = BucketPolicy()
+    scoring: ScoringPolicy = ScoringPolicy()
     runtime: RuntimePolicy = RuntimePolicy()
 
     @model_validator(mode="after")
@@ -176,9 +251,23 @@ def load_policy(path: str | Path | None) -> Policy:
     return policy_from_dict(raw, origin=str(p))
 
 
+def _over_defaults(model: type[BaseModel], defaults: dict, raw: dict) -> dict:
+    """A partial block keeps the defaults it does not mention: ``text: {score_only: true}`` keeps
+    the text rule's threshold. Only nested policy sections merge; other values replace."""
+    out = dict(defaults)
+    for key, value in raw.items():
+        field = model.model_fields.get(key)
+        sub = field.annotation if field is not None else None
+        if isinstance(value, dict) and isinstance(sub, type) and issubclass(sub, BaseModel):
+            out[key] = _over_defaults(sub, defaults.get(key) or {}, value)
+        else:
+            out[key] = value
+    return out
+
+
 def policy_from_dict(raw: dict, origin: str = "policy") -> Policy:
     try:
-        return Policy.model_validate(raw)
+        return Policy.model_validate(_over_defaults(Policy, Policy().model_dump(), raw))
     except ValidationError as e:
         lines = []
         for err in e.errors():

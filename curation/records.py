@@ -69,6 +69,23 @@ EXTRACT = [
     pa.field("frames", pa.int32()),
     pa.field("clip_bytes", pa.int64()),
 ]
+# Quality scores of the score stage (curation/scoring/*): NaN where a scorer is disabled or does
+# not apply (audio scores on a clip without audio). Units and ranges: each scorer's docstring.
+SCORE_COLUMNS = [
+    "motion_mean", "motion_max", "static_fraction", "static_longest_s", "static",
+    "cut_count", "cuts_per_s",
+    "border_top", "border_bottom", "border_left", "border_right", "border_fraction",
+    "sharpness", "mean_luma", "dark_clipped", "bright_clipped",
+    "text_conf_max", "text_area_max", "text_area_mean",
+    "audio_has_audio", "audio_loudness_dbfs", "audio_silent_fraction", "audio_speech_fraction", "audio_has_speech",
+    "aesthetic_score",
+]
+SCORE = [pa.field(c, pa.float64()) for c in SCORE_COLUMNS] + [
+    # Every rule the clip broke, in policy order, "rule: score=value>limit; ..."; the first is the
+    # ledger reason. Score-only rules are listed too but do not reject.
+    pa.field("rule_failures", pa.string()),
+]
+
 SHARD = [
     pa.field("aspect_bucket", pa.string()),
     pa.field("duration_bucket", pa.string()),
@@ -87,17 +104,18 @@ STAGE_SCHEMAS: dict[str, pa.Schema] = {
     "shots": pa.schema(_VIDEO_PROBED + SHOTS),
     "clips": pa.schema(_CLIP_BASE),
     "extract": pa.schema(_CLIP_BASE + EXTRACT),
-    "shard": pa.schema(_CLIP_BASE + EXTRACT + SHARD),
+    "score": pa.schema(_CLIP_BASE + EXTRACT + SCORE),
+    "shard": pa.schema(_CLIP_BASE + EXTRACT + SCORE + SHARD),
 }
 
 # Column order of index.parquet: the clip record of the data contract (one row per accepted clip).
 INDEX_COLUMNS = [
     "key", "source_id", "source_uri", "license", "title", "start_s", "end_s", "duration_s",
     "width", "height", "fps", "frames", "has_audio", "aspect_bucket", "duration_bucket", "bucket",
-    "caption", "shard", "sampling_weight", "run_id",
+    "caption", "shard", "sampling_weight", "run_id", *SCORE_COLUMNS,
 ]
 
-_ALL_FIELDS = {f.name: f for f in COMMON + SOURCE + PROBE + CLIP_PLAN + EXTRACT + SHARD}
+_ALL_FIELDS = {f.name: f for f in COMMON + SOURCE + PROBE + CLIP_PLAN + EXTRACT + SCORE + SHARD}
 _ALL_FIELDS["key"] = pa.field("key", pa.string())
 _ALL_FIELDS["sampling_weight"] = pa.field("sampling_weight", pa.float64())
 INDEX_SCHEMA = pa.schema([_ALL_FIELDS[c] for c in INDEX_COLUMNS])

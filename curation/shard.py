@@ -16,6 +16,7 @@ import webdataset as wds
 
 from curation.buckets import bucket_name
 from curation.policy import Policy
+from curation.records import SCORE_COLUMNS
 from curation.storage import Storage, join
 
 # A fixed member mtime makes tars byte-identical across reruns (tar headers carry mtimes).
@@ -25,7 +26,7 @@ RECORD_FIELDS = [
     "key", "source_id", "source_uri", "license", "title", "description", "start_s", "end_s",
     "duration_s", "fps", "width", "height", "frames", "has_audio", "aspect_bucket",
     "duration_bucket", "bucket", "caption", "shard", "sampling_weight", "src_width", "src_height",
-    "src_fps", "run_id",
+    "src_fps", "run_id", *SCORE_COLUMNS, "rule_failures",
 ]
 
 
@@ -77,7 +78,8 @@ def plan_shards(rows: list[dict], policy: Policy) -> list[dict]:
 
 
 def clip_record(row: dict) -> dict:
-    rec = {k: row.get(k) for k in RECORD_FIELDS}
+    # NaN (a score that was not computed) is not JSON: store it as null.
+    rec = {k: (None if isinstance(v := row.get(k), float) and math.isnan(v) else v) for k in RECORD_FIELDS}
     rec["key"] = row["item_id"]
     if rec["sampling_weight"] is None:
         rec["sampling_weight"] = 1.0

@@ -16,7 +16,7 @@ from typing import ClassVar
 
 from curation import clip_plan, extract, filters, probe, shots
 from curation.policy import Policy
-from curation.records import CLIP, FAILED, OK, REJECTED, clip_key
+from curation.records import CLIP, FAILED, OK, REJECTED, SCORE_COLUMNS, clip_key
 from curation.storage import S3Config, Storage, join
 
 
@@ -45,6 +45,7 @@ class Stage(ABC):
     # inputs whose id already appears there.
     input_id_column: ClassVar[str] = "item_id"
     num_cpus: ClassVar[float] = 1.0
+    num_gpus: float = 0.0  # per task/actor; the score stage takes it from the policy
     # Stages with a model to load run as a Ray actor pool so the model loads once per actor.
     uses_actor: ClassVar[bool] = False
 
@@ -186,4 +187,68 @@ class ExtractStage(Stage):
         ]
 
 
-MEDIA_STAGES: list[type[Stage]] = [ProbeStage, FilterStage, ShotsStage, ClipPlanStage, ExtractStage]
+class ScoreStage(Stage):
+    """Decode each extracted clip once at analysis size and rate; run every scorer on those
+    frames; apply the policy's quality rules in order. Runs as an actor pool: the OCR, VAD and
+    aesthetics models load once per actor."""
+
+    name = "score"
+    input_stage = "extract"
+
+    def __init__(self, ctx: StageContext):
+        super().__init__(ctx)
+        cfg = ctx.policy.scoring
+        self.uses_actor = cfg.enabled
+        self.num_gpus = cfg.num_gpus
+        self._text = self._audio = self._aesthetics = None
+
+    def setup(self) -> None:
+        from curation.scoring.aesthetics import AestheticScorer, AestheticsConfig
+        from curation.scoring.audio import AudioScorer
+        from curation.scoring.text import TextScorer
+
+        cfg = self.ctx.policy.scoring
+        if not cfg.enabled:
+            return
+        self._text = TextScorer().setup() if cfg.text.enabled else None
+        self._audio = AudioScorer().setup()
+        m = cfg.aesthetics_model
+        aest = AestheticScorer(AestheticsConfig(clip_model=m.clip_model, clip_checkpoint=m.clip_checkpoint,
+                                                head_checkpoint=m.head_checkpoint))
+        self._aesthetics = aest.setup() if aest.enabled and cfg.aesthetics.enabled else None
+
+    def process(self, row: dict) -> list[dict]:
+        from curation.scoring import borders, jitter, motion, technical
+        from curation.scoring.frames import decode_for_analysis
+        from curation.scoring.rules import apply_rules, verdict
+
+        cfg = self.ctx.policy.scoring
+        if not cfg.enabled:
+            return [{**row, "status": OK, "reason": None}]
+        if self._audio is None:
+            self.setup()
+        storage = self.ctx.storage
+        video = storage.localize(row["clip_uri"], self.ctx.cache_dir)
+        audio = storage.localize(row["audio_uri"], self.ctx.cache_dir) if row.get("audio_uri") else None
+        clip = decode_for_analysis(video, short_side=cfg.analysis.short_side, fps=cfg.analysis.fps,
+                                   audio_path=audio)
+        scores: dict[str, float] = {}
+        scores.update(motion.score(clip))
+        scores.update(jitter.score(clip))
+        b = borders.score(clip)
+        scores.update(b)
+        scores.update(technical.score(clip, borders=b))
+        if self._text is not None:
+            scores.update(self._text.score(clip))
+        if clip.audio is not None:
+            scores.update(self._audio.score(clip))
+        else:
+            scores["audio_has_audio"] = 0.0
+        if self._aesthetics is not None:
+            scores.update(self._aesthetics.score(clip))
+        rejected, reason, failures = verdict(apply_rules(scores, cfg))
+        known = {c: float(scores[c]) for c in SCORE_COLUMNS if c in scores}
+        return [{**row, **known, "rule_failures": failures, "status": REJECTED if rejected else OK, "reason": reason}]
+
+
+MEDIA_STAGES: list[type[Stage]] = [ProbeStage, FilterStage, ShotsStage, ClipPlanStage, ExtractStage, ScoreStage]

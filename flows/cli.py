@@ -118,6 +118,7 @@ def print_result(result: dict) -> None:
     out.print(f"index:   {join(o, 'index.parquet')}")
     out.print(f"ledger:  {join(o, 'ledger.parquet')}")
     out.print(f"summary: {join(o, 'dataset.json')}")
+    out.print(f"report:  {result['report']}  (open it in a browser)")
 
 
 def _print_not_accepted(output: str, limit: int = 15) -> None:

@@ -128,6 +128,18 @@ def outputs_task(ctx: StageContext) -> dict:
     return ledger.write_outputs(store, ctx.run_id, ctx.policy.model_dump_json())
 
 
+@task(name="report", task_run_name="report", cache_policy=NO_CACHE)
+def report_task(ctx: StageContext) -> str:
+    """report.html: funnel, score histograms with thresholds, contact sheet of kept/rejected clips."""
+    from curation.report import write_report
+
+    rules = [{"rule": name, "score": column, "min": r.min, "max": r.max, "enabled": r.enabled,
+              "score_only": r.score_only} for name, column, r in ctx.policy.scoring.rules()]
+    uri = write_report(ctx.storage, ctx.output, StageStore(ctx.storage, ctx.output), rules, ctx.run_id)
+    get_run_logger().info("report: %s", uri)
+    return uri
+
+
 @task(name="gate-dataset", task_run_name="gate-dataset", cache_policy=NO_CACHE)
 def dataset_gate_task(ctx: StageContext) -> dict:
     return validate_output(ctx.output, ctx.storage)
@@ -198,9 +210,10 @@ def curate(
         timings[stage_cls.name] = stage_task.with_options(retries=retries)(stage_cls.name, ctx)["seconds"]
         gate_task(stage_cls.name, stage_cls.input_stage, stage_cls.input_id_column, ctx)
     timings["shard"] = shard_task.with_options(retries=retries)(ctx)["seconds"]
-    gate_task("shard", "extract", "item_id", ctx)
+    gate_task("shard", pipeline.SHARD_INPUT, "item_id", ctx)
     summary = outputs_task(ctx)
     dataset_gate_task(ctx)
+    report = report_task(ctx)
 
     store = StageStore(storage, output)
     funnel = [{**row, "seconds": round(timings.get(row["stage"], 0.0), 2)} for row in ledger.funnel(store)]
@@ -208,7 +221,7 @@ def curate(
     create_markdown_artifact(key="curate-summary", markdown=summary_markdown(summary, output),
                              description=f"Summary of run {run_id}")
     shutil.rmtree(cache_dir, ignore_errors=True)
-    return {"summary": summary, "funnel": funnel, "run_id": run_id, "output": output}
+    return {"summary": summary, "funnel": funnel, "run_id": run_id, "output": output, "report": report}
 
 
 def summary_markdown(summary: dict, output: str) -> str:

@@ -50,6 +50,8 @@ def source(media, tmp_path_factory) -> dict:
         w.writerows(rows)
     policy = yaml.safe_load(DEMO_POLICY_FILE.read_text())
     policy["runtime"] = {"part_rows": 1}  # commit every item: the SIGKILL test needs fine-grained progress
+    # Score every clip but reject none: these tests are about the spine (the rules have their own).
+    policy["scoring"] = {r: {"score_only": True} for r in ("text", "borders", "jitter", "static", "motion")}
     policy_file = root / "policy.yaml"
     policy_file.write_text(yaml.safe_dump(policy))
     return {"manifest": manifest, "policy": policy_file, "rows": rows}
@@ -118,6 +120,9 @@ def test_shards_read_back_with_plain_webdataset_and_match_index(curated):
         assert s["mp4"][4:8] == b"ftyp"
         assert ("flac" in s) == bool(row["has_audio"])
         assert s["__url__"].endswith(row["shard"])
+    for row in index:  # every clip carries its quality scores and the rules it would break
+        assert row["motion_mean"] is not None and row["text_conf_max"] is not None
+    assert (curated / "report.html").stat().st_size > 10_000
     summary = json.loads((curated / "dataset.json").read_text())
     assert summary["clips"]["accepted"] == len(index)
     assert abs(summary["seconds"] - sum(r["duration_s"] for r in index)) < 1e-3
@@ -239,7 +244,7 @@ def test_flow_publishes_funnel_and_summary_artifacts(curated):
     funnel = by_key["curate-funnel"].data
     funnel = json.loads(funnel) if isinstance(funnel, str) else funnel
     stages = [row["stage"] for row in funnel]
-    assert stages == ["ingest", "probe", "filter", "shots", "clips", "extract", "shard"]
+    assert stages == ["ingest", "probe", "filter", "shots", "clips", "extract", "score", "shard"]
     assert f"run `{RUN_ID}`" in by_key["curate-summary"].data
 
 

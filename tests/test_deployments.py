@@ -10,6 +10,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import sys
 import textwrap
 import time
@@ -22,7 +23,15 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from curation.policy import DEMO_POLICY_FILE
+from curation.policy import DEMO_POLICY_FILE as _DEMO_POLICY
+
+# The demo policy, scoring without rejecting: the generated test patterns carry text by design,
+# and these tests are about scheduling, not the quality rules.
+DEMO_POLICY_FILE = Path(tempfile.mkdtemp(prefix="reelflow-deploy-test-")) / "policy.yaml"
+DEMO_POLICY_FILE.write_text(yaml.safe_dump({
+    **yaml.safe_load(_DEMO_POLICY.read_text()),
+    "scoring": {r: {"score_only": True} for r in ("text", "borders", "jitter", "static", "motion")},
+}))
 from flows.curate_flow import curate
 from flows.deployments import (
     CURATE_DEPLOYMENT,

@@ -55,3 +55,11 @@ def test_missing_and_malformed_files(tmp_path):
     lst.write_text("- 1\n- 2\n")
     with pytest.raises(PolicyError, match="mapping"):
         load_policy(lst)
+
+
+def test_partial_blocks_keep_the_defaults_they_do_not_name():
+    p = policy_from_dict({"scoring": {"text": {"score_only": True}}, "clips": {"max_seconds": 12}})
+    assert p.scoring.text.max == 0.6 and p.scoring.text.score_only
+    assert p.clips.min_seconds == 4.0 and p.clips.max_seconds == 12
+    with pytest.raises(PolicyError, match="scoring.text.maximum: unknown key"):
+        policy_from_dict({"scoring": {"text": {"maximum": 1}}})

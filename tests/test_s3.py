@@ -10,6 +10,7 @@ import boto3
 import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
+import yaml
 from typer.testing import CliRunner
 
 from curation.policy import DEMO_POLICY_FILE
@@ -38,10 +39,15 @@ def test_curate_from_an_s3_prefix_into_s3(engines, s3, media, tmp_path):
     s3.put_object(Bucket="raw", Key="videos/broken.mp4", Body=b"")
     s3.put_object(Bucket="raw", Key="videos/broken.mp4.json", Body=b'{"license": "CC0-1.0"}')
 
-    r = runner.invoke(app, ["curate", "s3://raw/videos", "s3://curated/run1", "--policy", str(DEMO_POLICY_FILE)])
+    # The demo policy, scoring without rejecting: the generated test patterns carry text by design.
+    policy = yaml.safe_load(DEMO_POLICY_FILE.read_text())
+    policy["scoring"] = {r: {"score_only": True} for r in ("text", "borders", "jitter", "static", "motion")}
+    policy_file = tmp_path / "policy.yaml"
+    policy_file.write_text(yaml.safe_dump(policy))
+    r = runner.invoke(app, ["curate", "s3://raw/videos", "s3://curated/run1", "--policy", str(policy_file)])
     assert r.exit_code == 0, r.output
     keys = {o["Key"] for o in s3.list_objects_v2(Bucket="curated", Prefix="run1/")["Contents"]}
-    assert {"run1/index.parquet", "run1/ledger.parquet", "run1/dataset.json"} <= keys
+    assert {"run1/index.parquet", "run1/ledger.parquet", "run1/dataset.json", "run1/report.html"} <= keys
     shard_keys = sorted(k for k in keys if k.startswith("run1/shards/") and k.endswith(".tar"))
     assert shard_keys
 

@@ -45,9 +45,11 @@ def decode_for_analysis(
     short_side: int = 256,
     fps: float = 8.0,
     audio_rate: int = 16000,
+    audio_path: str | Path | None = None,
 ) -> AnalysisClip:
     """Decode ``[start_s, end_s)`` of a video once: frames resampled to ``fps`` (nearest earlier
-    frame) and scaled so the short side is at most ``short_side``; audio as 16 kHz mono."""
+    frame) and scaled so the short side is at most ``short_side``; audio as 16 kHz mono, from
+    ``audio_path`` when the audio lives in its own file (extracted clips keep it as FLAC)."""
     frames: list[np.ndarray] = []
     with av.open(str(path)) as c:
         vs = c.streams.video[0]
@@ -72,7 +74,7 @@ def decode_for_analysis(
             next_t += 1.0 / fps
             while next_t <= t:  # source slower than the analysis rate: no duplicates
                 next_t += 1.0 / fps
-    audio, rate = _decode_audio(path, start_s, end_s, audio_rate)
+    audio, rate = _decode_audio(audio_path or path, start_s, end_s, audio_rate)
     if not frames:
         raise ValueError(f"no video frames in [{start_s:.2f}, {end_s:.2f}) s of {path}")
     return AnalysisClip(np.stack(frames), fps, audio, rate, start_s, float(end_s))

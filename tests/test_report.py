@@ -1,0 +1,174 @@
+"""The HTML run report, built from hand-made stage tables and real tiny clips.
+
+The score stage has no entry in STAGE_SCHEMAS yet, so its table is written here as a plain parquet
+part with the extract schema plus records.SCORE.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import json
+import math
+import re
+
+import boto3
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from curation import samples
+from curation.records import SCORE, SCORE_COLUMNS, STAGE_SCHEMAS, clip_key, to_table
+from curation.report import write_report
+from curation.stage_store import StageStore
+from curation.storage import Storage, join
+
+RUN = "run-test"
+RULES = [
+    {"rule": "motion", "score": "motion_mean", "min": 0.5, "max": 7.0, "enabled": True, "score_only": False},
+    {"rule": "sharpness", "score": "sharpness", "min": 25.0, "max": None, "enabled": True, "score_only": True},
+    {"rule": "text", "score": "text_conf_max", "min": None, "max": 0.6, "enabled": True, "score_only": False},
+    {"rule": "jitter", "score": "cuts_per_s", "min": None, "max": 0.85, "enabled": True, "score_only": False},
+    {"rule": "aesthetics", "score": "aesthetic_score", "min": 4.0, "max": None, "enabled": False, "score_only": False},
+]
+# Rejected clips: (scores, rule_failures, ledger reason), as curation.scoring.rules.verdict writes them. The text clip also broke the score-only
+# sharpness rule first: it must still count against "text".
+REJECTED = {
+    "motion": ({"motion_mean": 0.12}, "motion: motion_mean=0.12<0.5", "motion: motion_mean=0.12<0.5"),
+    "text": ({"text_conf_max": 0.93, "sharpness": 12.5},
+             "sharpness: sharpness=12.5<25 (score only); text: text_conf_max=0.93>=0.6", "text: text_conf_max=0.93>=0.6"),
+    "jitter": ({"cuts_per_s": 1.5}, "jitter: cuts_per_s=1.5>=0.85", "jitter: cuts_per_s=1.5>=0.85"),
+}
+KEPT_SCORE_ONLY = "sharpness: sharpness=20<25 (score only)"
+
+
+@pytest.fixture(scope="module")
+def clip_files(tmp_path_factory) -> list[str]:
+    root = tmp_path_factory.mktemp("report_clips")
+    return [str(samples.make_cut_video(root / f"c{i}.mp4", [1.0], size=(96, 64), fps=8, audio=False).path)
+            for i in range(2)]
+
+
+def _base(vid: str, stage: str, status: str = "ok", reason: str | None = None, **kw) -> dict:
+    return {"run_id": RUN, "item_id": vid, "kind": "video", "parent_id": None, "source_uri": f"/in/{vid}.mp4",
+            "stage": stage, "status": status, "reason": reason, "license": "CC0-1.0", "title": vid, **kw}
+
+
+def _clip(i: int, stage: str, uri: str, status: str = "ok", reason: str | None = None) -> dict:
+    key = clip_key("vgood", i, 0)
+    return {**_base(key, stage, status, reason), "kind": "clip", "parent_id": "vgood", "shot_index": i,
+            "clip_index": 0, "start_s": 0.0, "end_s": 1.0, "duration_s": 1.0, "clip_uri": uri,
+            "width": 96, "height": 64, "fps": 8.0, "frames": 8, "clip_bytes": 1000}
+
+
+def _scores(i: int) -> dict:
+    """Passing scores for every column; aesthetics is disabled, so all NaN."""
+    s = {c: 0.0 for c in SCORE_COLUMNS}
+    s.update(motion_mean=1.0 + i, sharpness=80.0 + 10 * i, text_conf_max=0.1, cuts_per_s=0.0, aesthetic_score=math.nan)
+    return s
+
+
+def build_output(storage: Storage, output: str, clip_files: list[str], with_score: bool = True, n_kept: int = 3) -> StageStore:
+    store = StageStore(storage, output)
+    store.write_part("ingest", [_base(v, "ingest") for v in ("vgood", "vsmall", "vbroken")])
+    store.write_part("probe", [_base("vgood", "probe"), _base("vsmall", "probe"),
+                               _base("vbroken", "probe", "failed", "probe: no video stream")])
+    store.write_part("filter", [_base("vgood", "filter"),
+                                _base("vsmall", "filter", "rejected", "resolution: short side 64 < 720")])
+    store.write_part("shots", [_base("vgood", "shots")])
+    n = n_kept + len(REJECTED) + 1  # + one clip whose scoring crashed
+    uris = [clip_files[i % len(clip_files)] for i in range(n)]
+    store.write_part("clips", [_clip(i, "clips", uris[i]) for i in range(n)])
+    store.write_part("extract", [_clip(i, "extract", uris[i]) for i in range(n)])
+    if with_score:
+        _write_score(storage, output, [_score_row(i, uris[i], n_kept) for i in range(n)])
+    store.write_part("shard", [{**_clip(i, "shard", uris[i]), "shard": "shards/a/shard-000000.tar"} for i in range(n_kept)])
+    return store
+
+
+def _score_row(i: int, uri: str, n_kept: int) -> dict:
+    row = {**_clip(i, "score", uri), **_scores(i), "rule_failures": None}
+    if i == 0:  # kept, though it broke a score-only rule
+        return {**row, "sharpness": 20.0, "rule_failures": KEPT_SCORE_ONLY}
+    if i < n_kept:
+        return row
+    j = i - n_kept
+    if j == len(REJECTED):
+        return {**row, "status": "failed", "reason": "score: decode error",
+                **{c: math.nan for c in SCORE_COLUMNS}}
+    scores, failures, reason = list(REJECTED.values())[j]
+    return {**row, **scores, "status": "rejected", "reason": reason, "rule_failures": failures}
+
+
+def _write_score(storage: Storage, output: str, rows: list[dict]) -> None:
+    schema = pa.schema(list(STAGE_SCHEMAS["extract"]) + SCORE)
+    buf = io.BytesIO()
+    pq.write_table(to_table(rows, schema), buf)
+    storage.write_bytes(join(output, "_stages", "score", "part-test.parquet"), buf.getvalue())
+
+
+def test_report_with_scores(tmp_path, clip_files):
+    storage, out = Storage(), str(tmp_path / "out")
+    store = build_output(storage, out, clip_files)
+    storage.write_bytes(join(out, "dataset.json"), json.dumps(
+        {"run_id": RUN, "inputs": 3, "videos": {"accepted": 1, "rejected": 1, "failed": 1},
+         "clips": {"accepted": 3, "rejected": 3, "failed": 1}, "hours": 0.000833}).encode())
+    uri = write_report(storage, out, store, RULES, RUN)
+    assert uri == join(out, "report.html")
+    assert [p.name for p in (tmp_path / "out").iterdir() if p.suffix == ".html"] == ["report.html"]
+    page = (tmp_path / "out" / "report.html").read_text()
+    # funnel, rules, one histogram per varying or ruled score; aesthetics (all NaN) and constant columns skipped
+    assert page.count("data:image/png;base64") == 2 + 4
+    assert "static_fraction = 0" in page.split("Same value on every scored clip")[1]
+    assert page.count("data:image/jpeg;base64") == 3 + len(REJECTED) + 0  # kept + rejected thumbnails
+    assert "thumbnail unavailable" not in page
+    for r in RULES:
+        assert r["rule"] in page
+    for v in ("0.5", "7", "25", "0.6", "0.85", "4"):
+        assert f"<td>{v}</td>" in page  # each threshold in the rules table
+    for _, failures, reason in REJECTED.values():
+        assert html.escape(reason) in page and html.escape(failures) in page
+    assert RUN in page and "0.001" in page  # hours from dataset.json, 3 decimals
+    # The text clip broke score-only sharpness first: removed by text, sharpness removes nothing.
+    assert re.search(r"<td class=l>sharpness</td>.*?score only</td><td>0</td><td>2</td>", page)
+    assert "score-only failures: " + html.escape(KEPT_SCORE_ONLY) in page
+    assert re.search(r"<td class=l>text</td>.*?enforced</td><td>1</td><td>1</td><td>3</td>", page)
+    assert "aesthetic_score" in page.split("No finite value")[1]  # the all-NaN column is skipped, and said so
+
+
+def test_report_without_score_table_and_dataset_json(tmp_path, clip_files):
+    storage, out = Storage(), str(tmp_path / "out")
+    store = build_output(storage, out, clip_files, with_score=False)
+    uri = write_report(storage, out, store, RULES, RUN)
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert uri.endswith("report.html") and "no <code>score</code> stage table" in page
+    assert "data:image/png;base64" in page
+    assert page.count("data:image/jpeg;base64") == 3  # kept clips, from the shard table
+    assert "the ledger built from the stage tables" in page
+    assert "<td class=l>score</td>" not in page  # no score row in the stage funnel
+
+
+def test_report_with_zero_clips(tmp_path):
+    storage, out = Storage(), str(tmp_path / "out")
+    store = StageStore(storage, out)
+    store.write_part("ingest", [_base("vsmall", "ingest")])
+    store.write_part("probe", [_base("vsmall", "probe", "rejected", "license: not allowed")])
+    _write_score(storage, out, [])
+    write_report(storage, out, store, RULES, RUN)
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert "0 clip(s) entered the score stage" in page and "data:image/jpeg" not in page
+
+
+@pytest.mark.integration
+def test_report_on_s3(s3_server, clip_files):
+    boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1").create_bucket(Bucket="reports")
+    storage, out = Storage(), "s3://reports/run1"
+    uploaded = []
+    for i, f in enumerate(clip_files):
+        uploaded.append(f"s3://reports/clips/c{i}.mp4")
+        storage.upload_file(f, uploaded[-1])
+    store = build_output(storage, out, uploaded, n_kept=2)
+    uri = write_report(storage, out, store, RULES, RUN)
+    assert uri == "s3://reports/run1/report.html"
+    page = storage.read_bytes(uri).decode()
+    assert page.count("data:image/jpeg;base64") == 2 + len(REJECTED) and "thumbnail unavailable" not in page

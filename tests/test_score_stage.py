@@ -1,0 +1,98 @@
+"""The score stage on real and generated clips: one decode, every scorer, Movie Gen's rules.
+
+Each case is a clip whose answer is known; the stage must reject it by the named rule (or keep
+it), with the rule and the value in the reason."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+import pytest
+
+from curation.policy import Policy
+from curation.samples import make_cut_video
+from curation.stages import ScoreStage, StageContext
+
+
+def ffmpeg(*args: str) -> None:
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-y", *args], check=True)
+
+
+def with_text(src: Path, dst: Path, seconds: float = 3.0) -> Path:
+    """Burn large captions into real footage (OpenCV's built-in font: no font files needed)."""
+    with av.open(str(src)) as cin, av.open(str(dst), "w") as cout:
+        vs = cout.add_stream("libx264", rate=25)
+        vs.width, vs.height, vs.pix_fmt = 640, 272, "yuv420p"
+        for i, frame in enumerate(cin.decode(video=0)):
+            if i >= seconds * 25:
+                break
+            img = np.ascontiguousarray(frame.to_ndarray(format="rgb24", width=640, height=272))
+            cv2.putText(img, "BREAKING NEWS", (40, 150), cv2.FONT_HERSHEY_SIMPLEX, 2.0, (255, 255, 255), 6)
+            for p in vs.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                cout.mux(p)
+        for p in vs.encode():
+            cout.mux(p)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def clips(media, tmp_path_factory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("score-clips")
+    bikes = media["bikes"]
+    out = {"clean": d / "clean.mp4", "still": d / "still.mp4", "letterbox": d / "letterbox.mp4"}
+    ffmpeg("-ss", "3.2", "-t", "2.2", "-i", str(bikes), "-an", str(out["clean"]))
+    ffmpeg("-ss", "1", "-i", str(media["bbb"]), "-frames:v", "1", str(d / "frame.png"))
+    ffmpeg("-loop", "1", "-i", str(d / "frame.png"), "-t", "3", "-r", "24", "-pix_fmt", "yuv420p", str(out["still"]))
+    ffmpeg("-ss", "3.2", "-t", "2.2", "-i", str(bikes), "-vf", "scale=640:200,pad=640:272:0:36:black", "-an",
+           str(out["letterbox"]))
+    out["text"] = with_text(bikes, d / "text.mp4")
+    out["no_text"] = d / "no_text.mp4"
+    ffmpeg("-t", "3", "-i", str(bikes), "-vf", "scale=640:272", "-an", str(out["no_text"]))
+    out["cuts"] = make_cut_video(d / "cuts.mp4", [0.5] * 8, size=(320, 180), audio=False).path
+    return out
+
+
+@pytest.fixture(scope="module")
+def stage(tmp_path_factory) -> ScoreStage:
+    s = ScoreStage(StageContext(run_id="r", output=str(tmp_path_factory.mktemp("out")), policy=Policy()))
+    s.setup()
+    return s
+
+
+def run(stage: ScoreStage, path: Path) -> dict:
+    (row,) = stage.run_row({"item_id": path.stem, "clip_uri": str(path), "audio_uri": None, "status": "ok"})
+    return row
+
+
+def test_clean_real_footage_is_kept_with_every_visual_score(stage, clips):
+    row = run(stage, clips["clean"])
+    assert row["status"] == "ok", row["reason"]
+    for c in ("motion_mean", "cuts_per_s", "border_fraction", "sharpness", "mean_luma", "text_conf_max"):
+        assert np.isfinite(row[c]), c
+    assert row["audio_has_audio"] == 0.0 and "aesthetic_score" not in row  # no audio; no weights configured
+
+
+def test_a_still_image_held_for_seconds_is_rejected_as_static(stage, clips):
+    row = run(stage, clips["still"])
+    assert row["status"] == "rejected" and row["reason"].startswith("static: static=1>=0.5"), row["reason"]
+
+
+def test_burned_in_text_is_rejected_and_the_same_footage_without_text_is_kept(stage, clips):
+    row = run(stage, clips["text"])
+    assert row["status"] == "rejected" and row["reason"].startswith("text: text_conf_max="), row["reason"]
+    assert run(stage, clips["no_text"])["status"] == "ok"
+
+
+def test_letterboxed_footage_is_caught_by_the_border_rule(stage, clips):
+    row = run(stage, clips["letterbox"])
+    assert row["status"] == "rejected" and row["reason"].startswith("borders: border_fraction="), row["reason"]
+
+
+def test_a_cut_heavy_clip_breaks_the_jitter_rule(stage, clips):
+    row = run(stage, clips["cuts"])
+    assert row["status"] == "rejected"
+    assert "jitter: cuts_per_s=" in row["rule_failures"] and row["cuts_per_s"] >= 0.85
