@@ -218,10 +218,28 @@ def curate(
     store = StageStore(storage, output)
     funnel = [{**row, "seconds": round(timings.get(row["stage"], 0.0), 2)} for row in ledger.funnel(store)]
     create_table_artifact(key="curate-funnel", table=funnel, description=f"Per-stage funnel of run {run_id}")
+    create_table_artifact(key="curate-rules", table=rule_funnel(store, policy),
+                          description=f"Clips removed by each quality rule, in the order applied (run {run_id})")
     create_markdown_artifact(key="curate-summary", markdown=summary_markdown(summary, output),
                              description=f"Summary of run {run_id}")
     shutil.rmtree(cache_dir, ignore_errors=True)
     return {"summary": summary, "funnel": funnel, "run_id": run_id, "output": output, "report": report}
+
+
+def rule_funnel(store: StageStore, policy: Policy) -> list[dict]:
+    """Per quality rule, in policy order: clips it removed (the first rule a clip broke), like
+    Movie Gen's retention table."""
+    rejected = [r for r in store.read("score").to_pylist() if r["status"] == "rejected"]
+    removed: dict[str, int] = {}
+    for r in rejected:
+        rule = (r["reason"] or "").split(":", 1)[0]
+        removed[rule] = removed.get(rule, 0) + 1
+    rows = []
+    for name, column, rule in policy.scoring.rules():
+        mode = "disabled" if not rule.enabled else "score only" if rule.score_only else "enforced"
+        rows.append({"rule": name, "score": column, "min": rule.min, "max": rule.max, "mode": mode,
+                     "removed": removed.get(name, 0)})
+    return rows
 
 
 def summary_markdown(summary: dict, output: str) -> str:

@@ -238,9 +238,13 @@ def test_flow_publishes_funnel_and_summary_artifacts(curated):
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
     with get_client(sync_client=True) as client:
-        arts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["curate-funnel", "curate-summary"])))
+        keys = ["curate-funnel", "curate-rules", "curate-summary"]
+        arts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys)))
     by_key = {a.key: a for a in arts}
-    assert set(by_key) == {"curate-funnel", "curate-summary"}
+    assert set(by_key) == set(keys)
+    rules = by_key["curate-rules"].data
+    rules = json.loads(rules) if isinstance(rules, str) else rules
+    assert [r["rule"] for r in rules][:6] == ["text", "borders", "jitter", "aesthetics", "static", "motion"]
     funnel = by_key["curate-funnel"].data
     funnel = json.loads(funnel) if isinstance(funnel, str) else funnel
     stages = [row["stage"] for row in funnel]
