@@ -133,8 +133,9 @@ def report_task(ctx: StageContext) -> str:
     """report.html: funnel, score histograms with thresholds, contact sheet of kept/rejected clips."""
     from curation.report import write_report
 
-    rules = [{"rule": name, "score": column, "min": r.min, "max": r.max, "enabled": r.enabled,
-              "score_only": r.score_only} for name, column, r in ctx.policy.scoring.rules()]
+    rules = [{"rule": name, "score": column, "min": r.min, "max": r.max,
+              "enabled": r.enabled and _scorer_available(ctx.policy, name), "score_only": r.score_only}
+             for name, column, r in ctx.policy.scoring.rules()]
     uri = write_report(ctx.storage, ctx.output, StageStore(ctx.storage, ctx.output), rules, ctx.run_id)
     get_run_logger().info("report: %s", uri)
     return uri
@@ -226,6 +227,12 @@ def curate(
     return {"summary": summary, "funnel": funnel, "run_id": run_id, "output": output, "report": report}
 
 
+def _scorer_available(policy: Policy, rule: str) -> bool:
+    """The aesthetics rule judges nothing without configured weights: report it as disabled."""
+    m = policy.scoring.aesthetics_model
+    return rule != "aesthetics" or bool(m.clip_checkpoint and m.head_checkpoint)
+
+
 def rule_funnel(store: StageStore, policy: Policy) -> list[dict]:
     """Per quality rule, in policy order: clips it removed (the first rule a clip broke), like
     Movie Gen's retention table."""
@@ -236,7 +243,8 @@ def rule_funnel(store: StageStore, policy: Policy) -> list[dict]:
         removed[rule] = removed.get(rule, 0) + 1
     rows = []
     for name, column, rule in policy.scoring.rules():
-        mode = "disabled" if not rule.enabled else "score only" if rule.score_only else "enforced"
+        mode = ("disabled" if not rule.enabled else "disabled (no weights)" if not _scorer_available(policy, name)
+                else "score only" if rule.score_only else "enforced")
         rows.append({"rule": name, "score": column, "min": rule.min, "max": rule.max, "mode": mode,
                      "removed": removed.get(name, 0)})
     return rows
