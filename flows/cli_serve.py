@@ -80,6 +80,6 @@ def serve_command(
         raise _usage_error("; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()))
     try:
         serve(deployments, run_now=config.name if run_now else None, limit=limit)
-    except KeyboardInterrupt:
-        pass
+    except KeyboardInterrupt:  # Ctrl-C is how a user stops serving: a normal exit
+        typer.echo("stopped serving; scheduled runs stay registered on the server", err=True)
     raise typer.Exit(EXIT_OK)

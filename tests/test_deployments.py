@@ -4,6 +4,7 @@ the API, running a real curation to COMPLETED."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import shutil
@@ -216,12 +217,10 @@ def prefect_server(tmp_path_factory) -> Iterator[str]:
     try:
         deadline = time.monotonic() + 180
         while True:
-            try:
+            with contextlib.suppress(OSError):  # not listening yet: poll again below
                 with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
                     if resp.status == 200:
                         break
-            except OSError:
-                pass
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"prefect server did not start:\n{_tail(log)}")
             time.sleep(0.5)
