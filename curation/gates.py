@@ -16,6 +16,7 @@ from functools import lru_cache
 import pandas as pd
 import pyarrow as pa
 
+from curation.captioning.camera_motion import CAMERA_LABELS
 from curation.records import LEDGER_SCHEMA, STAGE_SCHEMAS, STATUSES, TERMINAL_STATUSES, INDEX_SCHEMA
 
 MAX_ROWS_SHOWN = 10
@@ -117,6 +118,9 @@ OK_ROWS = 'status=="ok"'
 
 
 # Valid range of each score (units: curation/scoring/*). NaN (not computed) is not judged.
+# The clip tables, in pipeline order (clips .. shard).
+CLIP_TABLES = ("clips", "extract", "score", "dedup", "caption", "balance", "shard")
+
 SCORE_RANGES = {
     "motion_mean": (0, 1e4), "motion_max": (0, 1e4), "static_fraction": (0, 1), "static_longest_s": (0, 1e5),
     "static": (0, 1), "cut_count": (0, 1e6), "cuts_per_s": (0, 1e3),
@@ -125,6 +129,7 @@ SCORE_RANGES = {
     "bright_clipped": (0, 1), "text_conf_max": (0, 1), "text_area_max": (0, 1), "text_area_mean": (0, 1),
     "audio_has_audio": (0, 1), "audio_loudness_dbfs": (-120, 0.01), "audio_silent_fraction": (0, 1),
     "audio_speech_fraction": (0, 1), "audio_has_speech": (0, 1), "aesthetic_score": (-100, 100),
+    "audio_music_prob": (0, 1), "audio_speech_prob": (0, 1), "audio_top_label_prob": (0, 1),
 }
 
 
@@ -146,7 +151,7 @@ def stage_expectations(stage: str, expected_inputs: set[str], id_column: str, po
         ex.append(gxe.ExpectColumnDistinctValuesToEqualSet(column=id_column, value_set=sorted(expected_inputs)))
     else:
         ex.append(gxe.ExpectTableRowCountToEqual(value=0))
-    video_cols = stage in ("probe", "filter", "shots", "clips", "extract", "score", "shard")
+    video_cols = stage in ("probe", "filter", "shots", *CLIP_TABLES)
     if video_cols:
         ex += [
             gxe.ExpectColumnValuesToBeBetween(column="src_width", min_value=1, max_value=16384, **_ok(OK_ROWS)),
@@ -157,7 +162,7 @@ def stage_expectations(stage: str, expected_inputs: set[str], id_column: str, po
         ]
     if stage == "ingest":
         ex.append(gxe.ExpectColumnValuesToBeInSet(column="kind", value_set=["video"]))
-    if stage in ("clips", "extract", "score", "shard"):
+    if stage in CLIP_TABLES:
         c = policy.clips
         ex += [
             gxe.ExpectColumnValuesToBeInSet(column="kind", value_set=["clip"]),
@@ -167,7 +172,7 @@ def stage_expectations(stage: str, expected_inputs: set[str], id_column: str, po
             gxe.ExpectColumnValuesToBeBetween(column="duration_s", min_value=c.min_seconds - 1e-3,
                                               max_value=c.max_seconds + 1e-3, **_ok(OK_ROWS)),
         ]
-    if stage in ("extract", "score", "shard"):
+    if stage in CLIP_TABLES[1:]:
         ex += [
             gxe.ExpectColumnValuesToNotBeNull(column="clip_uri", **_ok(OK_ROWS)),
             gxe.ExpectColumnValuesToBeBetween(column="width", min_value=2, max_value=16384, **_ok(OK_ROWS)),
@@ -180,8 +185,46 @@ def stage_expectations(stage: str, expected_inputs: set[str], id_column: str, po
         if policy.scoring.enabled:
             # Scores every clip gets (visual scorers always run; text when its rule is on).
             needed = ["motion_mean", "static", "cuts_per_s", "border_fraction", "sharpness", "mean_luma"]
-            needed += ["text_conf_max"] if policy.scoring.text.enabled else []
             ex += [gxe.ExpectColumnValuesToNotBeNull(column=c, **_ok('status!="failed"')) for c in needed]
+            if policy.scoring.text.enabled:
+                # Lazy scoring leaves OCR out for clips a cheap rule already rejected.
+                lazy = policy.scoring.skip_models_after_reject
+                ex.append(gxe.ExpectColumnValuesToNotBeNull(column="text_conf_max",
+                                                            **_ok('status=="ok"' if lazy else 'status!="failed"')))
+    if stage == "score" and policy.scoring.enabled:
+        ex += [
+            gxe.ExpectColumnValuesToBeInSet(column="camera_motion", value_set=list(CAMERA_LABELS), **_ok(OK_ROWS)),
+            gxe.ExpectColumnValuesToNotBeNull(column="content_signature", **_ok(OK_ROWS)),
+            gxe.ExpectColumnValuesToNotBeNull(column="phashes", **_ok(OK_ROWS)),
+            gxe.ExpectColumnValuesToBeBetween(column="camera_confidence", min_value=0, max_value=1),
+        ]
+        if policy.embeddings.clip_checkpoint:
+            ex.append(gxe.ExpectColumnValuesToNotBeNull(column="clip_embedding", **_ok(OK_ROWS)))
+    if stage == "dedup":
+        # A duplicate names the clip kept in its place, which is one of this stage's own inputs.
+        ex += [
+            gxe.ExpectColumnValuesToNotBeNull(column="duplicate_of", **_ok('status=="rejected"')),
+            gxe.ExpectColumnValuesToBeInSet(column="duplicate_of", value_set=sorted(expected_inputs) or [""],
+                                            **_ok('status=="rejected"')),
+            gxe.ExpectColumnValuesToBeNull(column="duplicate_of", **_ok(OK_ROWS)),
+            gxe.ExpectColumnValuesToBeInSet(column="dedup_level", value_set=["exact", "near", "semantic"],
+                                            **_ok('status=="rejected"')),
+            gxe.ExpectColumnValuesToBeInSet(column="status", value_set=["ok", "rejected"]),
+        ]
+    if stage == "caption" and policy.captions.enabled:
+        ex += [
+            gxe.ExpectColumnValuesToMatchRegex(column="caption", regex=r"^FPS-\d+ \S", **_ok(OK_ROWS)),
+            gxe.ExpectColumnValuesToNotBeNull(column="caption_embedding", **_ok(OK_ROWS)),
+        ]
+    if stage == "balance":
+        ex += [
+            gxe.ExpectColumnValuesToBeInSet(column="status", value_set=["ok"]),
+            gxe.ExpectColumnValuesToBeBetween(column="sampling_weight", min_value=0, strict_min=True),
+            gxe.ExpectColumnValuesToNotBeNull(column="sampling_weight"),
+            gxe.ExpectColumnValuesToBeBetween(column="cluster_size", min_value=1),
+        ]
+        if expected_inputs:  # 1/sqrt(size) weights are normalised to mean 1 over the kept clips
+            ex.append(gxe.ExpectColumnMeanToBeBetween(column="sampling_weight", min_value=0.999, max_value=1.001))
     if stage == "shard":
         ex += [
             gxe.ExpectColumnValuesToBeInSet(column="status", value_set=["ok"]),

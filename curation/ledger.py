@@ -19,7 +19,7 @@ from curation.stage_store import StageStore
 from curation.storage import join
 
 VIDEO_STAGES = ["ingest", "probe", "filter", "shots"]
-CLIP_STAGES = ["clips", "extract", "score", "shard"]
+CLIP_STAGES = ["clips", "extract", "score", "dedup", "caption", "balance", "shard"]
 FUNNEL_STAGES = VIDEO_STAGES + CLIP_STAGES
 
 
@@ -63,6 +63,7 @@ def _ledger_row(r: dict, kind: str, status: str, reason: str | None) -> dict:
     return {
         "run_id": r["run_id"], "item_id": r["item_id"], "kind": kind, "parent_id": r.get("parent_id"),
         "source_uri": r["source_uri"], "stage": r["stage"], "status": status, "reason": reason,
+        "duplicate_of": r.get("duplicate_of") if status == REJECTED else None,
     }
 
 

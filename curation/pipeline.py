@@ -20,9 +20,11 @@ import pyarrow as pa
 import ray
 
 from curation import shard as shard_mod
-from curation.records import CLIP, FAILED, OK, STAGE_SCHEMAS, clip_key, to_table
+from curation.records import CLIP, FAILED, OK, SCORE_ANALYSIS_SCHEMA, STAGE_SCHEMAS, clip_key, to_table
 from curation.stage_store import StageStore
-from curation.stages import Stage, StageContext
+from curation.stages import (CaptionStage, ClipPlanStage, ExtractStage, FilterStage, ProbeStage, ScoreStage,
+                             ShotsStage, Stage, StageContext)
+from curation.table_stages import BalanceStage, DedupStage, TableStage
 from curation.storage import join
 
 log = logging.getLogger(__name__)
@@ -105,6 +107,10 @@ class _StageActor:
         return _run_batch(batch, self.stage)
 
 
+def _run_analyze_batch(batch: pa.Table, stage: Stage) -> pa.Table:
+    return to_table([stage.run_analyze(row) for row in batch.to_pylist()], SCORE_ANALYSIS_SCHEMA)
+
+
 def _pending(store: StageStore, stage: Stage) -> tuple[list[dict], int, int]:
     inputs = store.read(stage.input_stage)
     ok = [r for r in inputs.to_pylist() if r["status"] == OK]
@@ -134,8 +140,15 @@ def run_media_stage(
     if stage.num_gpus:
         common["num_gpus"] = stage.num_gpus
     retries = ctx.policy.runtime.task_retries
+    cpus = int(ray.available_resources().get("CPU", 1))
+    if getattr(stage, "has_cpu_operator", False) and stage.uses_actor:
+        # The fused CPU operator (decode + CPU scorers) as plain tasks, feeding the model actors.
+        cpu_only = {k: v for k, v in common.items() if k != "num_gpus"}
+        ds = _map_batches(ds, _run_analyze_batch, fn_kwargs={"stage": stage}, **_bounded_retries(retries), **cpu_only)
+        # Leave CPUs for the analyze tasks unless the models sit on GPUs.
+        cpus = cpus if stage.num_gpus else max(1, cpus // 2)
     if stage.uses_actor:
-        n = actors or max(1, min(len(blocks), int(ray.available_resources().get("CPU", 1))))
+        n = actors or getattr(stage, "actors", None) or max(1, min(len(blocks), cpus))
         ds = _map_batches(ds, _StageActor, fn_constructor_kwargs={"stage": stage},
                           compute=ray.data.ActorPoolStrategy(size=n), **_bounded_retries(retries, actor=True),
                           **common)
@@ -175,6 +188,42 @@ def _crashed_row(stage: Stage, row: dict) -> dict:
     return out
 
 
+def run_table_stage(stage: TableStage, store: StageStore, progress: Progress | None = None) -> StageRun:
+    """Run a whole-table stage (dedup, balance) over every clip that passed its input stage.
+
+    All-or-nothing like the shard stage: its decisions depend on the whole set, so a table that
+    does not cover exactly the current inputs is cleared and recomputed (deterministically)."""
+    t0 = time.perf_counter()
+    inputs = [r for r in store.read(stage.input_stage).to_pylist() if r["status"] == OK]
+    ids = {r["item_id"] for r in inputs}
+    done = store.read(stage.name)
+    if done.num_rows and set(done.column("item_id").to_pylist()) == ids:
+        return StageRun(stage.name, len(inputs), len(inputs), 0, 0)
+    store.clear(stage.name)
+    if progress:
+        progress(0, len(inputs))
+    if inputs:
+        store.write_part(stage.name, stage.run(inputs))
+    if progress:
+        progress(len(inputs), len(inputs))
+    return StageRun(stage.name, len(inputs), 0, len(inputs), 0, time.perf_counter() - t0)
+
+
+# Every stage between ingest and shard, in order: per-item stages run as Ray Data operators,
+# whole-table stages (dedup, balance) over the persisted table.
+STAGES: list[type[Stage] | type[TableStage]] = [
+    ProbeStage, FilterStage, ShotsStage, ClipPlanStage, ExtractStage, ScoreStage,
+    DedupStage, CaptionStage, BalanceStage,
+]
+
+
+def run_stage(stage_cls: type[Stage] | type[TableStage], ctx: StageContext, store: StageStore,
+              progress: Progress | None = None) -> StageRun:
+    if issubclass(stage_cls, TableStage):
+        return run_table_stage(stage_cls(ctx.policy), store, progress)
+    return run_media_stage(stage_cls(ctx), store, progress)
+
+
 def _write_shard_task(batch: pa.Table, ctx: StageContext) -> pa.Table:
     out: list[dict] = []
     storage = ctx.storage
@@ -184,7 +233,7 @@ def _write_shard_task(batch: pa.Table, ctx: StageContext) -> pa.Table:
     return to_table([{**r, "stage": "shard", "status": OK} for r in out], STAGE_SCHEMAS["shard"])
 
 
-SHARD_INPUT = "score"  # the last stage before sharding
+SHARD_INPUT = "balance"  # the last stage before sharding
 
 
 def run_shard_stage(ctx: StageContext, store: StageStore, progress: Progress | None = None) -> StageRun:

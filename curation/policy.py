@@ -134,6 +134,7 @@ RULE_SCORES = {
     "exposure": "mean_luma",
     "silence": "audio_silent_fraction",
     "speech": "audio_speech_fraction",
+    "music": "audio_music_prob",
 }
 
 
@@ -152,13 +153,24 @@ class AestheticsModelPolicy(_Strict):
     head_checkpoint: str | None = None
 
 
+class AudioTagsModelPolicy(_Strict):
+    # A transformers audio-classification model saved with save_pretrained (e.g. an AudioSet
+    # AST), local dir or s3:// prefix; without it music/sound tagging is disabled.
+    model_path: str | None = None
+
+
 class ScoringPolicy(_Strict):
     enabled: bool = True
     analysis: AnalysisPolicy = AnalysisPolicy()
     aesthetics_model: AestheticsModelPolicy = AestheticsModelPolicy()
+    audio_tags_model: AudioTagsModelPolicy = AudioTagsModelPolicy()
     # Actors of the scoring pool (models load once per actor); GPUs per actor on clusters.
     actors: int | None = Field(None, ge=1)
     num_gpus: float = Field(0.0, ge=0)
+    # Lazy scoring for large runs: OCR and aesthetics run only on clips that every cheap (CPU)
+    # rule kept; the others keep NaN for those scores and are counted under the cheap rule they
+    # broke. Off by default so every clip gets every score (for tuning thresholds on a sample).
+    skip_models_after_reject: bool = False
     # Rules, in the order Movie Gen's retention table applies them.
     # Movie Gen keeps a clip only if every sampled frame's word detection x recognition < 0.6.
     text: ScoreRule = ScoreRule(max=0.6)
@@ -179,10 +191,87 @@ class ScoringPolicy(_Strict):
     # Movie Gen's audio data drops silence-dominated video; kept score-only for the video dataset.
     silence: ScoreRule = ScoreRule(max=0.9, score_only=True)
     speech: ScoreRule = ScoreRule(score_only=True)
+    # Music probability from the configured audio tagger; no Movie Gen threshold (score only).
+    music: ScoreRule = ScoreRule(score_only=True)
 
     def rules(self) -> list[tuple[str, str, ScoreRule]]:
         """(rule, score column, rule) in the order applied."""
         return [(name, RULE_SCORES[name], getattr(self, name)) for name in RULE_SCORES]
+
+
+class EmbeddingPolicy(_Strict):
+    # open_clip image embeddings of a few frames per clip (dedup, balancing, zero-shot tags, the
+    # sample's .npy): model name + checkpoint path (local or s3://); without a checkpoint no image
+    # embedding is computed (never faked) and dedup/balancing fall back to signatures and captions.
+    clip_model: str = "ViT-L-14-quickgelu"
+    clip_checkpoint: str | None = None
+    clip_model_config: str | None = None  # open_clip model-config JSON for architectures not built in
+    frames: int = Field(4, ge=1)  # frames per clip, evenly spaced, mean of their embeddings
+
+
+class CaptionPolicy(_Strict):
+    enabled: bool = True
+    # Movie Gen prepends an FPS token (e.g. "FPS-16") and a camera-motion prefix for confident
+    # labels from its 16-class camera-motion classifier; ours comes from global optical flow.
+    camera_min_confidence: float = Field(0.5, ge=0, le=1)
+    # Speech transcripts (openai-whisper) for clips where speech was detected; checkpoint by path.
+    whisper_checkpoint: str | None = None
+    # Description: "template" (source text, tags, transcript), "vlm" (a transformers image-to-text
+    # or vision-language model from captioner_model, by path), or "module:Class" (your own).
+    captioner: str = "template"
+    captioner_model: str | None = None
+    vlm_short_side: int = Field(384, ge=32)  # frames a VLM captioner sees (1 per second of clip)
+    # Zero-shot tags from the CLIP model (when embeddings.clip_checkpoint is set).
+    taxonomy: list[str] = Field(default_factory=lambda: [
+        "people", "animals", "nature", "city", "vehicles", "sports", "food", "water", "sky",
+        "indoors", "night", "animation", "music performance", "text or graphics"])
+    tags_top_k: int = Field(3, ge=0)
+    tag_min_prob: float = Field(0.2, ge=0, le=1)
+    # Movie Gen's captions run ~100 words (LLaMa3-Video); the description is capped here.
+    max_words: int = Field(120, ge=8)
+    actors: int | None = Field(None, ge=1)
+    num_gpus: float = Field(0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _captioner_has_model(self) -> "CaptionPolicy":
+        if self.captioner == "vlm" and not self.captioner_model:
+            raise ValueError("captions.captioner 'vlm' needs captions.captioner_model (a local model folder)")
+        if self.captioner not in ("template", "vlm") and ":" not in self.captioner:
+            raise ValueError(f"captions.captioner must be 'template', 'vlm' or 'package.module:Class', got {self.captioner!r}")
+        return self
+
+
+class NearDedupPolicy(_Strict):
+    enabled: bool = True
+    max_hamming: int = Field(10, ge=0, le=64)  # per-frame pHash bits that may differ (of 64)
+    min_agreement: float = Field(0.75, gt=0, le=1)  # share of the 8 sampled frames that must match (6 of 8)
+
+
+class SemanticDedupPolicy(_Strict):
+    enabled: bool = True
+    # Movie Gen drops a clip whose copy-detection embedding has cosine >= 0.99 to a kept clip.
+    threshold: float = Field(0.99, gt=0, le=1)
+
+
+class DedupPolicy(_Strict):
+    enabled: bool = True
+    exact: bool = True  # same decoded-content signature
+    near: NearDedupPolicy = NearDedupPolicy()
+    semantic: SemanticDedupPolicy = SemanticDedupPolicy()  # needs CLIP image embeddings
+    # Of a group of duplicates the clip with the highest score in this column is kept (then the
+    # longest, then the smallest key); a NaN score ranks last.
+    quality_score: str = "aesthetic_score"
+    # From this many clips, semantic dedup runs its partitions as Ray tasks.
+    ray_min_items: int = Field(50_000, ge=1)
+
+
+class BalancePolicy(_Strict):
+    enabled: bool = True
+    # Movie Gen clusters video-text embeddings, merges near-duplicate clusters and samples each
+    # cluster in proportion to 1/sqrt(its size): the weights go to index.parquet and each sample.
+    clusters: int | None = Field(None, ge=1)  # default: ~sqrt(clips)
+    merge_threshold: float | None = Field(0.95, gt=0, le=1)  # centroid cosine that merges clusters
+    seed: int = 0
 
 
 class RuntimePolicy(_Strict):
@@ -206,6 +295,10 @@ class Policy(_Strict):
     output: OutputPolicy = OutputPolicy()
     buckets: BucketPolicy = BucketPolicy()
     scoring: ScoringPolicy = ScoringPolicy()
+    embeddings: EmbeddingPolicy = EmbeddingPolicy()
+    dedup: DedupPolicy = DedupPolicy()
+    captions: CaptionPolicy = CaptionPolicy()
+    balance: BalancePolicy = BalancePolicy()
     runtime: RuntimePolicy = RuntimePolicy()
 
     @model_validator(mode="after")

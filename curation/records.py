@@ -78,24 +78,59 @@ SCORE_COLUMNS = [
     "sharpness", "mean_luma", "dark_clipped", "bright_clipped",
     "text_conf_max", "text_area_max", "text_area_mean",
     "audio_has_audio", "audio_loudness_dbfs", "audio_silent_fraction", "audio_speech_fraction", "audio_has_speech",
-    "aesthetic_score",
+    "aesthetic_score", "audio_music_prob", "audio_speech_prob", "audio_top_label_prob",
 ]
 SCORE = [pa.field(c, pa.float64()) for c in SCORE_COLUMNS] + [
+    # The audio tagger's top labels, "Music=0.83; Speech=0.12; ..." (when a model is configured).
+    pa.field("audio_tags", pa.string()),
     # Every rule the clip broke, in policy order, "rule: score=value>limit; ..."; the first is the
     # ledger reason. Score-only rules are listed too but do not reject.
     pa.field("rule_failures", pa.string()),
 ]
 
+# Signatures the score stage computes from the same analysis decode, for dedup, captions and
+# balancing: no later stage decodes the clip again.
+SIGNATURE = [
+    pa.field("content_signature", pa.string()),  # hash of the decoded content (exact dedup)
+    pa.field("phashes", pa.list_(pa.uint64())),  # 64-bit pHash of evenly spaced frames (near dedup)
+    pa.field("camera_motion", pa.string()),  # static | pan_left | ... | shaky | none (from global flow)
+    pa.field("camera_confidence", pa.float64()),
+    pa.field("clip_embedding", pa.list_(pa.float32())),  # L2-normalised open_clip image embedding, or null
+]
+DEDUP = [
+    pa.field("duplicate_of", pa.string()),  # the kept clip of this clip's duplicate group
+    pa.field("dedup_level", pa.string()),  # exact | near | semantic
+    pa.field("dedup_similarity", pa.float64()),  # frame agreement (near) or cosine (semantic)
+]
+CAPTION = [
+    pa.field("transcript", pa.string()),
+    pa.field("transcript_language", pa.string()),
+    pa.field("transcript_segments", pa.string()),  # JSON [{"start", "end", "text"}, ...] in clip seconds
+    pa.field("tags", pa.string()),  # zero-shot CLIP tags "tag=prob; ..."
+    pa.field("caption", pa.string()),
+    pa.field("caption_embedding", pa.list_(pa.float32())),  # L2-normalised MiniLM embedding (384-d)
+]
+BALANCE = [
+    pa.field("cluster_id", pa.int32()),
+    pa.field("cluster_size", pa.int32()),
+    pa.field("sampling_weight", pa.float64()),  # proportional to 1/sqrt(cluster_size), mean 1
+]
+
+# The score stage's CPU operator hands its model operator a pickled payload (the few frames and
+# the audio the models read) in this column; it never reaches a persisted table.
+ANALYSIS_COLUMN = "_analysis"
+
 SHARD = [
     pa.field("aspect_bucket", pa.string()),
     pa.field("duration_bucket", pa.string()),
     pa.field("bucket", pa.string()),
-    pa.field("caption", pa.string()),
     pa.field("shard", pa.string()),
 ]
 
 _VIDEO_PROBED = COMMON + SOURCE + PROBE
 _CLIP_BASE = COMMON + SOURCE + PROBE + CLIP_PLAN
+
+_SCORED = _CLIP_BASE + EXTRACT + SCORE + SIGNATURE
 
 STAGE_SCHEMAS: dict[str, pa.Schema] = {
     "ingest": pa.schema(COMMON + SOURCE),
@@ -104,20 +139,26 @@ STAGE_SCHEMAS: dict[str, pa.Schema] = {
     "shots": pa.schema(_VIDEO_PROBED + SHOTS),
     "clips": pa.schema(_CLIP_BASE),
     "extract": pa.schema(_CLIP_BASE + EXTRACT),
-    "score": pa.schema(_CLIP_BASE + EXTRACT + SCORE),
-    "shard": pa.schema(_CLIP_BASE + EXTRACT + SCORE + SHARD),
+    "score": pa.schema(_SCORED),
+    "dedup": pa.schema(_SCORED + DEDUP),
+    "caption": pa.schema(_SCORED + DEDUP + CAPTION),
+    "balance": pa.schema(_SCORED + DEDUP + CAPTION + BALANCE),
+    "shard": pa.schema(_SCORED + DEDUP + CAPTION + BALANCE + SHARD),
 }
 
 # Column order of index.parquet: the clip record of the data contract (one row per accepted clip).
 INDEX_COLUMNS = [
     "key", "source_id", "source_uri", "license", "title", "start_s", "end_s", "duration_s",
     "width", "height", "fps", "frames", "has_audio", "aspect_bucket", "duration_bucket", "bucket",
-    "caption", "shard", "sampling_weight", "run_id", *SCORE_COLUMNS,
+    "caption", "camera_motion", "tags", "transcript", "transcript_language", "shard", "cluster_id",
+    "cluster_size", "sampling_weight", "run_id", *SCORE_COLUMNS, "clip_embedding", "caption_embedding",
 ]
 
-_ALL_FIELDS = {f.name: f for f in COMMON + SOURCE + PROBE + CLIP_PLAN + EXTRACT + SCORE + SHARD}
+# Rows between the score stage's two operators: the score table plus the payload.
+SCORE_ANALYSIS_SCHEMA = STAGE_SCHEMAS["score"].append(pa.field(ANALYSIS_COLUMN, pa.binary()))
+
+_ALL_FIELDS = {f.name: f for f in STAGE_SCHEMAS["shard"]}
 _ALL_FIELDS["key"] = pa.field("key", pa.string())
-_ALL_FIELDS["sampling_weight"] = pa.field("sampling_weight", pa.float64())
 INDEX_SCHEMA = pa.schema([_ALL_FIELDS[c] for c in INDEX_COLUMNS])
 
 LEDGER_SCHEMA = pa.schema(
@@ -130,6 +171,7 @@ LEDGER_SCHEMA = pa.schema(
         pa.field("stage", pa.string()),
         pa.field("status", pa.string()),
         pa.field("reason", pa.string()),
+        pa.field("duplicate_of", pa.string()),  # dedup: the clip kept in this clip's place
     ]
 )
 

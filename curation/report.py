@@ -33,7 +33,7 @@ from curation.records import CLIP, FAILED, OK, REJECTED, SCORE_COLUMNS, STAGE_SC
 from curation.stage_store import StageStore
 from curation.storage import Storage, join
 
-REPORT_STAGES = ["ingest", "probe", "filter", "shots", "clips", "extract", "score", "shard"]
+REPORT_STAGES = ["ingest", "probe", "filter", "shots", "clips", "extract", "score", "dedup", "caption", "balance", "shard"]
 SCORE_STAGE = "score"
 SAMPLE_PER_GROUP = 12  # kept clips, and rejected clips, shown in the contact sheet
 THUMB_FRAMES = 4
@@ -116,8 +116,8 @@ def _funnel(tables: dict[str, pa.Table | None]) -> list[dict]:
     out = []
     for st in REPORT_STAGES:
         t = tables[st]
-        if t is None and st == SCORE_STAGE:
-            continue  # older outputs have no score stage at all: leave it out rather than show zeros
+        if t is None and st in (SCORE_STAGE, "dedup", "caption", "balance"):
+            continue  # older outputs lack these stages: leave them out rather than show zeros
         c = Counter(t.column("status").to_pylist()) if t is not None and t.num_rows else Counter()
         rows = t.num_rows if t is not None else 0
         out.append({"stage": st, "rows": rows, "passed": c[OK], "rejected": c[REJECTED], "failed": c[FAILED]})

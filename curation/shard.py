@@ -3,15 +3,18 @@
 Shard membership is decided up front from the sorted keys (``plan_shards``), so the same accepted
 clips always give the same shards: a rerun after a crash rewrites identical files instead of
 appending duplicates. Each sample holds ``<key>.mp4``, ``<key>.json`` (the full clip record),
-``<key>.txt`` (caption) and ``<key>.flac`` when the clip has audio.
+``<key>.txt`` (caption), ``<key>.flac`` when the clip has audio and ``<key>.npy`` (the open_clip
+image embedding) when one was computed.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import tempfile
 
+import numpy as np
 import webdataset as wds
 
 from curation.buckets import bucket_name
@@ -25,22 +28,15 @@ TAR_MTIME = 0.0
 RECORD_FIELDS = [
     "key", "source_id", "source_uri", "license", "title", "description", "start_s", "end_s",
     "duration_s", "fps", "width", "height", "frames", "has_audio", "aspect_bucket",
-    "duration_bucket", "bucket", "caption", "shard", "sampling_weight", "src_width", "src_height",
-    "src_fps", "run_id", *SCORE_COLUMNS, "rule_failures",
+    "duration_bucket", "bucket", "caption", "camera_motion", "camera_confidence", "tags", "transcript",
+    "transcript_language", "transcript_segments", "shard", "cluster_id", "cluster_size", "sampling_weight",
+    "src_width", "src_height", "src_fps", "run_id", *SCORE_COLUMNS, "audio_tags", "rule_failures",
 ]
-
-
-def caption_for(row: dict) -> str:
-    """The source's own words until the captioning stage lands: title and description."""
-    parts = [p.strip() for p in (row.get("title"), row.get("description")) if p and p.strip()]
-    if len(parts) == 2 and parts[1].lower().startswith(parts[0].lower()):
-        parts = parts[1:]
-    return ". ".join(p.rstrip(".") for p in parts) + ("." if parts else "")
 
 
 def with_buckets(row: dict, policy: Policy) -> dict:
     a, d, b = bucket_name(int(row["width"]), int(row["height"]), float(row["duration_s"]), policy.buckets)
-    return {**row, "aspect_bucket": a, "duration_bucket": d, "bucket": b, "caption": caption_for(row)}
+    return {**row, "aspect_bucket": a, "duration_bucket": d, "bucket": b}
 
 
 def plan_shards(rows: list[dict], policy: Policy) -> list[dict]:
@@ -110,6 +106,10 @@ def _sample(storage: Storage, row: dict) -> dict:
     }
     if row.get("audio_uri"):
         sample["flac"] = storage.read_bytes(row["audio_uri"])
+    if row.get("clip_embedding") is not None:  # the open_clip image embedding, float32 (d,)
+        buf = io.BytesIO()
+        np.save(buf, np.asarray(row["clip_embedding"], np.float32), allow_pickle=False)
+        sample["npy"] = buf.getvalue()
     return sample
 
 

@@ -8,15 +8,19 @@ operators, and unit tests call ``process`` directly. ``process`` never raises fo
 
 from __future__ import annotations
 
+import json
+import pickle
 import tempfile
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
+import numpy as np
+
 from curation import clip_plan, extract, filters, probe, shots
 from curation.policy import Policy
-from curation.records import CLIP, FAILED, OK, REJECTED, SCORE_COLUMNS, clip_key
+from curation.records import ANALYSIS_COLUMN, CLIP, FAILED, OK, REJECTED, SCORE_COLUMNS, clip_key
 from curation.storage import S3Config, Storage, join
 
 
@@ -187,24 +191,47 @@ class ExtractStage(Stage):
         ]
 
 
+def clip_embedder(policy: Policy):
+    """The open_clip image embedder of ``policy.embeddings``, loaded; None without weights."""
+    from curation.captioning.clip_model import ClipConfig, ClipEmbedder
+
+    e, c = policy.embeddings, policy.captions
+    if not e.clip_checkpoint:
+        return None
+    return ClipEmbedder(ClipConfig(model=e.clip_model, checkpoint=e.clip_checkpoint, model_config=e.clip_model_config,
+                                   n_frames=e.frames, top_k=c.tags_top_k, min_prob=c.tag_min_prob)).setup()
+
+
 class ScoreStage(Stage):
-    """Decode each extracted clip once at analysis size and rate; run every scorer on those
-    frames; apply the policy's quality rules in order. Runs as an actor pool: the OCR, VAD and
-    aesthetics models load once per actor."""
+    """Score each extracted clip from one analysis decode, then apply the policy's quality rules.
+
+    Two Ray Data operators (issue #3, item 4):
+
+    * ``analyze`` — the fused CPU operator, run as plain tasks: the one decode at analysis size
+      and rate, then every CPU scorer over those frames (motion flow, static, jitter, borders,
+      sharpness/exposure). It ships on only what the models need: the few frames OCR and the
+      aesthetics model read, and the 16 kHz audio (``ANALYSIS_COLUMN``, a pickled payload).
+    * ``process`` — the model operator, run as an actor pool so the OCR, VAD and CLIP models load
+      once per actor (``num_gpus`` per actor from the policy); it scores the payload and applies
+      the rules. Called on an ``extract`` row directly (unit tests), it runs ``analyze`` first.
+    """
 
     name = "score"
     input_stage = "extract"
+    has_cpu_operator: ClassVar[bool] = True
 
     def __init__(self, ctx: StageContext):
         super().__init__(ctx)
         cfg = ctx.policy.scoring
         self.uses_actor = cfg.enabled
         self.num_gpus = cfg.num_gpus
-        self._text = self._audio = self._aesthetics = None
+        self.actors = cfg.actors
+        self._text = self._audio = self._aesthetics = self._tags = self._embedder = None
 
     def setup(self) -> None:
         from curation.scoring.aesthetics import AestheticScorer, AestheticsConfig
         from curation.scoring.audio import AudioScorer
+        from curation.scoring.audio_tags import AudioTagger, AudioTaggerConfig
         from curation.scoring.text import TextScorer
 
         cfg = self.ctx.policy.scoring
@@ -216,39 +243,170 @@ class ScoreStage(Stage):
         aest = AestheticScorer(AestheticsConfig(clip_model=m.clip_model, clip_checkpoint=m.clip_checkpoint,
                                                 head_checkpoint=m.head_checkpoint))
         self._aesthetics = aest.setup() if aest.enabled and cfg.aesthetics.enabled else None
+        tags = AudioTagger(AudioTaggerConfig(model_path=cfg.audio_tags_model.model_path))
+        self._tags = tags.setup() if tags.enabled and cfg.music.enabled else None
+        self._embedder = clip_embedder(self.ctx.policy)
 
-    def process(self, row: dict) -> list[dict]:
+    # -- the fused CPU operator ---------------------------------------------------------------
+    def analyze(self, row: dict) -> dict:
+        """Decode once; CPU scores into the row, model inputs into ``ANALYSIS_COLUMN``."""
+        from curation.captioning.camera_motion import CameraMotionConfig, classify_camera_motion
+        from curation.dedup.signatures import content_signature, frame_phashes
+        from curation.captioning.clip_model import frame_indices
         from curation.scoring import borders, jitter, motion, technical
         from curation.scoring.frames import decode_for_analysis
-        from curation.scoring.rules import apply_rules, verdict
+        from curation.scoring.text import TextConfig, sample_indices
 
         cfg = self.ctx.policy.scoring
-        if not cfg.enabled:
-            return [{**row, "status": OK, "reason": None}]
-        if self._audio is None:
-            self.setup()
         storage = self.ctx.storage
         video = storage.localize(row["clip_uri"], self.ctx.cache_dir)
         audio = storage.localize(row["audio_uri"], self.ctx.cache_dir) if row.get("audio_uri") else None
         clip = decode_for_analysis(video, short_side=cfg.analysis.short_side, fps=cfg.analysis.fps,
                                    audio_path=audio)
         scores: dict[str, float] = {}
-        scores.update(motion.score(clip))
+        pairs, flows = motion.pair_flows(clip.gray)
+        scores.update(motion.score(clip, flows=flows))
+        cam = classify_camera_motion(flows, motion.effective_fps(clip), clip.gray, pairs,
+                                     CameraMotionConfig(min_confidence=self.ctx.policy.captions.camera_min_confidence))
+        del flows
         scores.update(jitter.score(clip))
         b = borders.score(clip)
         scores.update(b)
         scores.update(technical.score(clip, borders=b))
-        if self._text is not None:
-            scores.update(self._text.score(clip))
-        if clip.audio is not None:
-            scores.update(self._audio.score(clip))
+        frames = clip.frames
+        payload = {
+            "text_frames": frames[sample_indices(len(frames), clip.duration_s, TextConfig())]
+            if cfg.text.enabled else None,
+            "middle_frame": frames[len(frames) // 2],
+            "embed_frames": frames[frame_indices(len(frames), self.ctx.policy.embeddings.frames)]
+            if self.ctx.policy.embeddings.clip_checkpoint else None,
+            "audio": clip.audio, "sample_rate": clip.sample_rate,
+        }
+        signature = {
+            "content_signature": content_signature(frames),
+            "phashes": [int(h) for h in frame_phashes(frames)],
+            "camera_motion": cam.label, "camera_confidence": cam.confidence,
+        }
+        return {**row, **scores, **signature, "status": OK, "reason": None,
+                ANALYSIS_COLUMN: pickle.dumps(payload, protocol=5)}
+
+    def run_analyze(self, row: dict) -> dict:
+        try:
+            return self.analyze(row)
+        except Exception as e:  # one bad clip never stops the stage: the model operator passes it on
+            return {**row, "stage": self.name, "status": FAILED, "reason": f"{self.name}: {type(e).__name__}: {e}",
+                    ANALYSIS_COLUMN: None}
+
+    # -- the model operator -------------------------------------------------------------------
+    def process(self, row: dict) -> list[dict]:
+        from curation.scoring.rules import apply_rules, verdict
+
+        cfg = self.ctx.policy.scoring
+        if not cfg.enabled:
+            return [{**row, "status": OK, "reason": None}]
+        if row.get("status") == FAILED:  # the CPU operator could not analyse it
+            return [row]
+        if row.get(ANALYSIS_COLUMN) is None:
+            row = self.analyze(row)
+        if self._audio is None:
+            self.setup()
+        payload = pickle.loads(row[ANALYSIS_COLUMN])
+        scores = {c: row[c] for c in SCORE_COLUMNS if row.get(c) is not None}
+        # Lazy mode: the expensive model scorers only see clips the cheap rules kept.
+        cheap_reject = cfg.skip_models_after_reject and verdict(apply_rules(scores, cfg))[0]
+        tags = None
+        if self._text is not None and not cheap_reject:
+            scores.update(self._text.score_frames(payload["text_frames"]))
+        if payload["audio"] is not None:
+            scores.update(self._audio.score_audio(payload["audio"], payload["sample_rate"]))
+            if self._tags is not None and len(payload["audio"]):
+                probs = self._tags.window_probs(payload["audio"], payload["sample_rate"])
+                scores.update(self._tags.scores_from_probs(probs))
+                tags = "; ".join(f"{name}={p:.2f}" for name, p in self._tags.top_from_probs(probs, 3))
         else:
             scores["audio_has_audio"] = 0.0
-        if self._aesthetics is not None:
-            scores.update(self._aesthetics.score(clip))
+        if self._aesthetics is not None and not cheap_reject:
+            scores["aesthetic_score"] = self._aesthetics.score_frame(payload["middle_frame"])
+        embedding = None
+        if self._embedder is not None and not cheap_reject:
+            embedding = self._embedder.embed_frames(payload["embed_frames"], n=len(payload["embed_frames"])).tolist()
         rejected, reason, failures = verdict(apply_rules(scores, cfg))
         known = {c: float(scores[c]) for c in SCORE_COLUMNS if c in scores}
-        return [{**row, **known, "rule_failures": failures, "status": REJECTED if rejected else OK, "reason": reason}]
+        out = {k: v for k, v in row.items() if k != ANALYSIS_COLUMN}
+        return [{**out, **known, "audio_tags": tags, "clip_embedding": embedding, "rule_failures": failures,
+                 "status": REJECTED if rejected else OK, "reason": reason}]
 
 
-MEDIA_STAGES: list[type[Stage]] = [ProbeStage, FilterStage, ShotsStage, ClipPlanStage, ExtractStage, ScoreStage]
+class CaptionStage(Stage):
+    """Caption each unique clip in Movie Gen's shape: ``FPS-<n>``, a camera-motion prefix for a
+    confident label, then a description (the configured captioner: the template over the source's
+    title/description, zero-shot CLIP tags and the whisper transcript, or a VLM by path); and
+    embed the caption with MiniLM for concept balancing.
+
+    Runs after dedup, so the costly models (whisper, a VLM) see each clip once. An actor pool:
+    whisper, CLIP's text tower, MiniLM and a VLM load once per actor. The camera label and the CLIP
+    image embedding come from the score stage's decode; only a VLM captioner decodes frames again.
+    """
+
+    name = "caption"
+    input_stage = "dedup"
+    uses_actor = True
+
+    def __init__(self, ctx: StageContext):
+        super().__init__(ctx)
+        self.num_gpus = ctx.policy.captions.num_gpus
+        self.actors = ctx.policy.captions.actors
+        self._whisper = self._embedder = self._text = self._captioner = None
+        self._needs_frames = False
+
+    def setup(self) -> None:
+        from curation.captioning.assemble import CaptionConfig
+        from curation.captioning.captioner import VLMCaptioner, load_captioner
+        from curation.captioning.text_embed import TextEmbedConfig, TextEmbedder
+        from curation.captioning.transcribe import Transcriber, TranscribeConfig
+
+        cfg = self.ctx.policy.captions
+        device = "cuda" if cfg.num_gpus else "cpu"
+        if cfg.whisper_checkpoint:
+            self._whisper = Transcriber(TranscribeConfig(checkpoint=cfg.whisper_checkpoint, device=device)).setup()
+        self._embedder = clip_embedder(self.ctx.policy)
+        self._text = TextEmbedder(TextEmbedConfig(device=device)).setup()
+        captioner = load_captioner(cfg.captioner, cfg.captioner_model, device,
+                                   CaptionConfig(min_camera_confidence=cfg.camera_min_confidence, max_words=cfg.max_words))
+        self._captioner = captioner.setup() if hasattr(captioner, "setup") else captioner
+        self._needs_frames = isinstance(captioner, VLMCaptioner) or getattr(captioner, "needs_frames", False)
+
+    def process(self, row: dict) -> list[dict]:
+        from curation.captioning.captioner import CaptionRequest
+
+        cfg = self.ctx.policy.captions
+        if self._text is None:
+            self.setup()
+        out: dict = {"transcript": None, "transcript_language": None, "transcript_segments": None, "tags": None}
+        if self._whisper is not None and row.get("audio_has_speech") == 1.0 and row.get("audio_uri"):
+            t = self._whisper.transcribe(str(self.ctx.storage.localize(row["audio_uri"], self.ctx.cache_dir)))
+            out.update(transcript=t.text.strip() or None, transcript_language=t.language,
+                       transcript_segments=json.dumps(t.segments))
+        tags: list[tuple[str, float]] = []
+        if self._embedder is not None and row.get("clip_embedding") is not None:
+            tags = self._embedder.zero_shot_tags(np.asarray(row["clip_embedding"], np.float32), cfg.taxonomy)
+            out["tags"] = "; ".join(f"{t}={p:.2f}" for t, p in tags) or None
+        frames = None
+        if self._needs_frames:  # a VLM looks at the clip itself
+            from curation.scoring.frames import decode_for_analysis
+
+            video = self.ctx.storage.localize(row["clip_uri"], self.ctx.cache_dir)
+            frames = decode_for_analysis(video, short_side=cfg.vlm_short_side, fps=1.0).frames
+        request = CaptionRequest(
+            fps=float(row["fps"]), duration_s=float(row["duration_s"]), frames=frames,
+            camera_label=row.get("camera_motion"), camera_confidence=float(row.get("camera_confidence") or 0.0),
+            title=row.get("title"), description=row.get("description"), tags=tags, transcript=out["transcript"],
+        )
+        caption = self._captioner.caption(request)
+        out["caption"] = caption
+        out["caption_embedding"] = self._text.embed([caption])[0].tolist()
+        return [{**row, **out, "status": OK, "reason": None}]
+
+
+MEDIA_STAGES: list[type[Stage]] = [ProbeStage, FilterStage, ShotsStage, ClipPlanStage, ExtractStage, ScoreStage,
+                                   CaptionStage]

@@ -24,7 +24,7 @@ from curation.dataset import OutputError, read_run_info, validate_output, write_
 from curation.policy import Policy, load_policy
 from curation.records import OK
 from curation.stage_store import StageStore
-from curation.stages import MEDIA_STAGES, StageContext
+from curation.stages import StageContext
 from curation.storage import S3Config, Storage
 
 # Set by the CLI to drive its progress bars: (stage, done, total). Tasks also log milestones.
@@ -96,9 +96,8 @@ def ingest_task(ctx: StageContext, source: str) -> set[str]:
 
 @task(name="stage", task_run_name="{stage_name}", **STAGE_TASK)
 def stage_task(stage_name: str, ctx: StageContext) -> dict:
-    stage_cls = next(s for s in MEDIA_STAGES if s.name == stage_name)
-    stage = stage_cls(ctx)
-    run = pipeline.run_media_stage(stage, StageStore(ctx.storage, ctx.output), _progress(stage_name))
+    stage_cls = next(s for s in pipeline.STAGES if s.name == stage_name)
+    run = pipeline.run_stage(stage_cls, ctx, StageStore(ctx.storage, ctx.output), _progress(stage_name))
     get_run_logger().info("%s: %s", stage_name, run)
     return run.__dict__
 
@@ -162,6 +161,15 @@ def expand_date(uri: str, when: datetime | None = None) -> str:
     return uri.replace("{date}", when.astimezone(timezone.utc).strftime("%Y-%m-%d"))
 
 
+def _same_policy(stored: dict, policy: Policy) -> bool:
+    """The stored policy, read by this version's model (so settings added since then take their
+    defaults), equals ``policy``: an upgrade alone does not block a resume."""
+    try:
+        return Policy.model_validate(stored).model_dump(mode="json") == policy.model_dump(mode="json")
+    except ValueError:  # a setting this version no longer has
+        return False
+
+
 def prepare_run(source: str, output: str, policy: Policy, run_id: str | None, storage: Storage) -> str:
     """Check OUTPUT against an earlier run (same source and policy to resume) and fix the run id."""
     store = StageStore(storage, output)
@@ -169,7 +177,7 @@ def prepare_run(source: str, output: str, policy: Policy, run_id: str | None, st
     if info is not None:
         if info["source"] != source:
             raise OutputError(f"{output} holds a run of source {info['source']!r}; use a new OUTPUT for {source!r}")
-        if info["policy"] != policy.model_dump(mode="json"):
+        if not _same_policy(info["policy"], policy):
             raise OutputError(f"{output} was curated with a different policy; resume with the same policy or use a new OUTPUT")
         return run_id or info["run_id"]
     run_id = run_id or time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
@@ -207,7 +215,7 @@ def curate(
     inputs = ingest_task.with_options(retries=retries)(ctx, source)
     timings["ingest"] = time.perf_counter() - t0
     gate_task("ingest", None, "item_id", ctx, expected=inputs)
-    for stage_cls in MEDIA_STAGES:
+    for stage_cls in pipeline.STAGES:
         timings[stage_cls.name] = stage_task.with_options(retries=retries)(stage_cls.name, ctx)["seconds"]
         gate_task(stage_cls.name, stage_cls.input_stage, stage_cls.input_id_column, ctx)
     timings["shard"] = shard_task.with_options(retries=retries)(ctx)["seconds"]
@@ -228,9 +236,13 @@ def curate(
 
 
 def _scorer_available(policy: Policy, rule: str) -> bool:
-    """The aesthetics rule judges nothing without configured weights: report it as disabled."""
-    m = policy.scoring.aesthetics_model
-    return rule != "aesthetics" or bool(m.clip_checkpoint and m.head_checkpoint)
+    """Model rules judge nothing without configured weights: report them as disabled."""
+    if rule == "aesthetics":
+        m = policy.scoring.aesthetics_model
+        return bool(m.clip_checkpoint and m.head_checkpoint)
+    if rule == "music":
+        return bool(policy.scoring.audio_tags_model.model_path)
+    return True
 
 
 def rule_funnel(store: StageStore, policy: Policy) -> list[dict]:

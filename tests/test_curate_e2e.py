@@ -248,7 +248,8 @@ def test_flow_publishes_funnel_and_summary_artifacts(curated):
     funnel = by_key["curate-funnel"].data
     funnel = json.loads(funnel) if isinstance(funnel, str) else funnel
     stages = [row["stage"] for row in funnel]
-    assert stages == ["ingest", "probe", "filter", "shots", "clips", "extract", "score", "shard"]
+    assert stages == ["ingest", "probe", "filter", "shots", "clips", "extract", "score", "dedup", "caption", "balance",
+                      "shard"]
     assert f"run `{RUN_ID}`" in by_key["curate-summary"].data
 
 

@@ -96,3 +96,27 @@ def test_a_cut_heavy_clip_breaks_the_jitter_rule(stage, clips):
     row = run(stage, clips["cuts"])
     assert row["status"] == "rejected"
     assert "jitter: cuts_per_s=" in row["rule_failures"] and row["cuts_per_s"] >= 0.85
+
+
+def test_the_cpu_operator_ships_only_model_inputs_and_the_model_operator_finishes_the_row(stage, clips):
+    """The two Ray operators, called in sequence as the pipeline does: analyze (decode + CPU
+    scores, a small payload) then process (models + rules); same result as the one-call path."""
+    from curation.records import ANALYSIS_COLUMN
+
+    base = {"item_id": "t", "clip_uri": str(clips["text"]), "audio_uri": None, "status": "ok"}
+    mid = stage.run_analyze(base)
+    assert mid["status"] == "ok" and np.isfinite(mid["motion_mean"]) and "text_conf_max" not in mid
+    assert 0 < len(mid[ANALYSIS_COLUMN]) < 4 << 20  # a few frames, not the decoded clip
+    (row,) = stage.run_row(mid)
+    assert ANALYSIS_COLUMN not in row and row["reason"] == run(stage, clips["text"])["reason"]
+    broken = stage.run_analyze({**base, "clip_uri": str(clips["text"].with_suffix(".missing"))})
+    assert broken["status"] == "failed" and broken["reason"].startswith("score: ")
+    assert stage.run_row(broken)[0]["reason"] == broken["reason"]  # passed on, not re-analysed
+
+
+def test_lazy_scoring_skips_ocr_on_clips_a_cheap_rule_rejected(tmp_path, clips):
+    lazy = ScoreStage(StageContext(run_id="r", output=str(tmp_path),
+                                   policy=Policy(scoring={"skip_models_after_reject": True})))
+    row = run(lazy, clips["letterbox"])
+    assert row["reason"].startswith("borders: ") and "text_conf_max" not in row
+    assert np.isfinite(run(lazy, clips["no_text"])["text_conf_max"])  # kept by the cheap rules: OCR'd

@@ -8,7 +8,7 @@ import webdataset as wds
 from curation.ledger import build_index, build_ledger, funnel
 from curation.policy import demo_policy, policy_from_dict
 from curation.records import STAGE_SCHEMAS, clip_key
-from curation.shard import caption_for, plan_shards, write_shard
+from curation.shard import plan_shards, write_shard
 from curation.stage_store import StageStore
 from curation.storage import Storage
 
@@ -28,12 +28,6 @@ def test_plan_shards_groups_by_bucket_and_caps_size():
     keys = [r["item_id"] for x in plan for r in x["rows"]]
     assert keys == sorted(keys[:5]) + sorted(keys[5:])  # deterministic order, whatever the input order
     assert plan_shards(rows, p) == plan
-
-
-def test_caption_from_source_words():
-    assert caption_for({"title": "Dog", "description": "A dog runs on a beach."}) == "Dog. A dog runs on a beach."
-    assert caption_for({"title": "Dog", "description": "Dog running"}) == "Dog running."
-    assert caption_for({"title": None, "description": None}) == ""
 
 
 def test_write_shard_reads_back_with_plain_webdataset(tmp_path):

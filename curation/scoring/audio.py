@@ -125,7 +125,10 @@ class AudioScorer:
         return [(t["start"] / rate, t["end"] / rate) for t in ts]
 
     def score(self, clip: AnalysisClip) -> dict[str, float]:
-        audio, rate = clip.audio, clip.sample_rate
+        return self.score_audio(clip.audio, clip.sample_rate)
+
+    def score_audio(self, audio: np.ndarray | None, rate: int | None) -> dict[str, float]:
+        """Scores of 16 kHz mono audio (``None`` or empty: a clip without audio)."""
         if audio is None or rate is None or len(audio) == 0:
             return {"audio_has_audio": 0.0, **{k: float("nan") for k in AUDIO_SCORE_NAMES[1:]}}
         out = {"audio_has_audio": 1.0, **loudness_scores(audio, rate, self.cfg)}

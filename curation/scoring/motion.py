@@ -12,6 +12,9 @@ Scores (all floats; flags are 0.0 / 1.0):
     frame edge has no match). A hard cut inside the clip shows up as a spurious flow spike.
 ``motion_max``
     The largest per-frame-pair mean magnitude, same unit (catches shake and cut spikes).
+
+Flow is computed on at most ``max_flow_pairs`` (16) consecutive pairs spread evenly over the
+clip, so its cost per clip is bounded whatever the clip's length; both scores are over those pairs.
 ``static_fraction``
     Fraction of consecutive frame pairs that are near-identical (mean absolute luma difference
     below ``diff_tol`` levels *and* almost no pixel changed by more than ``pixel_tol``). Range [0, 1].
@@ -58,6 +61,11 @@ class MotionConfig:
     iterations: int = 3
     poly_n: int = 5
     poly_sigma: float = 1.2
+    # Flow on at most this many evenly spread frame pairs (None: every pair). 16 pairs keep the
+    # mean within ~10% of all pairs on the real samples (bikes 10 s: 4.06 vs 4.16; bigbuckbunny
+    # 5.4 s: 1.16 vs 1.06) while a 16 s clip at 8 fps (127 pairs) costs ~8x less. Static/slideshow
+    # detection still compares every pair (it is cheap).
+    max_flow_pairs: int | None = 16
 
 
 def effective_fps(clip: AnalysisClip) -> float:
@@ -69,15 +77,30 @@ def effective_fps(clip: AnalysisClip) -> float:
     return float(clip.fps)
 
 
-def _pair_flow_magnitudes(gray: np.ndarray, cfg: MotionConfig) -> np.ndarray:
-    mags = np.empty(max(0, gray.shape[0] - 1), np.float64)
-    for i in range(len(mags)):
-        flow = cv2.calcOpticalFlowFarneback(
+def flow_pairs(n_frames: int, max_pairs: int | None) -> np.ndarray:
+    """Indices ``i`` of the consecutive pairs (i, i+1) that get dense flow: all of them, or
+    ``max_pairs`` spread evenly over the clip. Each pair is still one analysis frame apart, so
+    the unit is unchanged; only the number of samples drops (flow is the costliest scorer)."""
+    n = max(0, n_frames - 1)
+    if max_pairs is None or n <= max_pairs:
+        return np.arange(n)
+    return np.unique(np.floor((np.arange(max_pairs) + 0.5) * n / max_pairs).astype(int))
+
+
+def pair_flows(gray: np.ndarray, cfg: MotionConfig = MotionConfig()) -> tuple[np.ndarray, np.ndarray]:
+    """Dense Farneback flow for the sampled consecutive pairs of ``gray`` (T, H, W).
+
+    Returns ``(pairs, flows)``: the pair indices and a (P, H, W, 2) float32 array of per-pixel
+    displacement (dx, dy) in analysis pixels from frame ``i`` to ``i + 1``. Shared by the motion
+    scores and the camera-motion label, so the flow is computed once per clip."""
+    pairs = flow_pairs(gray.shape[0], cfg.max_flow_pairs)
+    flows = np.empty((len(pairs), *gray.shape[1:3], 2), np.float32)
+    for k, i in enumerate(pairs):
+        flows[k] = cv2.calcOpticalFlowFarneback(
             gray[i], gray[i + 1], None, cfg.pyr_scale, cfg.levels, cfg.winsize,
             cfg.iterations, cfg.poly_n, cfg.poly_sigma, 0,
         )
-        mags[i] = float(np.mean(np.hypot(flow[..., 0], flow[..., 1])))
-    return mags
+    return pairs, flows
 
 
 def _identical_pairs(gray: np.ndarray, cfg: MotionConfig) -> np.ndarray:
@@ -96,7 +119,10 @@ def _longest_run(flags: np.ndarray) -> int:
     return best
 
 
-def score(clip: AnalysisClip, cfg: MotionConfig = MotionConfig()) -> dict[str, float]:
+def score(clip: AnalysisClip, cfg: MotionConfig = MotionConfig(),
+          flows: np.ndarray | None = None) -> dict[str, float]:
+    """Motion scores of ``clip``; ``flows`` is ``pair_flows(clip.gray, cfg)[1]`` when the caller
+    already has it (the score stage shares it with the camera-motion label)."""
     gray = clip.gray
     fps = effective_fps(clip)
     if gray.shape[0] < 2:  # one frame: no motion can be measured; treat it as a still
@@ -104,7 +130,9 @@ def score(clip: AnalysisClip, cfg: MotionConfig = MotionConfig()) -> dict[str, f
                 "static_longest_s": 1.0 / fps, "static": 1.0}
     # Flow in analysis pixels per analysis frame -> pixels per 1/8 s at a 256-px short side.
     scale = (REFERENCE_SHORT_SIDE / min(gray.shape[1:3])) * (fps / REFERENCE_FPS)
-    mags = _pair_flow_magnitudes(gray, cfg) * scale
+    if flows is None:
+        flows = pair_flows(gray, cfg)[1]
+    mags = np.hypot(flows[..., 0], flows[..., 1]).mean(axis=(1, 2)).astype(np.float64) * scale
     same = _identical_pairs(gray, cfg)
     run = _longest_run(same)
     motion_mean = float(mags.mean())

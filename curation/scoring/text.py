@@ -140,12 +140,18 @@ class TextScorer:
         rec, _ = eng.text_rec(crops)
         return [TextBox(q, d, str(r[0]), float(r[1])) for q, d, r in zip(quads, det_scores, rec)]
 
+    def sample(self, clip: AnalysisClip) -> np.ndarray:
+        """The frames ``score`` would OCR (so a caller can ship just these to a model actor)."""
+        return clip.frames[sample_indices(len(clip.frames), clip.duration_s, self.cfg)]
+
     def score(self, clip: AnalysisClip) -> dict[str, float]:
-        frames = clip.frames
-        idx = sample_indices(len(frames), clip.duration_s, self.cfg)
+        return self.score_frames(self.sample(clip))
+
+    def score_frames(self, frames: np.ndarray) -> dict[str, float]:
+        """Text scores over already-sampled RGB uint8 frames (N, H, W, 3)."""
         conf_max, areas, boxes_max = 0.0, [], 0
-        for i in idx:
-            boxes = [b for b in self.ocr_frame(frames[i]) if b.is_word]
+        for frame in frames:
+            boxes = [b for b in self.ocr_frame(frame) if b.is_word]
             if boxes:
                 conf_max = max(conf_max, max(b.conf for b in boxes))
             readable = [b for b in boxes if b.rec_score >= self.cfg.min_rec_score]
@@ -156,7 +162,7 @@ class TextScorer:
             "text_area_max": float(max(areas)),
             "text_area_mean": float(np.mean(areas)),
             "text_boxes_max": float(boxes_max),
-            "text_frames_sampled": float(len(idx)),
+            "text_frames_sampled": float(len(frames)),
         }
 
 

@@ -1,0 +1,129 @@
+"""Stages over the whole table rather than one clip at a time: deduplication and concept balancing.
+
+A duplicate or a cluster size is a property of the set, so these stages read every clip that
+passed the stage before, decide, and write their table in one go. They are deterministic (same
+input rows -> same output), so a resume simply recomputes an incomplete table; the heavy parts
+(the k-means and the pairwise comparisons) are numpy/faiss, and semantic dedup spreads its
+partitions over Ray from ``dedup.ray_min_items`` clips.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import ClassVar
+
+import numpy as np
+
+from curation.policy import Policy
+from curation.records import OK, REJECTED
+
+
+class TableStage:
+    name: ClassVar[str]
+    input_stage: ClassVar[str]
+    input_id_column: ClassVar[str] = "item_id"
+
+    def __init__(self, policy: Policy):
+        self.policy = policy
+
+    def run(self, rows: list[dict]) -> list[dict]:
+        """Output rows for all the input rows that passed the previous stage."""
+        raise NotImplementedError
+
+
+def _embeddings(rows: list[dict], column: str) -> np.ndarray | None:
+    """(n, d) float32 of a list column, or None unless every row has a vector of one size."""
+    vecs = [r.get(column) for r in rows]
+    if not rows or any(v is None for v in vecs) or len({len(v) for v in vecs}) != 1:
+        return None
+    return np.asarray(vecs, np.float32)
+
+
+class DedupStage(TableStage):
+    """Exact, near and semantic duplicates among the clips the quality rules kept.
+
+    Each duplicate becomes ``rejected`` with ``duplicate_of`` = the clip its group keeps (the
+    best by ``dedup.quality_score``, then the longest, then the smallest key) and a reason like
+    ``dedup: near duplicate of <key> (frame agreement 0.88)``.
+    """
+
+    name = "dedup"
+    input_stage = "score"
+
+    def run(self, rows: list[dict]) -> list[dict]:
+        from curation.dedup import DedupConfig, run_dedup
+        from curation.dedup.exact import ExactConfig
+        from curation.dedup.near import NearConfig
+        from curation.dedup.semantic import SemanticConfig, ray_map_partitions
+
+        cfg = self.policy.dedup
+        out = [{**r, "stage": self.name, "duplicate_of": None, "dedup_level": None, "dedup_similarity": None}
+               for r in rows]
+        if not cfg.enabled or len(rows) < 2:
+            return out
+        qcol = cfg.quality_score
+        quality = [_num(r.get(qcol)) for r in rows]
+        if all(math.isnan(q) for q in quality):  # e.g. no aesthetics weights: rank by sharpness
+            quality = [_num(r.get("sharpness")) for r in rows]
+        phashes = np.asarray([r["phashes"] for r in rows], np.uint64) if all(r.get("phashes") for r in rows) else None
+        emb = _embeddings(rows, "clip_embedding")
+        dcfg = DedupConfig(
+            exact=ExactConfig(enabled=cfg.exact),
+            near=NearConfig(enabled=cfg.near.enabled, max_hamming=cfg.near.max_hamming,
+                            min_agreement=cfg.near.min_agreement),
+            semantic=SemanticConfig(enabled=cfg.semantic.enabled, threshold=cfg.semantic.threshold),
+        )
+        mapper = ray_map_partitions if emb is not None and len(rows) >= cfg.ray_min_items else None
+        decisions = run_dedup(
+            keys=[r["item_id"] for r in rows], quality=quality, duration=[_num(r.get("duration_s")) for r in rows],
+            signatures=[r.get("content_signature") for r in rows], phashes=phashes, embeddings=emb,
+            cfg=dcfg, map_partitions=mapper,
+        )
+        by_key = {d.key: d for d in decisions}
+        unit = {"exact": "identical decoded content", "near": "frame agreement", "semantic": "cosine"}
+        for r in out:
+            d = by_key.get(r["item_id"])
+            if d is None:
+                continue
+            detail = unit[d.level] if d.level == "exact" else f"{unit[d.level]} {d.similarity:.3f}"
+            r.update(status=REJECTED, reason=f"dedup: {d.level} duplicate of {d.duplicate_of} ({detail})",
+                     duplicate_of=d.duplicate_of, dedup_level=d.level, dedup_similarity=float(d.similarity))
+        return out
+
+
+class BalanceStage(TableStage):
+    """Concept balancing: k-means over each clip's video-text embedding, sampling weight
+    proportional to 1/sqrt(cluster size) (Movie Gen), normalised to mean 1.
+
+    The embedding is the open_clip image embedding concatenated with the MiniLM caption embedding
+    (each L2-normalised) when both exist, else whichever every clip has. Nothing is dropped: the
+    weights go to ``index.parquet`` and each sample's ``.json`` for the training loader.
+    """
+
+    name = "balance"
+    input_stage = "caption"
+
+    def run(self, rows: list[dict]) -> list[dict]:
+        from curation.balance import BalanceConfig, sampling_weights
+
+        cfg = self.policy.balance
+        out = [{**r, "stage": self.name, "status": OK, "reason": None} for r in rows]
+        parts = [e for e in (_embeddings(rows, "clip_embedding"), _embeddings(rows, "caption_embedding")) if e is not None]
+        if not cfg.enabled or not rows or not parts:
+            for r in out:
+                r.update(cluster_id=None, cluster_size=None, sampling_weight=1.0)
+            return out
+        emb = np.concatenate([p / np.linalg.norm(p, axis=1, keepdims=True).clip(1e-12) for p in parts], axis=1)
+        ids, weights = sampling_weights(emb, BalanceConfig(n_clusters=cfg.clusters, merge_threshold=cfg.merge_threshold,
+                                                           seed=cfg.seed))
+        sizes = np.bincount(ids)
+        for r, c, w in zip(out, ids.tolist(), weights.tolist()):
+            r.update(cluster_id=int(c), cluster_size=int(sizes[c]), sampling_weight=float(w))
+        return out
+
+
+def _num(v) -> float:
+    return float("nan") if v is None else float(v)
+
+
+TABLE_STAGES: dict[str, type[TableStage]] = {"dedup": DedupStage, "balance": BalanceStage}
