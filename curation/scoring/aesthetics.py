@@ -13,9 +13,11 @@ head was trained on OpenAI CLIP ViT-L/14 embeddings (d = 768): use ``clip_model 
 
 Both weights come from configured paths (local, or ``s3://`` via ``Storage.localize``) and are
 loaded once per process or actor (``setup()``, or lazily on first ``score``); nothing is ever
-downloaded from a model hub. With either path unset the scorer is *disabled*: ``enabled`` is
-False, ``disabled_reason`` says why, and ``score`` raises ``ScorerDisabled`` — it never returns
-a made-up score. A path that is set but missing or does not fit the architecture is a
+downloaded from a model hub. The open_clip model is built by
+``curation.captioning.clip_model.load_open_clip``, shared with the CLIP embedder, so one
+checkpoint file (or open_clip model directory) serves both. With either path unset the scorer
+is *disabled*: ``enabled`` is False, ``disabled_reason`` says why, and ``score`` raises
+``ScorerDisabled`` — it never returns a made-up score. A path that is set but missing or does not fit the architecture is a
 configuration error and raises at ``setup``.
 
 Score (``AestheticScorer.score``):
@@ -36,12 +38,14 @@ from pathlib import Path
 
 import numpy as np
 
+from curation.captioning.clip_model import load_open_clip
+from curation.captioning.common import ModelDisabled, local_weights
 from curation.scoring.frames import AnalysisClip
 
 MOVIEGEN_MIN_AESTHETIC = 4.0  # Movie Gen: keep clips whose middle frame scores >= 4.0
 
 
-class ScorerDisabled(RuntimeError):
+class ScorerDisabled(ModelDisabled):
     """A scorer without configured weights was asked for a score."""
 
 
@@ -76,12 +80,7 @@ def aesthetic_head(dim: int):
 
 
 def _local(uri: str) -> Path:
-    from curation.storage import Storage
-
-    path = Storage().localize(uri)
-    if not path.is_file():
-        raise FileNotFoundError(f"aesthetics: configured weights not found: {uri}")
-    return path
+    return local_weights(uri, "aesthetics")
 
 
 class AestheticScorer:
@@ -102,18 +101,13 @@ class AestheticScorer:
     def setup(self) -> "AestheticScorer":
         if not self.enabled or self._head is not None:
             return self
-        import open_clip
         import torch
 
         cfg = self.cfg
-        if cfg.clip_model_config:
-            open_clip.add_model_config(_local(cfg.clip_model_config))
-        model, _, preprocess = open_clip.create_model_and_transforms(
-            cfg.clip_model, pretrained=str(_local(cfg.clip_checkpoint)), device=cfg.device,
-            pretrained_image=False, pretrained_text=False,
-        )
-        visual = model.visual.eval()  # the text tower is not needed: keep only the image tower
-        del model
+        loaded = load_open_clip(cfg.clip_model, cfg.clip_checkpoint, cfg.clip_model_config, cfg.device,
+                                what="aesthetics")
+        visual, preprocess = loaded.model.visual.eval(), loaded.preprocess
+        del loaded  # the text tower is not needed: keep only the image tower
         state = torch.load(_local(cfg.head_checkpoint), map_location="cpu", weights_only=True)
         if isinstance(state, dict) and "state_dict" in state and "layers.0.weight" not in state:
             state = state["state_dict"]
