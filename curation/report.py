@@ -2,12 +2,16 @@
 
 For a data engineer opening it in a browser: the header (inputs, clips kept, hours), the funnel
 per stage and per quality rule (Movie Gen's retention table, in policy order), a histogram per
-quality score with the policy's thresholds drawn on it, and a contact sheet of kept and rejected
-clips with the reason each was rejected. Charts are matplotlib PNGs and thumbnails JPEGs, both
-embedded as base64 data URIs, so the report is one file that can be mailed or opened from S3.
+quality score with the policy's thresholds drawn on it, the duplicate groups (each kept clip beside
+the clips dropped as its exact / near / semantic duplicates), the concept clusters with their
+sampling weights, and a contact sheet of the clips that reached the shards (with caption, camera
+motion, cluster and weight) and of rejected clips with the reason each was rejected. Charts are
+matplotlib PNGs and thumbnails JPEGs, both embedded as base64 data URIs, so the report is one file
+that can be mailed or opened from S3.
 
-Works on older outputs without a ``score`` stage table (no histograms, rule funnel or reasons
-per rule then), on runs with zero clips, and with OUTPUT on S3 (written with ``Storage``).
+Works on older outputs without a ``score``, ``dedup``, ``caption`` or ``balance`` stage table (the
+sections that need one are skipped, and say so), on runs with zero clips, and with OUTPUT on S3
+(written with ``Storage``).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
 from curation.ledger import build_ledger
@@ -36,6 +41,16 @@ from curation.storage import Storage, join
 REPORT_STAGES = ["ingest", "probe", "filter", "shots", "clips", "extract", "score", "dedup", "caption", "balance", "shard"]
 SCORE_STAGE = "score"
 SAMPLE_PER_GROUP = 12  # kept clips, and rejected clips, shown in the contact sheet
+DUP_GROUPS = 8  # duplicate groups shown in the Duplicates section
+DUPS_PER_GROUP = 3  # duplicates shown beside each group's kept clip
+BALANCE_TABLE_ROWS = 12  # clusters listed under the balance chart (largest and smallest)
+DEDUP_LEVELS = ("exact", "near", "semantic")
+SIMILARITY_UNIT = {"exact": "identical decoded content", "near": "frame agreement", "semantic": "cosine"}
+# List columns (embeddings, pHashes, shot lists) are never shown: left out when rows are read.
+HEAVY_COLUMNS = {"clip_embedding", "caption_embedding", "phashes", "shot_starts", "shot_ends", "transcript_segments"}
+# Fields of a kept clip's card that later stages add: taken from the first table that has them.
+KEPT_INFO = ("caption", "camera_motion", "camera_confidence", "cluster_id", "cluster_size", "sampling_weight",
+             "tags", "transcript", "transcript_language", "rule_failures")
 THUMB_FRAMES = 4
 THUMB_HEIGHT = 96  # px: small JPEGs keep the report file small
 UNATTRIBUTED = "(no rule named)"
@@ -73,9 +88,13 @@ class ReportData:
     summary_source: str
     funnel: list[dict]
     score: pa.Table | None
-    shard: pa.Table | None  # the kept clips of older outputs, which have no score table
+    shard: pa.Table | None  # the clips accepted at the end (status ok)
+    dedup: pa.Table | None = None
+    caption: pa.Table | None = None
+    balance: pa.Table | None = None
     rules: list[RuleStat] = field(default_factory=list)
     first_rule: list[str | None] = field(default_factory=list)  # per score row: the rule that rejected it
+    thumbs: dict[str, str] = field(default_factory=dict)  # clip URI -> thumbnail strip (a clip can show twice)
 
 
 def write_report(storage: Storage, output: str, store: StageStore, policy_rules: list[dict], run_id: str) -> str:
@@ -83,6 +102,7 @@ def write_report(storage: Storage, output: str, store: StageStore, policy_rules:
     tables = {st: _read_stage(store, st) for st in REPORT_STAGES}
     data = ReportData(
         run_id=run_id, output=output, funnel=_funnel(tables), score=tables[SCORE_STAGE], shard=tables["shard"],
+        dedup=tables["dedup"], caption=tables["caption"], balance=tables["balance"],
         **_summary(storage, output, store, tables),
     )
     if data.score is not None:
@@ -90,7 +110,8 @@ def write_report(storage: Storage, output: str, store: StageStore, policy_rules:
         data.first_rule = _attribute(data.score, data.rules)
         _count_rules(data)
     page = _page(data, [
-        _header_html(data), _funnel_html(data), _rules_html(data), _histograms_html(data), _contact_html(storage, data),
+        _header_html(data), _funnel_html(data), _rules_html(data), _histograms_html(data), _dedup_html(storage, data),
+        _balance_html(data), _contact_html(storage, data),
     ])
     uri = join(output, "report.html")
     storage.write_bytes(uri, page.encode("utf-8"))
@@ -199,6 +220,46 @@ def _column(t: pa.Table, name: str) -> list:
     return t.column(name).to_pylist() if name in t.column_names else [None] * t.num_rows
 
 
+def _rows(t: pa.Table | None) -> list[dict]:
+    """The table's rows as dicts, without the list columns no section shows (embeddings are large)."""
+    if t is None:
+        return []
+    return t.select([c for c in t.column_names if c not in HEAVY_COLUMNS]).to_pylist()
+
+
+def _by_key(t: pa.Table | None) -> dict[str, dict]:
+    return {r["item_id"]: r for r in _rows(t)}
+
+
+def _duplicates(data: ReportData) -> list[dict]:
+    """Rows of the dedup table that were dropped as a duplicate of another clip."""
+    return [r for r in _rows(data.dedup) if r["status"] == REJECTED and r.get("duplicate_of")]
+
+
+def _kept_rows(data: ReportData) -> tuple[list[dict], str]:
+    """The clips accepted at the end (status ok in the shard table) and a heading for them.
+
+    Each row gets the caption, camera motion, cluster and weight from the shard table, or from the
+    balance / caption / score table where the shard table lacks them (older outputs). Without a
+    shard table (an unfinished run) the clips that passed scoring and dedup stand in.
+    """
+    if data.shard is not None:
+        rows = [r for r in _rows(data.shard) if r["status"] == OK]
+        head = "Kept: accepted into the shards"
+    elif data.score is not None:
+        dups = {r["item_id"] for r in _duplicates(data)}
+        rows = [r for r in _rows(data.score) if r["status"] == OK and r["item_id"] not in dups]
+        head = "Passed scoring" + (" and dedup" if data.dedup is not None else "") + " (no shard table: the run did not finish)"
+    else:
+        return [], "Kept"
+    sources = [_by_key(t) for t in (data.balance, data.caption, data.score) if t is not None]
+    for r in rows:
+        for col in KEPT_INFO:
+            if r.get(col) is None:
+                r[col] = next((s[r["item_id"]][col] for s in sources if s.get(r["item_id"], {}).get(col) is not None), None)
+    return rows, head
+
+
 def _count_rules(data: ReportData) -> None:
     """Fill removed / failing / remaining per rule (Movie Gen's retention table, in policy order)."""
     assert data.score is not None
@@ -271,6 +332,35 @@ def _rules_chart(data: ReportData) -> str:
     return _png(fig)
 
 
+def _balance_chart(clusters: list[tuple[int, int, float]]) -> str:
+    """Bars: clips per concept cluster, largest first; dots: each cluster's sampling weight."""
+    n = len(clusters)
+    x = np.arange(n)
+    sizes = np.array([c[1] for c in clusters], dtype=float)
+    weights = np.array([c[2] for c in clusters], dtype=float)
+    fig = Figure(figsize=(7.5, 3.0), dpi=100, layout="constrained")
+    ax = fig.add_subplot()
+    ax.bar(x, sizes, width=0.8 if n <= 200 else 1.0, color=C_KEPT)
+    ax.set_ylabel("clips in cluster", color=C_KEPT, fontsize=9)
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax2 = ax.twinx()
+    ax2.plot(x, weights, "o" if n <= 60 else "-", color=C_REJ, ms=5, lw=1)
+    ax2.axhline(1.0, color="#757575", ls=":", lw=1)
+    ax2.text(n - 0.35, 1.0, "weight 1 ", color="#757575", fontsize=7, ha="right", va="bottom")
+    ax2.set_ylim(0, max(1.0, float(np.nanmax(weights))) * 1.15)
+    ax2.set_ylabel("sampling weight (mean 1)", color=C_REJ, fontsize=9)
+    if n <= 40:
+        ax.set_xticks(x, [str(c[0]) for c in clusters], fontsize=7)
+        ax.set_xlabel("concept cluster id, largest first", fontsize=9)
+    else:
+        ax.set_xlabel(f"{n} concept clusters, largest first", fontsize=9)
+    ax.set_xlim(-0.7, n - 0.3)
+    for a in (ax, ax2):
+        a.tick_params(labelsize=7)
+        a.spines[["top"]].set_visible(False)
+    return _png(fig)
+
+
 def _hist_chart(data: ReportData, col: str, values: np.ndarray, groups: list[str]) -> str:
     fig = Figure(figsize=(4.4, 2.7), dpi=90, layout="constrained")
     ax = fig.add_subplot()
@@ -301,6 +391,13 @@ def _hist_chart(data: ReportData, col: str, values: np.ndarray, groups: list[str
 
 
 # -- thumbnails -------------------------------------------------------------------------------
+
+
+def _thumb(storage: Storage, data: ReportData, uri: str) -> str:
+    """``_thumb_strip``, decoded once per clip (a kept clip can show in Duplicates and the contact sheet)."""
+    if uri not in data.thumbs:
+        data.thumbs[uri] = _thumb_strip(storage, uri)
+    return data.thumbs[uri]
 
 
 def _thumb_strip(storage: Storage, uri: str) -> str:
@@ -358,6 +455,10 @@ th{background:#f5f5f5} td.l,th.l{text-align:left} tr.off td{color:#888}
 .clip{border:1px solid #e0e0e0;border-radius:4px;padding:6px;font-size:12px} .clip img{display:block;max-width:100%}
 .clip .key{font-family:monospace;font-size:11px} .clip .why{color:#b23c17;word-break:break-word}
 .clip .all{color:#777;font-size:11px;word-break:break-word} .note{background:#fff8e1;border:1px solid #ffe082;padding:8px;font-size:13px}
+.clip .cap{font-size:13px;color:#111;margin:4px 0 2px} .clip .info{color:#444;font-size:11px;word-break:break-word}
+.clip .lvl{font-weight:600;margin-top:2px} .clip.kept{border-left:4px solid #2e7d32} .clip.dup{border-left:4px solid #e65100}
+.dgroup{display:grid;grid-template-columns:1fr 1fr;gap:8px;margin:10px 0;padding:8px;border:1px solid #ddd;border-radius:4px;background:#fafafa}
+.dgroup .clip{background:#fff} .dups{display:flex;flex-direction:column;gap:8px} td.cap{text-align:left;max-width:640px}
 """
 
 
@@ -373,7 +474,8 @@ def _fmt(v) -> str:
 
 def _page(data: ReportData, sections: list[str]) -> str:
     nav = " · ".join(f'<a href="#{k}">{t}</a>' for k, t in (
-        ("funnel", "funnel"), ("rules", "rules"), ("scores", "score histograms"), ("sheet", "contact sheet")))
+        ("funnel", "funnel"), ("rules", "rules"), ("scores", "score histograms"), ("dedup", "duplicates"),
+        ("balance", "concept balance"), ("sheet", "contact sheet")))
     return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>reelflow report {_e(data.run_id)}</title>'
             f"<style>{CSS}</style></head><body><div class=muted>{nav}</div>{''.join(sections)}</body></html>")
 
@@ -386,6 +488,8 @@ def _header_html(data: ReportData) -> str:
         ("clips accepted", clips.get("accepted", 0)), ("clips rejected", clips.get("rejected", 0)),
         ("clips failed", clips.get("failed", 0)), ("hours kept", f"{float(s.get('hours') or 0):.3f}"),
     ]
+    if data.dedup is not None:
+        kpis.insert(4, ("of which duplicates", len(_duplicates(data))))
     boxes = "".join(f"<div class=kpi><b>{_e(v)}</b><span>{_e(k)}</span></div>" for k, v in kpis)
     return (f"<h1>reelflow curation report — run <code>{_e(data.run_id)}</code></h1>"
             f"<div class=muted>output <code>{_e(data.output)}</code>; figures from {_e(data.summary_source)}</div>"
@@ -491,22 +595,55 @@ def _score_columns(data: ReportData) -> list[str]:
 
 def _contact_html(storage: Storage, data: ReportData) -> str:
     title = '<h2 id="sheet">Contact sheet</h2>'
+    kept_all, head = _kept_rows(data)
+    kept = _spread(kept_all)
+    out = [title, f"<h3>{_e(head)} ({len(kept)} of {len(kept_all)} shown)</h3>",
+           "<p class=muted>Caption, camera motion, concept cluster and sampling weight as written to the shards.</p>"
+           if data.shard is not None else "", _sheet(storage, data, kept, with_reason=False)]
     if data.score is None:
-        kept = _spread([r for r in data.shard.to_pylist() if r["status"] == OK]) if data.shard is not None else []
-        return (title + f"<h3>Kept ({len(kept)} shown)</h3>{_sheet(storage, kept, with_reason=False)}"
-                "<p class=muted>No score stage table: rejected clips have no clip file to show.</p>")
-    rows = data.score.to_pylist()
-    kept = _spread([r for r in rows if r["status"] == OK])
-    out = [title, f"<h3>Kept ({len(kept)} of {sum(r['status'] == OK for r in rows)})</h3>",
-           _sheet(storage, kept, with_reason=False)]
+        return "".join(out) + "<p class=muted>No score stage table: rejected clips have no clip file to show.</p>"
+    rows = _rows(data.score)
     groups = _rejected_sample(rows, data)
     n_rej = sum(r["status"] == REJECTED for r in rows)
     out.append(f"<h3>Rejected ({sum(len(v) for v in groups.values())} of {n_rej}), by rule</h3>")
     if not groups:
         out.append("<p class=muted>None.</p>")
     for rule, sample in groups.items():
-        out.append(f"<h3><code>{_e(rule)}</code></h3>{_sheet(storage, sample, with_reason=True)}")
+        out.append(f"<h3><code>{_e(rule)}</code></h3>{_sheet(storage, data, sample, with_reason=True)}")
+    if data.dedup is not None:
+        n_dup = len(_duplicates(data))
+        out.append(f"<h3>Removed as duplicates ({n_dup})</h3><p class=muted>"
+                   + ('Shown beside the clip each group kept, under <a href="#dedup">Duplicates</a>.' if n_dup else "None.")
+                   + "</p>")
+    lost = _lost_after_scoring(data, rows)
+    if lost:
+        out.append(f"<h3>Lost after scoring ({min(len(lost), SAMPLE_PER_GROUP)} of {len(lost)}): passed the rules and "
+                   "dedup, but not in the shard table</h3>" + _sheet(storage, data, _spread(lost), with_reason=True))
     return "".join(out)
+
+
+def _lost_after_scoring(data: ReportData, score_rows: list[dict]) -> list[dict]:
+    """Clips that passed scoring and dedup but are not ok in the shard table, with the reason why."""
+    if data.shard is None:
+        return []
+    later = [(st, _by_key(t)) for st, t in (("shard", data.shard), ("balance", data.balance),
+                                            ("caption", data.caption), ("dedup", data.dedup)) if t is not None]
+    out = []
+    for r in score_rows:
+        if r["status"] != OK:
+            continue
+        seen = [(st, rows[r["item_id"]]) for st, rows in later if r["item_id"] in rows]
+        if seen and seen[0][0] == "shard" and seen[0][1]["status"] == OK:
+            continue  # kept
+        if any(st == "dedup" and x["status"] == REJECTED and x.get("duplicate_of") for st, x in seen):
+            continue  # a duplicate: shown under Duplicates
+        bad = next(((st, x) for st, x in seen if x["status"] != OK), None)
+        if bad:
+            why = f"{bad[0]} {bad[1]['status']}: {bad[1].get('reason') or 'no reason recorded'}"
+        else:
+            why = "not in the shard table; last seen in " + (seen[0][0] if seen else "score")
+        out.append({**r, "reason": why, "rule_failures": None})
+    return out
 
 
 def _spread(rows: list[dict], n: int = SAMPLE_PER_GROUP) -> list[dict]:
@@ -535,22 +672,215 @@ def _rejected_sample(rows: list[dict], data: ReportData) -> dict[str, list[dict]
     return {k: v for k, v in picked.items() if v}
 
 
-def _sheet(storage: Storage, rows: list[dict], with_reason: bool) -> str:
+def _sheet(storage: Storage, data: ReportData, rows: list[dict], with_reason: bool) -> str:
     if not rows:
         return "<p class=muted>None.</p>"
-    return "<div class=sheet>" + "".join(_clip_card(storage, r, with_reason) for r in rows) + "</div>"
+    cards = (_clip_card(storage, data, r, reason=with_reason, info=not with_reason) for r in rows)
+    return "<div class=sheet>" + "".join(cards) + "</div>"
 
 
-def _clip_card(storage: Storage, r: dict, with_reason: bool) -> str:
+def _clip_card(storage: Storage, data: ReportData, r: dict, *, reason: bool = False, info: bool = False,
+               fails: bool = True, head: str = "", cls: str = "") -> str:
+    """One clip: its thumbnail strip, key and size, then ``head`` (HTML), the reason it was rejected
+    (``reason``), what later stages said about it (``info``: caption, camera, cluster, weight) and the
+    rules it broke (``fails``)."""
     try:
-        img = f'<img alt="{_e(r["item_id"])}" src="{_thumb_strip(storage, r["clip_uri"])}">'
+        img = f'<img alt="{_e(r["item_id"])}" src="{_thumb(storage, data, r["clip_uri"])}">'
     except Exception as e:  # a missing or broken clip must not lose the whole report
         img = f"<div class=why>thumbnail unavailable: {_e(type(e).__name__)}: {_e(e)}</div>"
     meta = f"{_fmt(r.get('duration_s'))} s, {_fmt(r.get('width'))}×{_fmt(r.get('height'))}"
-    text = f"<div class=key>{_e(r['item_id'])} <span class=muted>({_e(meta)})</span></div>"
-    if with_reason:
+    text = f"<div class=key>{_e(r['item_id'])} <span class=muted>({_e(meta)})</span></div>{head}"
+    if reason:
         text += f"<div class=why>{_e(r.get('reason') or r.get('rule_failures') or 'no reason recorded')}</div>"
-    fails = r.get("rule_failures")
-    if fails and fails != r.get("reason"):  # kept clips can still break score-only rules
-        text += f"<div class=all>{'all failures' if with_reason else 'score-only failures'}: {_e(fails)}</div>"
-    return f"<div class=clip>{img}{text}</div>"
+    if info:
+        text += _info_html(r, data)
+    rf = r.get("rule_failures")
+    if fails and rf and rf != r.get("reason"):  # kept clips can still break score-only rules
+        text += f"<div class=all>{'all failures' if reason else 'score-only failures'}: {_e(rf)}</div>"
+    return f"<div class='clip {cls}'>{img}{text}</div>"
+
+
+def _info_html(r: dict, data: ReportData) -> str:
+    """Caption, camera motion, concept cluster and sampling weight of a kept clip (what is known)."""
+    out = ""
+    if r.get("caption"):
+        out += f"<div class=cap>{_e(r['caption'])}</div>"
+    elif data.caption is not None:
+        out += "<div class=all>no caption</div>"
+    facts = []
+    if r.get("camera_motion"):
+        conf = r.get("camera_confidence")
+        facts.append(f"camera: {r['camera_motion']}" + (f", conf {conf:.2f}" if conf is not None and math.isfinite(conf) else ""))
+    if r.get("cluster_id") is not None:
+        size = r.get("cluster_size")
+        facts.append(f"cluster {r['cluster_id']}" + (f" ({size} clip{'s' if size != 1 else ''})" if size is not None else ""))
+    if r.get("sampling_weight") is not None:
+        facts.append(f"weight {r['sampling_weight']:.3f}")
+    if facts:
+        out += f"<div class=info>{_e(' · '.join(facts))}</div>"
+    if r.get("tags"):
+        tags = [t.strip() for t in str(r["tags"]).split(";") if t.strip()]
+        out += f"<div class=all>tags: {_e('; '.join(tags[:3]))}{'; …' if len(tags) > 3 else ''}</div>"
+    if r.get("transcript"):
+        lang = f" ({r['transcript_language']})" if r.get("transcript_language") else ""
+        out += f"<div class=all>transcript{_e(lang)}: “{_e(_clip_text(r['transcript'], 160))}”</div>"
+    return out
+
+
+def _fmt3(v: float) -> str:
+    return f"{v:.3f}" if math.isfinite(v) else "—"
+
+
+def _clip_text(s: str, n: int) -> str:
+    s = " ".join(str(s).split())
+    return s if len(s) <= n else s[: n - 1].rstrip() + "…"
+
+
+# -- duplicates and concept balance -------------------------------------------------------------
+
+
+def _similarity(level: str | None, sim: float | None) -> str:
+    if level == "exact":
+        return SIMILARITY_UNIT["exact"]
+    unit = SIMILARITY_UNIT.get(level or "", "similarity")
+    return f"{unit} {sim:.3f}" if sim is not None and math.isfinite(sim) else unit
+
+
+def _dedup_html(storage: Storage, data: ReportData) -> str:
+    title = '<h2 id="dedup">Duplicates</h2>'
+    if data.dedup is None:
+        return title + "<p class=muted>No dedup stage table (an older run, or dedup not run): skipped.</p>"
+    rows = _rows(data.dedup)
+    dups = _duplicates(data)
+    failed = sum(r["status"] == FAILED for r in rows)
+    levels = list(DEDUP_LEVELS) + sorted({r.get("dedup_level") or "?" for r in dups} - set(DEDUP_LEVELS))
+    body = []
+    for lvl in levels:
+        sims = np.array([r.get("dedup_similarity") for r in dups if (r.get("dedup_level") or "?") == lvl
+                         and r.get("dedup_similarity") is not None], dtype=float)
+        n = sum((r.get("dedup_level") or "?") == lvl for r in dups)
+        rng = [f"{v:.3f}" for v in (sims.min(), np.median(sims), sims.max())] if sims.size and lvl != "exact" else ["—"] * 3
+        body.append(f"<tr><td class=l>{_e(lvl)}</td><td>{n}</td>" + "".join(f"<td>{v}</td>" for v in rng)
+                    + f"<td class=l>{_e(SIMILARITY_UNIT.get(lvl, ''))}</td></tr>")
+    head = ("<tr><th class=l>level</th><th>removed</th><th>similarity min</th><th>median</th><th>max</th>"
+            "<th class=l>similarity is</th></tr>")
+    groups = _dup_groups(dups)
+    intro = (f"<p class=muted>{len(rows)} clip(s) passed the quality rules and entered dedup; removed as duplicates: "
+             f"{len(dups)}, in {len(groups)} group(s) (each level runs on the survivors of the one before)"
+             + (f"; {failed} failed" if failed else "") + ".</p>")
+    out = [title, intro, f"<table>{head}{''.join(body)}</table>"]
+    if not groups:
+        return "".join(out)
+    shown = _pick_groups(groups)
+    out.append(f"<h3>Duplicate groups ({len(shown)} of {len(groups)} shown)</h3><p class=muted>The clip each group "
+               "kept (left) beside the clips dropped as its duplicates (right), with level, similarity to the kept "
+               "clip and reason; groups alternate between levels, borderline (lowest similarity) first.</p>")
+    by_key = {r["item_id"]: r for r in rows}
+    score = _by_key(data.score)
+    in_shards = {r["item_id"] for r in _rows(data.shard) if r["status"] == OK} if data.shard is not None else None
+    for kept_key, members in shown:
+        out.append(_dup_group_html(storage, data, kept_key, members, by_key.get(kept_key) or score.get(kept_key), in_shards))
+    return "".join(out)
+
+
+def _dup_groups(dups: list[dict]) -> dict[str, list[dict]]:
+    """Kept clip -> the clips dropped as its duplicates, lowest similarity first."""
+    groups: dict[str, list[dict]] = {}
+    for r in dups:
+        groups.setdefault(r["duplicate_of"], []).append(r)
+    for members in groups.values():
+        members.sort(key=lambda r: (_sim_key(r), r["item_id"]))
+    return groups
+
+
+def _sim_key(r: dict) -> float:
+    s = r.get("dedup_similarity")
+    return math.inf if s is None or not math.isfinite(s) else float(s)
+
+
+def _pick_groups(groups: dict[str, list[dict]]) -> list[tuple[str, list[dict]]]:
+    """Up to DUP_GROUPS groups, round-robin over the levels, each level's borderline groups first."""
+    rank = {lvl: i for i, lvl in enumerate(DEDUP_LEVELS)}
+    by_level: dict[str, list[tuple[str, list[dict]]]] = {}
+    for k, members in groups.items():
+        lvl = max((m.get("dedup_level") or "?" for m in members), key=lambda v: rank.get(v, len(rank)))
+        by_level.setdefault(lvl, []).append((k, members))
+    order = sorted(by_level, key=lambda v: (rank.get(v, len(rank)), v))
+    pools = {lvl: sorted(by_level[lvl], key=lambda g: (_sim_key(g[1][0]), -len(g[1]), g[0])) for lvl in order}
+    picked: list[tuple[str, list[dict]]] = []
+    while len(picked) < DUP_GROUPS and any(pools.values()):
+        for lvl in order:
+            if pools[lvl] and len(picked) < DUP_GROUPS:
+                picked.append(pools[lvl].pop(0))
+    return picked
+
+
+def _dup_group_html(storage: Storage, data: ReportData, kept_key: str, members: list[dict], kept: dict | None,
+                    in_shards: set[str] | None) -> str:
+    n = len(members)
+    label = f"kept · {n} duplicate{'s' if n != 1 else ''} dropped in its favour"
+    if kept is None:
+        left = (f"<div class='clip kept'><div class=key>{_e(kept_key)}</div><div class=lvl>{_e(label)}</div>"
+                "<div class=why>not in the dedup or score table</div></div>")
+    else:
+        head = f"<div class=lvl style='color:{C_KEPT}'>{_e(label)}</div>"
+        if kept["status"] != OK:  # a clip kept at one level can be dropped at a later one
+            head += f"<div class=why>itself {_e(kept['status'])}: {_e(kept.get('reason'))}</div>"
+        elif in_shards is not None:
+            head += f"<div class=all>{'in the shards' if kept_key in in_shards else 'not in the shards'}</div>"
+        left = _clip_card(storage, data, kept, fails=False, head=head, cls="kept")
+    cards = [_clip_card(storage, data, m, reason=True, fails=False, cls="dup",
+                        head=f"<div class=lvl style='color:{C_REJ}'>{_e(m.get('dedup_level'))} · "
+                             f"{_e(_similarity(m.get('dedup_level'), m.get('dedup_similarity')))}</div>")
+             for m in members[:DUPS_PER_GROUP]]
+    rest = members[DUPS_PER_GROUP:]
+    if rest:
+        keys = ", ".join(m["item_id"] for m in rest[:10]) + (", …" if len(rest) > 10 else "")
+        cards.append(f"<p class=muted>+{len(rest)} more: <code>{_e(keys)}</code></p>")
+    return f"<div class=dgroup><div>{left}</div><div class=dups>{''.join(cards)}</div></div>"
+
+
+def _balance_html(data: ReportData) -> str:
+    title = '<h2 id="balance">Concept balance</h2>'
+    if data.balance is None:
+        return title + "<p class=muted>No balance stage table (an older run, or balancing not run): skipped.</p>"
+    rows = [r for r in _rows(data.balance) if r["status"] == OK]
+    clustered = [r for r in rows if r.get("cluster_id") is not None]
+    if not clustered:
+        w = {round(float(r["sampling_weight"]), 6) for r in rows if r.get("sampling_weight") is not None}
+        what = "every sampling weight is 1" if w <= {1.0} else f"sampling weights {_e(sorted(w))}"
+        return title + f"<p class=muted>No concept clusters (balancing off, or no embeddings): {what}.</p>"
+    sizes = Counter(r["cluster_id"] for r in clustered)
+    weights: dict[int, list[float]] = {}
+    captions: dict[int, str] = {}
+    for r in sorted(clustered, key=lambda r: r["item_id"]):
+        if r.get("sampling_weight") is not None:
+            weights.setdefault(r["cluster_id"], []).append(float(r["sampling_weight"]))
+        if r.get("caption") and r["cluster_id"] not in captions:
+            captions[r["cluster_id"]] = r["caption"]
+    clusters = sorted(((c, n, float(np.mean(weights[c])) if c in weights else math.nan) for c, n in sizes.items()),
+                      key=lambda c: (-c[1], c[0]))
+    total = sum(n for _, n, _ in clusters)
+    mass = {c: n * w for c, n, w in clusters if math.isfinite(w)}
+    all_mass = sum(mass.values()) or 1.0
+    big = clusters[0]
+    intro = (f"<p class=muted>{total} clip(s) in {len(clusters)} concept cluster(s) (k-means over the video-text "
+             "embeddings); each clip is sampled with weight ∝ 1/√(cluster size), mean 1 (Movie Gen). Nothing is "
+             f"dropped. The largest cluster ({big[0]}) holds {100 * big[1] / total:.1f}% of the clips and "
+             f"{100 * mass.get(big[0], 0.0) / all_mass:.1f}% of the sampling mass.</p>")
+    if len(rows) > total:
+        intro += f"<p class=muted>{len(rows) - total} clip(s) have no cluster.</p>"
+    if len(clusters) > BALANCE_TABLE_ROWS:
+        k = BALANCE_TABLE_ROWS * 2 // 3
+        listed = clusters[:k] + [None] + clusters[-(BALANCE_TABLE_ROWS - k):]
+    else:
+        listed = list(clusters)
+    head = ("<tr><th>cluster</th><th>clips</th><th>weight</th><th>% of clips</th><th>% of sampling mass</th>"
+            "<th class=l>a caption from it</th></tr>")
+    body = "".join(
+        f"<tr><td colspan=6 class=l>… {len(clusters) - BALANCE_TABLE_ROWS} more</td></tr>" if c is None else
+        f"<tr><td>{c[0]}</td><td>{c[1]}</td><td>{_fmt3(c[2])}</td><td>{100 * c[1] / total:.1f}%</td>"
+        f"<td>{100 * mass.get(c[0], 0.0) / all_mass:.1f}%</td><td class=cap>{_e(_clip_text(captions.get(c[0], ''), 140))}</td></tr>"
+        for c in listed)
+    return (title + intro + f'<img alt="concept clusters and sampling weights" src="{_balance_chart(clusters)}">'
+            f"<table>{head}{body}</table>")

@@ -1,7 +1,8 @@
 """The HTML run report, built from hand-made stage tables and real tiny clips.
 
-The score stage has no entry in STAGE_SCHEMAS yet, so its table is written here as a plain parquet
-part with the extract schema plus records.SCORE.
+The score table is written here as a plain parquet part with the extract schema plus records.SCORE
+(as older outputs have it: no signature columns); the dedup, caption and balance tables of the
+newer stages go through StageStore with their STAGE_SCHEMAS.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import pytest
 
 from curation import samples
 from curation.records import SCORE, SCORE_COLUMNS, STAGE_SCHEMAS, clip_key, to_table
+from curation import report
 from curation.report import write_report
 from curation.stage_store import StageStore
 from curation.storage import Storage, join
@@ -134,6 +136,9 @@ def test_report_with_scores(tmp_path, clip_files):
     assert "score-only failures: " + html.escape(KEPT_SCORE_ONLY) in page
     assert re.search(r"<td class=l>text</td>.*?enforced</td><td>1</td><td>1</td><td>3</td>", page)
     assert "aesthetic_score" in page.split("No finite value")[1]  # the all-NaN column is skipped, and said so
+    # An output from before dedup, captions and balancing: those sections say so, and nothing breaks.
+    assert "No dedup stage table" in page and "No balance stage table" in page
+    assert "Kept: accepted into the shards (3 of 3 shown)" in page and "class=cap" not in page
 
 
 def test_report_without_score_table_and_dataset_json(tmp_path, clip_files):
@@ -146,6 +151,7 @@ def test_report_without_score_table_and_dataset_json(tmp_path, clip_files):
     assert page.count("data:image/jpeg;base64") == 3  # kept clips, from the shard table
     assert "the ledger built from the stage tables" in page
     assert "<td class=l>score</td>" not in page  # no score row in the stage funnel
+    assert "No dedup stage table" in page and "<td class=l>dedup</td>" not in page
 
 
 def test_report_with_zero_clips(tmp_path):
@@ -157,6 +163,101 @@ def test_report_with_zero_clips(tmp_path):
     write_report(storage, out, store, RULES, RUN)
     page = (tmp_path / "out" / "report.html").read_text()
     assert "0 clip(s) entered the score stage" in page and "data:image/jpeg" not in page
+
+
+# Clips 0..4 pass the rules; 3 is dropped as a near duplicate of 0; captioning 4 fails; 0, 1, 2 reach the shards.
+DUP, LOST, KEPT_KEYS = 3, 4, (0, 1, 2)
+NEAR_REASON = f"dedup: near duplicate of {clip_key('vgood', 0, 0)} (frame agreement 0.912)"
+CLUSTERS = {0: (0, 2, 0.878680), 1: (0, 2, 0.878680), 2: (1, 1, 1.242641)}  # 1/sqrt(size), mean 1
+
+
+def _caption(i: int) -> str:
+    return f"A red square <drifts> across clip {i}."
+
+
+def build_curated_output(storage: Storage, output: str, clip_files: list[str]) -> tuple[StageStore, list[str]]:
+    """build_output, then the dedup, caption and balance tables, and a shard table of the clips they kept."""
+    n_kept = LOST + 1
+    store = build_output(storage, output, clip_files, n_kept=n_kept)
+    store.clear("shard")
+    uris = [clip_files[i % len(clip_files)] for i in range(n_kept)]
+    scored = [{**_score_row(i, uris[i], n_kept), "camera_motion": "pan_left", "camera_confidence": 0.8} for i in range(n_kept)]
+    dedup = [{**r, "stage": "dedup"} for r in scored]
+    dedup[DUP].update(status="rejected", reason=NEAR_REASON, duplicate_of=clip_key("vgood", 0, 0),
+                      dedup_level="near", dedup_similarity=0.912)
+    store.write_part("dedup", dedup)
+    caption = [{**r, "stage": "caption", "caption": _caption(i), "tags": "square=0.9; red=0.5; toy=0.2; sky=0.1"}
+               for i, r in enumerate(dedup) if r["status"] == "ok"]
+    caption[-1].update(status="failed", reason="caption: model crashed", caption=None)
+    store.write_part("caption", caption)
+    balance = [{**r, "stage": "balance", **dict(zip(("cluster_id", "cluster_size", "sampling_weight"), CLUSTERS[i]))}
+               for i, r in enumerate(caption) if r["status"] == "ok"]
+    store.write_part("balance", balance)
+    store.write_part("shard", [{**r, "stage": "shard", "shard": "shards/a/shard-000000.tar"} for r in balance])
+    return store, uris
+
+
+def test_report_with_duplicates_captions_and_balance(tmp_path, clip_files, monkeypatch):
+    decoded = []
+    strip = report._thumb_strip
+    monkeypatch.setattr(report, "_thumb_strip", lambda st, uri: decoded.append(uri) or strip(st, uri))
+    storage, out = Storage(), str(tmp_path / "out")
+    store, uris = build_curated_output(storage, out, clip_files)
+    write_report(storage, out, store, RULES, RUN)
+    page = (tmp_path / "out" / "report.html").read_text()
+    kept_key, dup_key = clip_key("vgood", 0, 0), clip_key("vgood", DUP, 0)
+    assert "thumbnail unavailable" not in page
+    assert sorted(decoded) == sorted(set(uris))  # each clip decoded once, however often it shows
+
+    dedup = page.split('<h2 id="dedup">')[1].split("<h2")[0]
+    assert "<tr><td class=l>near</td><td>1</td><td>0.912</td>" in dedup
+    assert "<tr><td class=l>exact</td><td>0</td>" in dedup and "<tr><td class=l>semantic</td><td>0</td>" in dedup
+    group = dedup.split("<div class=dgroup>")[1]
+    assert kept_key in group.split("class=dups")[0] and "in the shards" in group  # kept clip on the left
+    right = group.split("class=dups")[1]
+    assert dup_key in right and "near · frame agreement 0.912" in right and html.escape(NEAR_REASON) in right
+    assert dedup.count("data:image/jpeg;base64") == 2
+
+    balance = page.split('<h2 id="balance">')[1].split("<h2")[0]
+    assert 'alt="concept clusters and sampling weights" src="data:image/png;base64' in balance
+    assert "<tr><td>0</td><td>2</td><td>0.879</td><td>66.7%</td>" in balance
+    assert "3 clip(s) in 2 concept cluster(s)" in balance and html.escape(_caption(0)) in balance
+    assert page.count("data:image/png;base64") == 2 + 4 + 1  # funnel, rules, histograms, balance
+
+    sheet = page.split('<h2 id="sheet">')[1]
+    kept = sheet.split("<h3>Rejected")[0]
+    assert "Kept: accepted into the shards (3 of 3 shown)" in kept
+    for i in KEPT_KEYS:
+        assert clip_key("vgood", i, 0) in kept and f"<div class=cap>{html.escape(_caption(i))}</div>" in kept
+    assert dup_key not in kept and clip_key("vgood", LOST, 0) not in kept  # neither shown as kept
+    assert "camera: pan_left, conf 0.80 · cluster 0 (2 clips) · weight 0.879" in kept
+    assert "cluster 1 (1 clip) · weight 1.243" in kept and "tags: square=0.9; red=0.5; toy=0.2; …" in kept
+    assert "score-only failures: " + html.escape(KEPT_SCORE_ONLY) in kept  # from the shard row
+    assert "Removed as duplicates (1)" in sheet
+    lost = sheet.split("Lost after scoring (1 of 1)")[1]
+    assert clip_key("vgood", LOST, 0) in lost and "caption failed: caption: model crashed" in lost
+    assert sheet.count("data:image/jpeg;base64") == len(KEPT_KEYS) + len(REJECTED) + 1
+    assert "<b>1</b><span>of which duplicates</span>" in page
+    for st in ("dedup", "caption", "balance", "shard"):
+        assert f"<td class=l>{st}</td>" in page  # the stage funnel lists the new stages
+
+
+def test_report_balance_off_and_shard_missing(tmp_path, clip_files):
+    """Balancing off (no clusters, weights 1) skips the chart; without a shard table (an unfinished run)
+    the clips that passed scoring and dedup stand in for the kept ones."""
+    storage, out = Storage(), str(tmp_path / "out")
+    store, _ = build_curated_output(storage, out, clip_files)
+    rows = store.read("balance").to_pylist()
+    store.clear("balance")
+    store.write_part("balance", [{**r, "cluster_id": None, "cluster_size": None, "sampling_weight": 1.0} for r in rows])
+    store.clear("shard")
+    write_report(storage, out, store, RULES, RUN)
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert "No concept clusters (balancing off, or no embeddings): every sampling weight is 1." in page
+    assert page.count("data:image/png;base64") == 2 + 4 and "<td class=l>shard</td><td>0</td>" in page
+    kept = page.split('<h2 id="sheet">')[1].split("<h3>Rejected")[0]
+    assert "Passed scoring and dedup (no shard table: the run did not finish) (4 of 4 shown)" in kept
+    assert clip_key("vgood", DUP, 0) not in kept and "Lost after scoring" not in page
 
 
 @pytest.mark.integration
