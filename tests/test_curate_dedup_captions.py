@@ -173,3 +173,45 @@ def test_caption_stage_plugs_in_a_vlm_by_path_from_the_policy(tmp_path):
     (out,) = stage.run_row(row)
     assert out["status"] == "ok", out["reason"]
     assert out["caption"].startswith("FPS-24 Camera zooms in. ") and len(out["caption"].split()) > 5
+
+
+def _row(key: str, emb, quality: float, duration: float = 4.0, phash_seed: int = 0) -> dict:
+    rng = np.random.default_rng(phash_seed)
+    return {"item_id": key, "status": "ok", "reason": None, "duration_s": duration, "aesthetic_score": quality,
+            "sharpness": 1.0, "content_signature": f"sig-{key}", "clip_embedding": list(map(float, emb)),
+            "phashes": [int(x) for x in rng.integers(0, 2**63, 8, dtype=np.int64)], "caption_embedding": None}
+
+
+def test_dedup_stage_semantic_level_keeps_the_best_clip_and_names_it():
+    """Rows as the score stage leaves them: two near-identical CLIP embeddings (cosine > 0.99) and
+    one different clip; the better-scored copy is kept and the other names it."""
+    from curation.table_stages import DedupStage
+
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=64)
+    a /= np.linalg.norm(a)
+    b = a + rng.normal(scale=0.005, size=64)
+    c = rng.normal(size=64)
+    rows = [_row("a", a, 5.0, phash_seed=1), _row("b", b, 6.0, phash_seed=2), _row("c", c, 4.0, phash_seed=3)]
+    out = {r["item_id"]: r for r in DedupStage(Policy()).run(rows)}
+    assert out["b"]["status"] == "ok" and out["c"]["status"] == "ok"
+    assert out["a"]["status"] == "rejected" and out["a"]["duplicate_of"] == "b" and out["a"]["dedup_level"] == "semantic"
+    assert out["a"]["reason"].startswith("dedup: semantic duplicate of b (cosine 0.99")
+    off = DedupStage(Policy(dedup={"semantic": {"enabled": False}})).run(rows)
+    assert all(r["status"] == "ok" for r in off)  # different pHashes: only the semantic level could merge them
+
+
+def test_balance_stage_weights_follow_inverse_sqrt_cluster_size():
+    from curation.table_stages import BalanceStage
+
+    rng = np.random.default_rng(1)
+    centres = rng.normal(size=(3, 32))
+    rows = []
+    for ci, n in enumerate((16, 4, 1)):
+        for k in range(n):
+            rows.append(_row(f"k{ci}_{k}", centres[ci] + rng.normal(scale=0.01, size=32), 5.0))
+    out = BalanceStage(Policy(balance={"clusters": 3})).run(rows)
+    w = {r["cluster_size"]: r["sampling_weight"] for r in out}
+    assert sorted(w) == [1, 4, 16]
+    assert w[1] / w[16] == pytest.approx(4.0) and w[4] / w[16] == pytest.approx(2.0)
+    assert np.mean([r["sampling_weight"] for r in out]) == pytest.approx(1.0)
