@@ -194,7 +194,9 @@ def run_table_stage(stage: TableStage, store: StageStore, progress: Progress | N
     All-or-nothing like the shard stage: its decisions depend on the whole set, so a table that
     does not cover exactly the current inputs is cleared and recomputed (deterministically)."""
     t0 = time.perf_counter()
-    inputs = [r for r in store.read(stage.input_stage).to_pylist() if r["status"] == OK]
+    # Sorted by key: part files come back in any order, and k-means and tie-breaks must not care.
+    inputs = sorted((r for r in store.read(stage.input_stage).to_pylist() if r["status"] == OK),
+                    key=lambda r: r["item_id"])
     ids = {r["item_id"] for r in inputs}
     done = store.read(stage.name)
     if done.num_rows and set(done.column("item_id").to_pylist()) == ids:

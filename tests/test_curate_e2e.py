@@ -221,8 +221,9 @@ def test_sigkill_mid_run_then_resume_gives_identical_results(curated, source, en
 
     r = curate(source, out)
     assert r.exit_code == 0, r.output
-    assert read(out, "index.parquet") == read(curated, "index.parquet")
-    assert read(out, "ledger.parquet") == read(curated, "ledger.parquet")
+    for name in ("index.parquet", "ledger.parquet"):
+        got, want = read(out, name), read(curated, name)
+        assert got == want, f"{name} differs in {_differing_columns(got, want)}"
     ref = {p.relative_to(curated): p.read_bytes() for p in (curated / "shards").rglob("*.tar")}
     got = {p.relative_to(out): p.read_bytes() for p in (out / "shards").rglob("*.tar")}
     assert got == ref
@@ -231,6 +232,12 @@ def test_sigkill_mid_run_then_resume_gives_identical_results(curated, source, en
 
     extract = StageStore(Storage(), str(out)).read("extract").column("item_id").to_pylist()
     assert len(extract) == len(set(extract)) == total  # nothing extracted twice, nothing lost
+
+
+def _differing_columns(a: list[dict], b: list[dict]) -> list[str]:
+    if len(a) != len(b):
+        return [f"row count {len(a)} != {len(b)}"]
+    return sorted({k for ra, rb in zip(a, b) for k in ra if ra[k] != rb.get(k)})
 
 
 def test_flow_publishes_funnel_and_summary_artifacts(curated):

@@ -9,13 +9,13 @@ import subprocess
 import wave
 from pathlib import Path
 
-import av
 import cv2
 import numpy as np
 import pytest
 
 from curation.scoring.aesthetics import AestheticScorer, AestheticsConfig, ScorerDisabled, aesthetic_head
 from curation.scoring.audio import AUDIO_SCORE_NAMES, AudioScorer
+from curation.samples import write_frames_h264
 from curation.scoring.frames import decode_for_analysis
 from curation.scoring.text import TextScorer, sample_indices, TextConfig
 
@@ -24,16 +24,7 @@ FFMPEG = ["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-y"]
 
 # -- media ---------------------------------------------------------------------------------------
 def _write_h264(path: Path, frames: np.ndarray, fps: int) -> Path:
-    with av.open(str(path), "w") as c:
-        s = c.add_stream("libx264", rate=fps)
-        s.width, s.height, s.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
-        s.options = {"preset": "veryfast", "crf": "20"}
-        for f in frames:
-            for p in s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
-                c.mux(p)
-        for p in s.encode():
-            c.mux(p)
-    return path
+    return write_frames_h264(path, frames, fps, crf=20)
 
 
 def _burn_in_text(frames: np.ndarray) -> np.ndarray:

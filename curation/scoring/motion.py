@@ -12,9 +12,6 @@ Scores (all floats; flags are 0.0 / 1.0):
     frame edge has no match). A hard cut inside the clip shows up as a spurious flow spike.
 ``motion_max``
     The largest per-frame-pair mean magnitude, same unit (catches shake and cut spikes).
-
-Flow is computed on at most ``max_flow_pairs`` (16) consecutive pairs spread evenly over the
-clip, so its cost per clip is bounded whatever the clip's length; both scores are over those pairs.
 ``static_fraction``
     Fraction of consecutive frame pairs that are near-identical (mean absolute luma difference
     below ``diff_tol`` levels *and* almost no pixel changed by more than ``pixel_tol``). Range [0, 1].
@@ -24,6 +21,10 @@ clip, so its cost per clip is bounded whatever the clip's length; both scores ar
 ``static``
     1.0 when the clip is motionless (``static_fraction >= static_fraction_min`` or
     ``motion_mean < static_motion_max``), else 0.0. Movie Gen drops static video.
+
+Flow is computed on at most ``max_flow_pairs`` (16) consecutive pairs spread evenly over the
+clip, so its cost per clip is bounded whatever the clip's length; both flow scores are over those
+pairs.
 
 Movie Gen keeps clips whose mean motion lies between 0.5 and 7 (``MOVIEGEN_MOTION_RANGE``). The paper
 does not state the unit of its motion vectors; ``motion_mean`` is the closest reproducible reading
@@ -132,7 +133,7 @@ def score(clip: AnalysisClip, cfg: MotionConfig = MotionConfig(),
     scale = (REFERENCE_SHORT_SIDE / min(gray.shape[1:3])) * (fps / REFERENCE_FPS)
     if flows is None:
         flows = pair_flows(gray, cfg)[1]
-    mags = np.hypot(flows[..., 0], flows[..., 1]).mean(axis=(1, 2)).astype(np.float64) * scale
+    mags = np.array([float(np.mean(np.hypot(f[..., 0], f[..., 1]))) for f in flows]) * scale
     same = _identical_pairs(gray, cfg)
     run = _longest_run(same)
     motion_mean = float(mags.mean())
