@@ -10,6 +10,7 @@ partitions over Ray from ``dedup.ray_min_items`` clips.
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from typing import ClassVar
 
 import numpy as np
@@ -18,7 +19,7 @@ from curation.policy import Policy
 from curation.records import OK, REJECTED
 
 
-class TableStage:
+class TableStage(ABC):
     name: ClassVar[str]
     input_stage: ClassVar[str]
     input_id_column: ClassVar[str] = "item_id"
@@ -26,9 +27,9 @@ class TableStage:
     def __init__(self, policy: Policy):
         self.policy = policy
 
+    @abstractmethod
     def run(self, rows: list[dict]) -> list[dict]:
         """Output rows for all the input rows that passed the previous stage."""
-        raise NotImplementedError
 
 
 def _embeddings(rows: list[dict], column: str) -> np.ndarray | None:
