@@ -277,7 +277,7 @@ class ScoreStage(Stage):
         payload = {
             "text_frames": frames[sample_indices(len(frames), clip.duration_s, TextConfig())]
             if cfg.text.enabled else None,
-            "middle_frame": frames[len(frames) // 2],
+            "middle_frame": frames[len(frames) // 2] if cfg.aesthetics_model.head_checkpoint else None,
             "embed_frames": frames[frame_indices(len(frames), self.ctx.policy.embeddings.frames)]
             if self.ctx.policy.embeddings.clip_checkpoint else None,
             "audio": clip.audio, "sample_rate": clip.sample_rate,

@@ -7,6 +7,7 @@ aesthetics and technical quality read ``AnalysisClip.frames``; audio scorers rea
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import av
@@ -26,9 +27,9 @@ class AnalysisClip:
     def duration_s(self) -> float:
         return self.end_s - self.start_s
 
-    @property
+    @cached_property
     def gray(self) -> np.ndarray:
-        """(T, H, W) uint8 luma (BT.601), computed on demand."""
+        """(T, H, W) uint8 luma (BT.601), computed once on first use (every scorer reads it)."""
         f = self.frames.astype(np.float32)
         return (0.299 * f[..., 0] + 0.587 * f[..., 1] + 0.114 * f[..., 2]).round().astype(np.uint8)
 
