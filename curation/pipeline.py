@@ -141,7 +141,7 @@ def run_media_stage(
         common["num_gpus"] = stage.num_gpus
     retries = ctx.policy.runtime.task_retries
     cpus = int(ray.available_resources().get("CPU", 1))
-    if getattr(stage, "has_cpu_operator", False) and stage.uses_actor:
+    if stage.has_cpu_operator and stage.uses_actor:
         # The fused CPU operator (decode + CPU scorers) as plain tasks, feeding the model actors.
         cpu_only = {k: v for k, v in common.items() if k != "num_gpus"}
         ds = _map_batches(ds, _run_analyze_batch, fn_kwargs={"stage": stage}, **_bounded_retries(retries), **cpu_only)

@@ -52,6 +52,8 @@ class Stage(ABC):
     num_gpus: float = 0.0  # per task/actor; the score stage takes it from the policy
     # Stages with a model to load run as a Ray actor pool so the model loads once per actor.
     uses_actor: ClassVar[bool] = False
+    # Stages with a separate CPU operator (``run_analyze``) in front of their actor pool.
+    has_cpu_operator: ClassVar[bool] = False
 
     def __init__(self, ctx: StageContext):
         self.ctx = ctx
@@ -406,7 +408,3 @@ class CaptionStage(Stage):
         out["caption"] = caption
         out["caption_embedding"] = self._text.embed([caption])[0].tolist()
         return [{**row, **out, "status": OK, "reason": None}]
-
-
-MEDIA_STAGES: list[type[Stage]] = [ProbeStage, FilterStage, ShotsStage, ClipPlanStage, ExtractStage, ScoreStage,
-                                   CaptionStage]
