@@ -47,6 +47,7 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/curate_throughput.py
 	$(PY) bench/scoring_throughput.py
+	$(PY) bench/train_throughput.py
 
 # Re-pin constraints.txt to what is installed now (after changing dependencies in pyproject.toml).
 lock: $(STAMP)

@@ -51,9 +51,12 @@ def ensure_ray(address: str | None = None) -> None:
     kwargs: dict = {"include_dashboard": False, "logging_level": logging.WARNING, "log_to_driver": False}
     if address:
         import curation
+        import models
+        import training
 
-        # Ship this package to the cluster's workers so they run the same stage code as the driver.
-        kwargs["runtime_env"] = {"py_modules": [curation]}
+        # Ship our packages to the cluster's workers so they run the same code as the driver
+        # (curation stages; the training loop and the models for Ray Train workers).
+        kwargs["runtime_env"] = {"py_modules": [curation, models, training]}
     ray.init(address=address, **kwargs)
     _quiet_ray_data()
 

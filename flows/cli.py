@@ -1,4 +1,4 @@
-"""The ``reelflow`` command line: curate, validate, demo.
+"""The ``reelflow`` command line: curate, validate, demo, train, generate, serve.
 
 Exit codes: 0 done (rejected or failed items are normal outcomes, see the ledger), 1 anything
 unexpected, 2 bad usage or configuration, 3 a data-quality gate stopped the run.
@@ -18,7 +18,7 @@ from rich.table import Table
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_GATE = 0, 1, 2, 3
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="reelflow: curate licensed video into WebDataset shards for video generation models.")
+                  help="reelflow: curate licensed video into WebDataset shards and train video and audio generation models on them.")
 console = Console(stderr=True, soft_wrap=True)
 out = Console(soft_wrap=True)
 
@@ -178,25 +178,51 @@ def validate(output: str = typer.Argument(..., help="A curated output directory 
 
 
 @app.command()
-def demo(output: Path = typer.Option(Path("demo_output"), "--output", help="Where to put the demo source and dataset.")) -> None:
-    """Curate the bundled sample videos (real CC/BSD clips, generated cuts, bad files) end to end."""
+def demo(
+    output: Path = typer.Option(Path("demo_output"), "--output", help="Where to put the demo source, dataset and training run."),
+    train: bool = typer.Option(True, "--train/--no-train", help="Also train the tiny schedule on the curated dataset."),
+) -> None:
+    """Curate the bundled sample videos (real CC/BSD clips, generated cuts, synthetic captioned
+    shapes, bad files) end to end, then train the tiny progressive schedule on the result."""
     _quiet_env()
     from curation.policy import DEMO_POLICY_FILE
     from curation.samples import build_demo_source
 
     console.print(f"building demo source under {output / 'source'} ...")
     manifest = build_demo_source(output / "source")
+    _add_synthetic_shapes(manifest)
     code = run_curate(str(manifest), str(output / "dataset"), DEMO_POLICY_FILE, None, None)
     if code == EXIT_OK:
         out.print(f"demo source: {manifest} (policy {DEMO_POLICY_FILE})")
+    if code == EXIT_OK and train:
+        from flows.cli_train import run_train
+
+        code = run_train(str(output / "dataset"), str(output / "train"), "tiny")
     raise typer.Exit(code)
+
+
+def _add_synthetic_shapes(manifest: Path, num_clips: int = 12) -> None:
+    """Captioned CC0 clips with sound (shapes bouncing, a click per bounce), so the tiny models have
+    something learnable, with audio, to train on. Appended to the demo manifest."""
+    import csv
+
+    from training.synthetic_shapes import write_synthetic_dataset
+
+    shapes = write_synthetic_dataset(manifest.parent / "media" / "shapes", num_clips=num_clips, seed=0, width=320,
+                                     height=180, fps=24, seconds=3.0)
+    with shapes.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    with manifest.open("a", newline="") as f:
+        csv.DictWriter(f, fieldnames=list(rows[0])).writerows(rows)
 
 
 from flows.cli_generate import generate_command  # noqa: E402  (imports torch lazily)
 from flows.cli_serve import serve_command  # noqa: E402
+from flows.cli_train import train_command  # noqa: E402
 
 app.command("generate")(generate_command)
 app.command("serve")(serve_command)
+app.command("train")(train_command)
 
 
 def main() -> None:

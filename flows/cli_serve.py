@@ -46,10 +46,14 @@ def serve_command(
     cron: str = typer.Option(NIGHTLY_CRON, "--cron", help="Cron schedule of the curate deployment (default: nightly 02:00)."),
     timezone: str = typer.Option(DEFAULT_TIMEZONE, "--timezone", help="IANA timezone the cron is read in."),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Existing Ray cluster for the runs (default: a local Ray per run)."),
+    train_schedule: Optional[str] = typer.Option(None, "--train-schedule", help="Default schedule of triggered train runs (YAML or tiny/moviegen)."),
+    train_shards: Optional[str] = typer.Option(None, "--train-shards", help="Default curated dataset of triggered train runs."),
+    train_output: Optional[str] = typer.Option(None, "--train-output", help="Default OUTPUT of triggered train runs."),
     run_now: bool = typer.Option(False, "--run-now", help="Also start one curate run immediately."),
     limit: int = typer.Option(1, "--limit", min=1, help="Most flow runs at once."),
 ) -> None:
-    """Serve the curate deployment (cron schedule) on the Prefect server in PREFECT_API_URL."""
+    """Serve the curate deployment (cron schedule) and the train deployment (manual trigger) on the
+    Prefect server in PREFECT_API_URL."""
     for k, v in {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "RAY_USAGE_STATS_ENABLED": "0", "DO_NOT_TRACK": "1",
                  "GX_ANALYTICS_ENABLED": "false", "TOKENIZERS_PARALLELISM": "false"}.items():
         os.environ.setdefault(k, v)  # flow runs inherit this environment
@@ -60,7 +64,8 @@ def serve_command(
 
     from curation.policy import PolicyError, load_policy
     from curation.storage import is_s3
-    from flows.deployments import CurateSchedule, build_deployments, serve
+    from flows.deployments import CurateSchedule, TrainTrigger, build_deployments, serve
+    from training.schedule import ScheduleError, load_schedule
 
     # A templated source ({date}) names a folder that may only appear by the run's date.
     if "{date}" not in source and not is_s3(source) and not Path(source).exists():
@@ -73,8 +78,14 @@ def serve_command(
         load_policy(policy_path)  # a bad policy fails now, not at the first scheduled run
         config = CurateSchedule(source=source, output=output, policy_path=policy_path,
                                 ray_address=ray_address, cron=cron, timezone=timezone)
-        deployments = build_deployments(config)
-    except PolicyError as e:
+        if train_schedule:
+            load_schedule(train_schedule)  # a bad schedule fails now, not when someone triggers a run
+            if Path(train_schedule).exists():
+                train_schedule = str(Path(train_schedule).resolve())
+        train_shards, train_output = (p if not p or is_s3(p) else str(Path(p).resolve()) for p in (train_shards, train_output))
+        trigger = TrainTrigger(schedule=train_schedule, shards=train_shards, output=train_output, ray_address=ray_address)
+        deployments = build_deployments(config, trigger)
+    except (PolicyError, ScheduleError) as e:
         raise _usage_error(str(e))
     except ValidationError as e:
         raise _usage_error("; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()))

@@ -10,10 +10,9 @@ Two ways to run them on a schedule, with the same names, schedules and parameter
 Both need a real Prefect server (``PREFECT_API_URL``): Prefect's ephemeral API runs no scheduler.
 
 Adding a flow is one entry: a config model with a ``deployment()`` method returning a
-:class:`DeploymentConfig`, and one line in :func:`build_deployments`. The ``train`` deployment
-(manual trigger, parameters ``schedule`` and ``shards``) joins that way once
-``flows/train_flow.py`` exists; :class:`DeploymentConfig` with ``cron=None`` is already the
-manual-trigger shape it needs.
+:class:`DeploymentConfig`, and one line in :func:`build_deployments`. ``curate-nightly`` runs on
+a cron; ``train`` has no schedule (``cron=None``) and runs when triggered with its ``schedule``,
+``shards`` and ``output``.
 """
 
 from __future__ import annotations
@@ -32,6 +31,7 @@ if TYPE_CHECKING:  # Prefect is imported lazily: building a config must not star
 NIGHTLY_CRON = "0 2 * * *"  # 02:00 every day
 DEFAULT_TIMEZONE = "UTC"
 CURATE_DEPLOYMENT = "curate-nightly"
+TRAIN_DEPLOYMENT = "train"
 
 
 @dataclass(frozen=True)
@@ -154,10 +154,41 @@ def curate_deployment(config: CurateSchedule) -> "RunnerDeployment":
     return config.deployment().build(curate)
 
 
-def build_deployments(curate: CurateSchedule) -> list["RunnerDeployment"]:
-    """Every deployment ``reelflow serve`` serves."""
-    # The train deployment goes here once flows/train_flow.py exists (DeploymentConfig, cron=None).
-    return [curate_deployment(curate)]
+class TrainTrigger(BaseModel):
+    """The ``train`` flow on manual trigger: no schedule; a run names its ``schedule`` and
+    ``shards`` (and ``output``), or takes the defaults given here."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    schedule: str | None = None
+    shards: str | None = None
+    output: str | None = None
+    ray_address: str | None = None
+    name: str = TRAIN_DEPLOYMENT
+
+    def parameters(self) -> dict[str, Any]:
+        return {k: v for k, v in {"schedule": self.schedule, "shards": self.shards, "output": self.output,
+                                  "ray_address": self.ray_address}.items() if v}
+
+    def deployment(self) -> DeploymentConfig:
+        return DeploymentConfig(
+            name=self.name,
+            parameters=self.parameters(),
+            cron=None,  # training runs when an ML team triggers it, not on a clock
+            description="Train the progressive schedule on a curated dataset (resumes into the same OUTPUT).",
+            tags=["reelflow", "train"],
+        )
+
+
+def train_deployment(config: TrainTrigger) -> "RunnerDeployment":
+    from flows.train_flow import train
+
+    return config.deployment().build(train)
+
+
+def build_deployments(curate: CurateSchedule, train: TrainTrigger | None = None) -> list["RunnerDeployment"]:
+    """Every deployment ``reelflow serve`` serves: nightly curation and on-demand training."""
+    return [curate_deployment(curate), train_deployment(train or TrainTrigger())]
 
 
 def trigger_now(deployment: "RunnerDeployment", parameters: dict[str, Any] | None = None) -> "FlowRun":

@@ -70,10 +70,12 @@ def flow_matching_loss(velocity_fn: VelocityFn, x1: torch.Tensor, cfg: FlowMatch
     the loss, e.g. to the masked audio frames.
     """
     b = x1.shape[0]
-    t = sample_logit_normal(b, cfg.logit_normal_mean, cfg.logit_normal_std, generator, x1.device)
+    # Noise is drawn on the generator's device (a CPU generator drives a GPU run reproducibly).
+    g_device = generator.device if generator is not None else x1.device
+    t = sample_logit_normal(b, cfg.logit_normal_mean, cfg.logit_normal_std, generator, g_device).to(x1.device)
     if cfg.use_resolution_shift and num_tokens is not None:
         t = shift_time(t, resolution_shift(num_tokens, cfg.shift_base_tokens))
-    x0 = torch.randn(x1.shape, generator=generator, device=x1.device, dtype=x1.dtype)
+    x0 = torch.randn(x1.shape, generator=generator, device=g_device, dtype=x1.dtype).to(x1.device)
     xt = interpolate(x0, x1, t, cfg.sigma_min)
     err = (velocity_fn(xt, t) - target_velocity(x0, x1, cfg.sigma_min)).pow(2)
     if weight is None:

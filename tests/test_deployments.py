@@ -38,8 +38,10 @@ from flows.deployments import (
     CURATE_DEPLOYMENT,
     NIGHTLY_CRON,
     WORK_POOL,
+    TRAIN_DEPLOYMENT,
     CurateSchedule,
     DeploymentConfig,
+    TrainTrigger,
     build_deployments,
 )
 
@@ -97,6 +99,29 @@ def test_prefect_yaml_parameters_validate_against_the_flow_signature(monkeypatch
         curate.validate_parameters({**params, "sourse": "typo"})
 
 
+def test_prefect_yaml_train_deployment_is_manual_and_matches_the_flow(monkeypatch):
+    from prefect.flows import load_flow_from_entrypoint
+    from prefect.utilities.callables import parameter_schema
+    from prefect.utilities.schema_tools import validate
+    from prefect.utilities.templating import apply_values
+
+    from flows.train_flow import train
+
+    spec = yaml.safe_load(PREFECT_YAML.read_text())
+    entry = next(d for d in spec["deployments"] if d["name"] == TRAIN_DEPLOYMENT)
+    assert entry["entrypoint"] == "flows/train_flow.py:train" and entry["schedules"] == []
+    assert entry["work_pool"]["name"] == WORK_POOL.name
+    flow = load_flow_from_entrypoint(str(REPO / entry["entrypoint"]))
+    assert flow.name == train.name == "train"
+    monkeypatch.setenv("REELFLOW_TRAIN_SCHEDULE", "tiny")
+    monkeypatch.setenv("REELFLOW_TRAIN_SHARDS", "s3://curated-shards/nightly/2026-11-21")
+    monkeypatch.setenv("REELFLOW_TRAIN_OUTPUT", "s3://checkpoints/runs/exp-1")
+    params = apply_values(entry["parameters"], os.environ, remove_notset=False)
+    assert set(params) == {"schedule", "shards", "output"}
+    validate(params, parameter_schema(train).model_dump_for_openapi(), raise_on_error=True)
+    train.validate_parameters(params)
+
+
 def test_prefect_yaml_schedule_work_pool_and_pull_steps():
     from prefect.client.schemas.schedules import CronSchedule
 
@@ -114,7 +139,7 @@ def test_prefect_yaml_schedule_work_pool_and_pull_steps():
 def test_curate_deployment_from_code(tmp_path):
     cfg = CurateSchedule(source=str(tmp_path / "m.csv"), output=str(tmp_path / "out"),
                          policy_path=str(DEMO_POLICY_FILE), cron="30 3 * * 1-5", timezone="Europe/Paris")
-    (dep,) = build_deployments(cfg)
+    dep, train_dep = build_deployments(cfg)
     assert dep.name == CURATE_DEPLOYMENT and dep.flow_name == "curate"
     assert dep.entrypoint == "flows.curate_flow.curate"  # module path: independent of the working directory
     assert dep.parameters == {"source": cfg.source, "output": cfg.output, "policy_path": str(DEMO_POLICY_FILE)}
@@ -122,6 +147,15 @@ def test_curate_deployment_from_code(tmp_path):
     assert sched.schedule.cron == "30 3 * * 1-5" and sched.schedule.timezone == "Europe/Paris"
     assert dep.enforce_parameter_schema
     assert set(dep._parameter_openapi_schema.properties) == {"source", "output", "policy_path", "ray_address", "run_id"}
+    # training runs when triggered: no schedule, parameters per run
+    assert train_dep.name == TRAIN_DEPLOYMENT and train_dep.flow_name == "train"
+    assert train_dep.entrypoint == "flows.train_flow.train" and not train_dep.schedules
+    assert train_dep.parameters == {}
+    assert set(train_dep._parameter_openapi_schema.properties) == {"shards", "output", "schedule", "ray_address"}
+    (_, with_defaults) = build_deployments(cfg, TrainTrigger(schedule="tiny", shards=str(tmp_path / "data"),
+                                                            output=str(tmp_path / "runs")))
+    assert with_defaults.parameters == {"schedule": "tiny", "shards": str(tmp_path / "data"),
+                                        "output": str(tmp_path / "runs")}
 
 
 @pytest.mark.parametrize("bad", [{"cron": "every night"}, {"timezone": "Mars/Olympus"}])
@@ -140,7 +174,7 @@ def test_unknown_or_mistyped_parameter_is_rejected_when_building():
 
 
 def test_manual_trigger_deployment_has_no_schedule_and_may_leave_parameters_to_the_run():
-    # The shape the train deployment will use: triggered by hand, parameters given per run.
+    # The shape of the train deployment: triggered by hand, parameters given per run.
     dep = DeploymentConfig(name="manual").build(curate)
     assert not dep.schedules and dep.parameters == {}
 
@@ -324,7 +358,7 @@ def _index(out: Path) -> list[dict]:
 
 
 @pytest.mark.integration
-@pytest.mark.timeout(480)
+@pytest.mark.timeout(900)
 def test_serve_registers_schedule_runs_now_and_runs_a_triggered_flow_to_completion(served, api, tiny_source, tmp_path):
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
     from prefect.client.schemas.sorting import FlowRunSort
@@ -365,6 +399,28 @@ def test_serve_registers_schedule_runs_now_and_runs_a_triggered_flow_to_completi
     assert fr.deployment_id == dep.id and fr.parameters["output"] == str(out)
     assert len(manual_runs()) == 2
     assert _index(out) == index  # nothing curated twice
+
+    # The train deployment is served beside it: no schedule, triggered with a schedule and the
+    # shards just curated, it trains (one tiny stage on real Ray Train) to a checkpoint.
+    train_dep = _wait_for("the train deployment", lambda: _read_deployment(api, f"train/{TRAIN_DEPLOYMENT}"), 60, log)
+    assert not train_dep.schedules and train_dep.entrypoint == "flows.train_flow.train"
+    trained = tmp_path / "trained"
+    fr = run_deployment(train_dep.id, parameters={"schedule": str(_one_stage_schedule(tmp_path)), "shards": str(out),
+                                                  "output": str(trained)}, timeout=0, as_subflow=False)
+    fr = _wait_final(api, fr.id, log, timeout=420)
+    assert fr.state.is_completed(), f"{fr.state}\n{_tail(log)}"
+    assert (trained / "model.pt").is_file() and (trained / "stages" / "00_t2i" / "stage.json").is_file()
+
+
+def _one_stage_schedule(tmp_path: Path) -> Path:
+    """A text-to-image stage of two steps on every clip (no held-out clips: the source is tiny)."""
+    path = tmp_path / "one-stage.yaml"
+    path.write_text(yaml.safe_dump({
+        "model_size": "tiny", "with_audio": False, "val_fraction": 0.0,
+        "stages": [{"name": "t2i", "model": "video", "data": "image", "resolution": 32, "global_batch_size": 1,
+                    "lr": 1e-3, "iterations": 2, "log_every": 1, "init": "scratch"}],
+    }))
+    return path
 
 
 def _prefect_deploy(prefect_server: str, home: Path, name: str, **env: str) -> subprocess.CompletedProcess:

@@ -1,0 +1,101 @@
+"""Stage losses and hand-offs on the tiny models, without Ray or data files."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from models.audio_model import LogMel
+from training.checkpoint import build_models
+from training.handoff import Grid, hand_off_video, model_config, spatial_multiple, stage_grid
+from training.schedule import load_schedule
+from training.steps import audio_step, check_audio_span, tae_step, trainable_module, video_step
+
+
+@pytest.fixture(scope="module")
+def models():
+    torch.manual_seed(0)
+    return build_models(model_config(load_schedule("tiny")))
+
+
+def _grads(module: torch.nn.Module) -> set[str]:
+    return {n for n, p in module.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+
+
+def test_each_stage_trains_only_its_module(models):
+    g = torch.Generator().manual_seed(0)
+    pixels = torch.rand(2, 3, 9, 32, 40) * 2 - 1
+    for kind in ("tae", "video", "audio"):
+        for m in (models.tae, models.video, models.text, models.audio):
+            m.zero_grad(set_to_none=True)
+        module = trainable_module(models, kind)
+        if kind == "tae":
+            losses = tae_step(module, models, pixels)
+            assert set(losses) == {"loss", "recon", "kl", "outlier"}
+        elif kind == "video":
+            hand_off_video(models, Grid(frames=3, height=4, width=5), fresh=True)
+            # the output layer starts at zero (so the first step is the identity): move it off zero,
+            # as one optimizer step would, so gradients reach the layers below
+            torch.nn.init.normal_(models.video.final.proj.weight, std=0.02)
+            module = trainable_module(models, kind)
+            losses = video_step(module, models, pixels, ["a red circle", "a blue square"], g)
+        else:
+            audio = torch.randn(2, 10000) * 0.1
+            losses = audio_step(module, models, pixels[:, :, :5], ["a click", "two clicks"], audio,
+                                LogMel(models.config.audio), g)
+        losses["loss"].backward()
+        assert torch.isfinite(losses["loss"])
+        trained = {"tae": models.tae, "video": models.video, "audio": models.audio}[kind]
+        assert _grads(trained), kind
+        for other_kind, other in {"tae": models.tae, "video": models.video, "audio": models.audio}.items():
+            if other_kind != kind:
+                assert not _grads(other), f"{other_kind} got gradients in the {kind} stage"
+        if kind == "video":  # the text encoder's own layers learn with the video model; MiniLM stays frozen
+            assert _grads(models.text) and not any("backbone" in n for n in _grads(models.text))
+
+
+def test_video_hand_off_t2i_to_joint_to_high_res(models):
+    cfg = models.config
+    assert spatial_multiple(cfg) == 8  # 4x TAE x 2x2 patches
+    sched = load_schedule("tiny")
+    t2i, joint, hi = sched.stages[1], sched.stages[2], sched.stages[3]
+    sizes32 = [(24, 40), (40, 24)]  # 16x9 and 9x16 at 32 px
+    g1 = stage_grid(cfg, t2i, sizes32)
+    assert g1 == Grid(frames=1, height=5, width=5)
+    hand_off_video(models, g1, fresh=True)  # text-to-image: one latent frame of positions
+    assert models.video.pos_t.shape[0] == 1 and models.video.pos_h.shape[0] == 5
+    with torch.no_grad():
+        models.video.pos_t.fill_(0.5)
+    old_h = models.video.pos_h.detach().clone()
+    hand_off_video(models, stage_grid(cfg, joint, sizes32), fresh=False)
+    assert models.video.pos_t.shape[0] == 3
+    assert torch.equal(models.video.pos_t[0], torch.full_like(models.video.pos_t[0], 0.5))  # kept
+    assert not torch.equal(models.video.pos_t[1], models.video.pos_t[0])  # new temporal rows
+    assert torch.equal(models.video.pos_h, old_h)  # same resolution: spatial table untouched
+    g3 = stage_grid(cfg, hi, [(48, 80), (80, 48)])
+    hand_off_video(models, g3, fresh=False)
+    assert models.video.pos_h.shape[0] == 10 and models.config.video.max_height == 10
+    # interpolated over the same field of view: the mean row is preserved
+    assert torch.allclose(models.video.pos_h.mean(0), old_h.mean(0), atol=1e-5)
+    out = models.video(torch.randn(1, 8, 3, 10, 6), torch.rand(1), torch.randn(1, 4, 64))
+    assert out.shape == (1, 8, 3, 10, 6)
+
+
+def test_audio_span_must_fit_the_window(models):
+    assert check_audio_span(models, 5, 8) == 40
+    with pytest.raises(ValueError, match="window is 64"):
+        check_audio_span(models, 17, 8)
+
+
+def test_schedules_that_do_not_fit_the_models_fail_before_training():
+    from training.handoff import check_schedule_fits
+    from training.schedule import ScheduleError
+
+    s = load_schedule("tiny")
+    check_schedule_fits(s)
+    bad = s.model_copy(deep=True)
+    bad.stages[2].frames = 8  # not 1 + 4k
+    bad.stages[4].frames = 17  # 2.1 s of audio: 134 frames > 64
+    with pytest.raises(ScheduleError) as e:
+        check_schedule_fits(bad)
+    assert "joint_32: frame count must be 1 + 4·k" in str(e.value) and "audio: 17 frames" in str(e.value)

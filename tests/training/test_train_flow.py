@@ -1,0 +1,115 @@
+"""The train flow on real engines: a real curated dataset (synthetic shapes, curated once per
+session), real Ray Train workers, a real Prefect run, the whole progressive schedule at tiny size,
+then the checkpoint sampled with `reelflow generate`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from flows.cli import app
+from training.schedule import SCHEDULES_DIR
+
+pytestmark = pytest.mark.integration
+runner = CliRunner()
+
+
+def quick_schedule(path: Path, iterations: int = 6, **top) -> Path:
+    """tiny.yaml with few steps per stage (the shape of the schedule is what is under test), and
+    without joint_32: text-to-image hands straight to joint 64 px, which grows both the time and
+    the space tables in one hand-off (each stage is a Ray Train job with a fixed start-up cost)."""
+    raw = yaml.safe_load((SCHEDULES_DIR / "tiny.yaml").read_text())
+    raw["stages"] = [st for st in raw["stages"] if st["name"] != "joint_32"]
+    for st in raw["stages"]:
+        st.update(iterations=iterations, log_every=3, warmup_steps=min(st.get("warmup_steps", 0), 2), val_batches=1)
+    raw.update(top)
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained(shapes_dataset, tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    schedule = quick_schedule(root / "quick.yaml")
+    out = root / "run"
+    r = runner.invoke(app, ["train", str(shapes_dataset.path), str(out), "--schedule", str(schedule)])
+    assert r.exit_code == 0, r.output
+    return {"out": out, "schedule": schedule, "output": r.output}
+
+
+def test_every_stage_trains_gates_and_hands_off(trained):
+    out = trained["out"]
+    stages = sorted(p.name for p in (out / "stages").iterdir())
+    assert stages == ["00_tae", "01_t2i_32", "02_joint_64", "03_audio"]
+    for name in stages:
+        info = json.loads((out / "stages" / name / "stage.json").read_text())
+        assert info["steps"] == 6 and info["final_loss"] is not None and info["val"], name
+        assert (out / "stages" / name / "model.pt").is_file()
+    metrics = pq.read_table(out / "metrics.parquet").to_pandas()
+    assert sorted(metrics["stage"].unique()) == sorted(s[3:] for s in stages)
+    assert (metrics.groupby("stage")["step"].max() == 6).all()
+    assert metrics["loss"].notna().all() and (metrics["loss"] >= 0).all()
+    assert (out / "report.html").stat().st_size > 10_000
+    assert "audio" in trained["output"] and "reelflow generate" in trained["output"]
+
+    from training.checkpoint import load_checkpoint
+
+    t2i = load_checkpoint(out / "stages" / "01_t2i_32" / "model.pt")
+    hi = load_checkpoint(out / "model.pt")
+    # T2I: one latent frame; joint: new temporal rows (9 frames -> 3 latents); 64 px: space grown
+    # (the 9x16 bucket is 40 px high at 32 px and 88 px at 64 px: 5 -> 11 patch rows)
+    assert t2i.video.pos_t.shape[0] == 1 and hi.video.pos_t.shape[0] == 3
+    assert (t2i.video.pos_h.shape[0], hi.video.pos_h.shape[0]) == (5, 11)
+    assert hi.config.tae.latent_scale != 1.0  # measured on data at the end of the TAE stage
+    tae = load_checkpoint(out / "stages" / "00_tae" / "model.pt")
+    for a, b in zip(tae.tae.state_dict().values(), hi.tae.state_dict().values()):
+        assert torch.equal(a, b)  # later stages keep the TAE frozen
+
+
+def test_trained_checkpoint_generates_video_with_audio(trained, tmp_path):
+    mp4 = tmp_path / "sample.mp4"
+    r = runner.invoke(app, ["generate", str(trained["out"] / "model.pt"), "--prompt", "a red circle moves right",
+                            "--out", str(mp4), "--seconds", "1", "--steps", "2"])
+    assert r.exit_code == 0, r.output
+    import av
+
+    with av.open(str(mp4)) as c:
+        v = c.streams.video[0]
+        assert (v.codec_context.width, v.codec_context.height) == (64, 64)
+        assert c.streams.audio
+
+
+def test_rerun_skips_finished_stages_and_other_schedules_are_refused(trained, shapes_dataset, tmp_path):
+    out = trained["out"]
+    before = {p: p.stat().st_mtime_ns for p in (out / "stages").rglob("model.pt")}
+    r = runner.invoke(app, ["train", str(shapes_dataset.path), str(out), "--schedule", str(trained["schedule"])])
+    assert r.exit_code == 0, r.output
+    assert r.output.count("skipped (done)") == 4
+    assert before == {p: p.stat().st_mtime_ns for p in (out / "stages").rglob("model.pt")}
+    other = quick_schedule(tmp_path / "other.yaml", iterations=7)
+    r = runner.invoke(app, ["train", str(shapes_dataset.path), str(out), "--schedule", str(other)])
+    assert r.exit_code == 2 and "different schedule" in r.output
+
+
+def test_too_few_clips_for_a_batch_stops_at_the_data_gate(shapes_dataset, tmp_path):
+    sched = quick_schedule(tmp_path / "big.yaml")
+    raw = yaml.safe_load(sched.read_text())
+    next(st for st in raw["stages"] if st["name"] == "audio")["global_batch_size"] = 64
+    sched.write_text(yaml.safe_dump(raw))
+    r = runner.invoke(app, ["train", str(shapes_dataset.path), str(tmp_path / "out"), "--schedule", str(sched)])
+    assert r.exit_code == 3, r.output
+    assert "train-data" in r.output and "audio" in r.output and "needs a batch of 64" in r.output
+    assert not (tmp_path / "out" / "stages").exists()
+
+
+def test_usage_errors(shapes_dataset, tmp_path):
+    r = runner.invoke(app, ["train", str(tmp_path), str(tmp_path / "out")])
+    assert r.exit_code == 2 and "not a curated dataset" in r.output
+    r = runner.invoke(app, ["train", str(shapes_dataset.path), str(tmp_path / "out"), "--schedule", "nope"])
+    assert r.exit_code == 2 and "schedule not found" in r.output

@@ -1,0 +1,385 @@
+"""The per-worker training loop of one stage, run by Ray Train's TorchTrainer on every worker.
+
+nanoGPT-shaped: build the models, wrap the trained one for data parallelism, then
+`for step in range(start, iterations)`: batch -> loss -> backward -> clip -> AdamW step, with a
+metric row every `log_every` steps, a validation pass every `eval_every`, and a resumable
+checkpoint every `checkpoint_every` and at the end.
+
+Resuming is exact: a checkpoint holds the trained module, the optimizer, the step, how many
+batches of each kind were consumed (the data plan skips them without decoding) and the metric
+rows so far; the noise of step s is drawn from a generator seeded by (seed, rank, s). Ray Train
+hands the latest checkpoint back after a worker failure (FailureConfig) and to a rerun of the same
+stage (same storage path and name).
+
+The last checkpoint of a stage also holds `model.pt`, a full reelflow generation checkpoint
+(training/checkpoint.py) that the next stage starts from and `reelflow generate` reads.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from models.configs import ModelConfig
+from training.checkpoint import save_checkpoint
+from training.data import Batch, BatchSpec, ShardDataset
+from training.handoff import Grid, initial_models, spatial_multiple
+from training.schedule import Schedule, StageSpec, schedule_from_dict
+from training.steps import audio_step, check_audio_span, tae_step, trainable_module, video_step
+
+STATE_FILE = "state.pt"
+MODEL_FILE = "model.pt"
+METRICS_FILE = "metrics.jsonl"
+LATENT_SCALE_BATCHES = 4  # batches over which the TAE stage measures latent std
+
+
+@dataclass
+class WorkerConfig:
+    """Everything a worker needs, as plain data (it travels to the Ray Train workers)."""
+
+    schedule: dict
+    stage_index: int
+    dataset: str
+    init_checkpoint: str | None = None
+    video_trained: bool = False
+    grid: dict | None = None  # Grid fields for video stages
+    progress_uri: str | None = None  # rank 0 overwrites it with the latest metric row (the driver polls it)
+    fault_at_step: int | None = None  # testing: raise once at this step (a marker file makes it once)
+    fault_marker: str | None = None
+
+    @property
+    def stage(self) -> StageSpec:
+        return self.parsed_schedule.stages[self.stage_index]
+
+    @property
+    def parsed_schedule(self) -> Schedule:
+        return schedule_from_dict(self.schedule)
+
+
+@dataclass
+class LoopState:
+    step: int = 0
+    consumed: dict[str, int] = field(default_factory=lambda: {"image": 0, "video": 0})
+    samples: int = 0  # across all workers
+    elapsed_s: float = 0.0  # training time across restarts
+    metrics: list[dict] = field(default_factory=list)
+
+
+def batch_specs(schedule: Schedule, stage: StageSpec, config: ModelConfig, split: str,
+                batch_size: int | None = None) -> dict[str, BatchSpec]:
+    """The data a stage reads: image and/or video specs (the audio stage adds audio)."""
+    kinds = {"image": ["image"], "video": ["video"], "joint": ["image", "video"]}[stage.data]
+    bs = batch_size or schedule.per_worker_batch(stage)
+    audio_rate = config.audio.sample_rate if stage.model == "audio" else None
+    return {
+        kind: BatchSpec(
+            kind=kind, resolution=stage.resolution, multiple=spatial_multiple(config),
+            frames=1 if kind == "image" else stage.frames, fps=stage.fps, batch_size=bs,
+            audio_sample_rate=audio_rate, split=split, val_fraction=schedule.val_fraction,
+            seed=schedule.seed, weighted=split == "train",
+        )
+        for kind in kinds
+    }
+
+
+def kind_at(stage: StageSpec, seed: int, step: int) -> str:
+    """Image or video batch at `step`: the same on every worker, and on a resumed run."""
+    if stage.data != "joint":
+        return "image" if stage.data == "image" else "video"
+    return "image" if random.Random(f"{seed}:{stage.name}:{step}").random() < stage.image_ratio else "video"
+
+
+def step_generator(seed: int, rank: int, step: int) -> torch.Generator:
+    return torch.Generator().manual_seed((seed * 1_000_003 + rank * 7919 + step) % (2**63))
+
+
+class StageRunner:
+    """One worker's view of a stage: models, trained module, optimizer and data."""
+
+    def __init__(self, cfg: WorkerConfig, rank: int = 0, world_size: int = 1,
+                 device: torch.device | None = None):
+        self.cfg = cfg
+        self.schedule = cfg.parsed_schedule
+        self.stage = cfg.stage
+        self.rank, self.world_size = rank, world_size
+        self.device = device or torch.device("cpu")
+        torch.manual_seed(self.schedule.seed)  # every rank builds identical fresh weights
+        grid = Grid(**cfg.grid) if cfg.grid else None
+        self.models = initial_models(self.schedule, self.stage, cfg.init_checkpoint, cfg.video_trained, grid)
+        self.models.tae.to(self.device)
+        self.models.text.to(self.device)
+        self.models.video.to(self.device)
+        if self.models.audio is not None:
+            self.models.audio.to(self.device)
+        self.module = trainable_module(self.models, self.stage.model)
+        self.mel = None
+        if self.stage.model == "audio":
+            from models.audio_model import LogMel
+
+            check_audio_span(self.models, self.stage.frames, self.stage.fps)
+            self.mel = LogMel(self.models.config.audio).to(self.device)
+        self.data = ShardDataset(cfg.dataset)
+        self.specs = batch_specs(self.schedule, self.stage, self.models.config, "train")
+        self.iters: dict[str, object] = {}
+        self.state = LoopState()
+
+    # -- optimisation ------------------------------------------------------------------------
+    def make_optimizer(self, module: nn.Module) -> torch.optim.Optimizer:
+        params = [p for p in module.parameters() if p.requires_grad]
+        decay = [p for p in params if p.ndim >= 2]  # no weight decay on norms, biases, gains
+        no_decay = [p for p in params if p.ndim < 2]
+        groups = [{"params": decay, "weight_decay": self.stage.weight_decay},
+                  {"params": no_decay, "weight_decay": 0.0}]
+        return torch.optim.AdamW(groups, lr=self.stage.lr, betas=(0.9, 0.95))
+
+    def next_batch(self, kind: str) -> Batch:
+        if kind not in self.iters:
+            self.iters[kind] = self.data.batches(self.specs[kind], self.rank, self.world_size,
+                                                 start_batch=self.state.consumed[kind])
+        batch = next(self.iters[kind])
+        # The batch's place in the plan (a batch whose samples all failed to decode is skipped,
+        # so counting received batches would fall behind it and a resume would repeat one).
+        self.state.consumed[kind] = batch.position + 1 if batch.position is not None else self.state.consumed[kind] + 1
+        return batch
+
+    def loss(self, module: nn.Module, batch: Batch, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        pixels = batch.pixels.to(self.device, non_blocking=True)
+        if self.stage.model == "tae":
+            return tae_step(module, self.models, pixels)
+        if self.stage.model == "video":
+            return video_step(module, self.models, pixels, batch.captions, generator)
+        audio = batch.audio.to(self.device)
+        return audio_step(module, self.models, pixels, batch.captions, audio, self.mel, generator)
+
+    # -- validation ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def validate(self, module: nn.Module) -> dict[str, float]:
+        """Mean loss per kind over up to `val_batches` held-out batches, with fixed noise (seeded
+        per batch), so passes are comparable along the stage (Movie Gen: validation
+        flow-matching loss tracked human judgement). Each worker takes its share; sums are
+        all-reduced."""
+        module.eval()
+        out: dict[str, float] = {}
+        specs = batch_specs(self.schedule, self.stage, self.models.config, "val")
+        for kind, spec in specs.items():
+            total, count = 0.0, 0
+            if self.stage.val_batches and self.schedule.val_fraction > 0:
+                try:
+                    batches = self.data.batches(spec, self.rank, self.world_size)
+                    for i, batch in enumerate(batches):
+                        if i >= self.stage.val_batches:
+                            break
+                        g = step_generator(self.schedule.seed + 1, 0, i)
+                        torch.manual_seed(self.schedule.seed + i)  # TAE sampling noise
+                        losses = self.loss(module, batch, g)
+                        key = "recon" if self.stage.model == "tae" else "loss"
+                        total += float(losses[key]) * len(batch.keys)
+                        count += len(batch.keys)
+                except ValueError:  # no held-out clip fits this spec: nothing to report
+                    pass
+            total, count = _all_reduce_sum(total, count, self.device)
+            if count:
+                out[f"val_loss_{kind}"] = total / count
+        module.train()
+        return out
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    def state_dict(self, module: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+        return {"module": _unwrap(module).state_dict(), "optimizer": optimizer.state_dict(),
+                "loop": {k: v for k, v in asdict(self.state).items() if k != "metrics"}}
+
+    def load_state(self, directory: str, module: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        payload = torch.load(Path(directory) / STATE_FILE, map_location=self.device, weights_only=True)
+        _unwrap(module).load_state_dict(payload["module"])
+        optimizer.load_state_dict(payload["optimizer"])
+        loop = payload["loop"]
+        self.state = LoopState(step=loop["step"], consumed=dict(loop["consumed"]), samples=loop["samples"],
+                               elapsed_s=loop["elapsed_s"], metrics=read_metrics(directory))
+
+    def write_checkpoint(self, directory: str, module: nn.Module, optimizer: torch.optim.Optimizer,
+                         final: bool) -> None:
+        torch.save(self.state_dict(module, optimizer), Path(directory) / STATE_FILE)
+        with open(Path(directory) / METRICS_FILE, "w") as f:
+            for row in self.state.metrics:
+                f.write(json.dumps(row) + "\n")
+        if final:
+            save_checkpoint(self.models, Path(directory) / MODEL_FILE)
+
+    @torch.no_grad()
+    def measure_latent_scale(self) -> float:
+        """1 / std of the trained TAE's latents on training batches: the generator then works on
+        unit-variance latents (as Stable Diffusion's 0.18215)."""
+        self.models.tae.eval()
+        s1 = s2 = 0.0
+        n = 0
+        for _ in range(LATENT_SCALE_BATCHES):
+            batch = self.next_batch("video" if "video" in self.specs else "image")
+            z = self.models.tae.encode(batch.pixels.to(self.device)).double()
+            s1, s2, n = s1 + z.sum().item(), s2 + z.pow(2).sum().item(), n + z.numel()
+        # the same scale on every worker: moments summed over all of them
+        s1, n = _all_reduce_sum(s1, n, self.device)
+        s2, _ = _all_reduce_sum(s2, 0, self.device)
+        var = s2 / max(n, 1) - (s1 / max(n, 1)) ** 2
+        std = math.sqrt(var) if var > 0 else 0.0
+        return 1.0 / std if std > 0 and math.isfinite(std) else 1.0
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """Ray Train entry point (one call per worker)."""
+    import ray.train
+    import ray.train.torch
+
+    cfg = WorkerConfig(**config)
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
+    runner = StageRunner(cfg, rank, world, ray.train.torch.get_device())
+    module = runner.module
+    optimizer = runner.make_optimizer(module)
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            runner.load_state(d, module, optimizer)
+    if world > 1:
+        module = ray.train.torch.prepare_model(module, parallel_strategy_kwargs={"find_unused_parameters": True})
+    report = _ray_report
+    if cfg.progress_uri and rank == 0:
+        report = _with_progress(_ray_report, cfg.progress_uri)
+    run_stage_loop(runner, module, optimizer, report=report, fault=(cfg.fault_at_step, cfg.fault_marker))
+
+
+def _with_progress(report, uri: str):
+    """Also publish each metric row where the driver can see it (local or S3 OUTPUT): the CLI's
+    progress bar and the flow's logs follow a stage that may run for days."""
+    from curation.storage import Storage
+
+    storage = Storage()
+
+    def wrapped(row: dict, save) -> None:
+        report(row, save)
+        try:
+            storage.write_bytes(uri, json.dumps(row).encode())
+        except Exception:  # progress is best effort; training goes on
+            pass
+
+    return wrapped
+
+
+def run_stage_loop(runner: StageRunner, module: nn.Module, optimizer: torch.optim.Optimizer, report,
+                   fault: tuple[int | None, str | None] = (None, None)) -> None:
+    """The loop itself, independent of Ray: `report(metrics, checkpoint_dir | None)` is called on
+    every worker at every log step (Ray Train needs the same number of calls on all ranks)."""
+    stage, schedule, st = runner.stage, runner.schedule, runner.state
+    autocast = _autocast(schedule, runner.device)
+    window_loss, window_n, window_samples, window_t0 = 0.0, 0, 0, time.perf_counter()
+    data_wait = 0.0
+    while st.step < stage.iterations:
+        step = st.step
+        if fault[0] is not None and step == fault[0] and fault[1] and not os.path.exists(fault[1]):
+            Path(fault[1]).write_text(f"injected fault at step {step}\n")
+            raise RuntimeError(f"injected fault at step {step} (testing fault tolerance)")
+        for group in optimizer.param_groups:
+            group["lr"] = stage.lr_at(step)
+        t0 = time.perf_counter()
+        batch = runner.next_batch(kind_at(stage, schedule.seed, step))
+        data_wait += time.perf_counter() - t0
+        with autocast:
+            losses = runner.loss(module, batch, step_generator(schedule.seed, runner.rank, step))
+        loss = losses["loss"]
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"stage {stage.name}: loss is {loss.item()} at step {step}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = None
+        if stage.grad_clip:
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(module.parameters(), stage.grad_clip))
+        optimizer.step()
+        st.step += 1
+        n = len(batch.keys)
+        window_loss += loss.item() * n
+        window_n += n
+        window_samples += n
+        last = st.step == stage.iterations
+        if st.step % stage.log_every == 0 or last:
+            elapsed = time.perf_counter() - window_t0
+            loss_sum, count = _all_reduce_sum(window_loss, window_n, runner.device)
+            samples, _ = _all_reduce_sum(float(window_samples), 0, runner.device)
+            st.samples += int(samples)
+            st.elapsed_s += elapsed
+            row = {"stage": stage.name, "step": st.step, "split": "train", "loss": loss_sum / max(count, 1),
+                   "lr": stage.lr_at(step), "samples": st.samples, "samples_per_s": samples / max(elapsed, 1e-9),
+                   "data_wait_frac": data_wait / max(elapsed, 1e-9), "grad_norm": grad_norm,
+                   "elapsed_s": st.elapsed_s, "kind": stage.model}
+            if stage.model == "tae":
+                row["recon"] = float(losses["recon"])
+            val = {}
+            if last or (stage.eval_every and st.step % stage.eval_every == 0):
+                val = runner.validate(module)
+                if val:
+                    row.update(val)
+            st.metrics.append(row)
+            if runner.rank == 0:
+                vals = " ".join(f"{k} {v:.4f}" for k, v in val.items())
+                print(f"[{stage.name}] step {st.step}/{stage.iterations} loss {row['loss']:.4f} "
+                      f"lr {row['lr']:.2e} {row['samples_per_s']:.1f} samples/s {vals}".rstrip(), flush=True)
+            save = last or (stage.checkpoint_every and st.step % stage.checkpoint_every == 0)
+            if last and stage.model == "tae":
+                runner.models.config.tae.latent_scale = runner.measure_latent_scale()
+                row["latent_scale"] = runner.models.config.tae.latent_scale
+            report(row, (runner, module, optimizer, last) if save else None)
+            window_loss, window_n, window_samples, window_t0, data_wait = 0.0, 0, 0, time.perf_counter(), 0.0
+
+
+def _ray_report(row: dict, save) -> None:
+    import ray.train
+
+    metrics = {k: v for k, v in row.items() if v is not None}
+    if save is None:
+        ray.train.report(metrics)
+        return
+    runner, module, optimizer, final = save
+    if runner.rank != 0:  # one copy of the (replicated) weights is enough
+        ray.train.report(metrics)
+        return
+    with tempfile.TemporaryDirectory() as d:
+        runner.write_checkpoint(d, module, optimizer, final)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d),
+                         checkpoint_dir_name=f"step_{row['step']:08d}")
+
+
+def read_metrics(directory: str | Path) -> list[dict]:
+    path = Path(directory) / METRICS_FILE
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _unwrap(module: nn.Module) -> nn.Module:
+    return module.module if hasattr(module, "module") and isinstance(module.module, nn.Module) else module
+
+
+def _all_reduce_sum(total: float, count: int, device: torch.device) -> tuple[float, int]:
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return total, count
+    t = torch.tensor([total, float(count)], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return float(t[0]), int(t[1])
+
+
+def _autocast(schedule: Schedule, device: torch.device):
+    import contextlib
+
+    if schedule.precision == "bf16" and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()

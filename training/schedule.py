@@ -1,0 +1,155 @@
+"""The progressive training schedule as config: an ordered list of stages, each training one model
+on one kind of data at one resolution, each starting from the previous stage's checkpoint.
+
+Movie Gen (arXiv 2410.13720) trains the temporal autoencoder first, then the video model
+256 px text-to-image -> 256 px joint image+video -> 768 px joint image+video, and the audio model
+conditioned on video. `training/schedules/moviegen.yaml` carries the published figures;
+`tiny.yaml` is the same shape at CPU scale for tests and demos.
+
+A schedule is YAML validated by pydantic (`extra=forbid`): a typo is an error, not a silent default.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+SCHEDULES_DIR = Path(__file__).with_name("schedules")
+MODEL_SIZES = ("tiny", "small", "moviegen")
+
+
+class ScheduleError(ValueError):
+    """The schedule file is missing, not YAML, or not a valid schedule."""
+
+
+class StageSpec(BaseModel):
+    """One stage of the schedule."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="Unique, path-safe stage name, e.g. t2i_256.")
+    model: Literal["tae", "video", "audio"] = Field(description="Which model this stage trains; the others stay frozen.")
+    data: Literal["image", "video", "joint"] = Field(
+        description="image: single frames; video: clips; joint: both, `image_ratio` of the batches being images.")
+    resolution: int = Field(gt=0, description="Nominal size in px: a bucket of aspect a:b gets w x h ~ resolution^2 "
+                                              "with w/h = a/b, rounded to the model's spatial multiple.")
+    frames: int = Field(1, ge=1, description="Pixel frames per video sample: 1 + r*k for a TAE with r x temporal "
+                                             "compression (Movie Gen: 256 frames = 32 latents at 8x).")
+    fps: float = Field(16.0, gt=0, description="Video samples are resampled to this rate (Movie Gen trains at >= 16 fps).")
+    image_ratio: float = Field(0.0, ge=0.0, le=1.0, description="Share of image batches in a joint stage.")
+    global_batch_size: int = Field(gt=0, description="Samples per step across all workers.")
+    lr: float = Field(gt=0, description="Peak learning rate (AdamW).")
+    final_lr: float | None = Field(None, ge=0, description="Cosine-decay target; default: lr (constant after warm-up).")
+    warmup_steps: int = Field(0, ge=0)
+    iterations: int = Field(gt=0, description="Optimizer steps in this stage.")
+    weight_decay: float = Field(0.0, ge=0)
+    grad_clip: float | None = Field(1.0, gt=0)
+    init: str = Field("previous", description="'previous' (the stage before's checkpoint), 'scratch', or a path to a "
+                                              "reelflow generation checkpoint.")
+    eval_every: int = Field(0, ge=0, description="Steps between validation passes (0: only at the end).")
+    checkpoint_every: int = Field(0, ge=0, description="Steps between resumable checkpoints (0: only at the end).")
+    log_every: int = Field(10, gt=0, description="Steps between metric rows.")
+    val_batches: int = Field(4, ge=0, description="Validation batches per pass (fixed noise and t: comparable across passes).")
+
+    @field_validator("name")
+    @classmethod
+    def _path_safe(cls, v: str) -> str:
+        if not v or not all(c.isalnum() or c in "_-" for c in v):
+            raise ValueError(f"stage name {v!r} must be letters, digits, '_' or '-' (it becomes a directory)")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> StageSpec:
+        if self.data == "image" and self.frames != 1:
+            raise ValueError(f"stage {self.name}: an image stage has frames: 1")
+        if self.data == "joint" and not 0 < self.image_ratio < 1:
+            raise ValueError(f"stage {self.name}: a joint stage needs 0 < image_ratio < 1")
+        if self.data != "joint" and self.image_ratio:
+            raise ValueError(f"stage {self.name}: image_ratio applies to joint stages only")
+        if self.model == "audio" and self.data != "video":
+            raise ValueError(f"stage {self.name}: the audio model trains on video (with its audio)")
+        if self.warmup_steps > self.iterations:
+            raise ValueError(f"stage {self.name}: warmup_steps exceeds iterations")
+        return self
+
+    def lr_at(self, step: int) -> float:
+        """Linear warm-up to `lr`, then cosine decay to `final_lr` (Movie Gen's 768 px stage
+        decays 6e-5 -> 1e-5) or constant when `final_lr` is unset."""
+        if self.warmup_steps and step < self.warmup_steps:
+            return self.lr * (step + 1) / self.warmup_steps
+        if self.final_lr is None:
+            return self.lr
+        span = max(1, self.iterations - self.warmup_steps)
+        progress = min(1.0, (step - self.warmup_steps) / span)
+        return self.final_lr + 0.5 * (self.lr - self.final_lr) * (1 + math.cos(math.pi * progress))
+
+
+class Schedule(BaseModel):
+    """A whole progressive run."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model_size: Literal["tiny", "small", "moviegen"] = Field("tiny", description="models/configs.py size.")
+    with_audio: bool = Field(True, description="Build the audio model (needed by an audio stage).")
+    text_path: str | None = Field(None, description="Local text encoder for the moviegen size (T5/UL2 by path).")
+    num_workers: int = Field(1, ge=1, description="Ray Train workers per stage (data parallel).")
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0)
+    precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16 autocast on GPU (Movie Gen trains in bf16).")
+    seed: int = 0
+    val_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="Share of clips held out for validation loss.")
+    max_failures: int = Field(1, ge=0, description="Worker-group restarts per stage, each from the latest checkpoint.")
+    stages: list[StageSpec] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _stages(self) -> Schedule:
+        names = [s.name for s in self.stages]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"duplicate stage names: {dup}")
+        if self.stages[0].init == "previous":
+            raise ValueError(f"the first stage ({self.stages[0].name}) has no previous stage: use init 'scratch' or a checkpoint path")
+        for s in self.stages:
+            if s.global_batch_size % self.num_workers:
+                raise ValueError(f"stage {s.name}: global_batch_size {s.global_batch_size} is not divisible by "
+                                 f"num_workers {self.num_workers}")
+            if s.model == "audio" and not self.with_audio:
+                raise ValueError(f"stage {s.name} trains the audio model but with_audio is false")
+        if self.model_size == "moviegen" and not self.text_path:
+            raise ValueError("the moviegen size needs text_path (a local T5/UL2 encoder)")
+        return self
+
+    def per_worker_batch(self, stage: StageSpec) -> int:
+        return stage.global_batch_size // self.num_workers
+
+    def stage_dir_name(self, index: int) -> str:
+        return f"{index:02d}_{self.stages[index].name}"
+
+
+def load_schedule(path: str | Path | None = None) -> Schedule:
+    """A schedule from YAML; a bare name (`tiny`, `moviegen`) picks a bundled one."""
+    if path is None:
+        path = "tiny"
+    p = Path(path)
+    if not p.suffix and not p.exists():
+        p = SCHEDULES_DIR / f"{path}.yaml"
+    if not p.is_file():
+        bundled = sorted(f.stem for f in SCHEDULES_DIR.glob("*.yaml"))
+        raise ScheduleError(f"schedule not found: {path} (bundled: {bundled})")
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise ScheduleError(f"{p}: not valid YAML: {e}") from e
+    return schedule_from_dict(raw or {}, origin=str(p))
+
+
+def schedule_from_dict(raw: dict, origin: str = "<schedule>") -> Schedule:
+    try:
+        return Schedule.model_validate(raw)
+    except ValidationError as e:
+        lines = [f"{'.'.join(map(str, err['loc'])) or '(top)'}: {err['msg']}" for err in e.errors()]
+        raise ScheduleError(f"{origin}: invalid schedule:\n  " + "\n  ".join(lines)) from e

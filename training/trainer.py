@@ -1,0 +1,247 @@
+"""Launch one schedule stage as a Ray Train TorchTrainer job and collect what it produced.
+
+Layout of a training OUTPUT (a local directory or an s3:// prefix):
+
+    OUTPUT/run.json                         schedule + shards of the run (a resume must match)
+    OUTPUT/stages/<NN>_<name>/model.pt      generation checkpoint after the stage (the next one starts here)
+    OUTPUT/stages/<NN>_<name>/metrics.jsonl metric rows of the stage (train and validation)
+    OUTPUT/stages/<NN>_<name>/stage.json    written last: the stage is done
+    OUTPUT/_ray/<NN>_<name>/                Ray Train's own storage: resumable checkpoints
+    OUTPUT/model.pt, metrics.parquet, report.html   after the last stage
+
+A stage whose `stage.json` exists is never run again; one that stopped half-way resumes from
+its latest Ray Train checkpoint (Ray Train restores a run with the same storage path and name).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from curation.storage import S3Config, Storage, is_s3, join, split_s3
+from training.data import bucket_size
+from training.handoff import model_config, spatial_multiple, stage_grid
+from training.loop import METRICS_FILE, MODEL_FILE, WorkerConfig, read_metrics
+from training.schedule import Schedule
+
+STAGE_FILE = "stage.json"
+PROGRESS_FILE = "progress.json"
+
+
+@dataclass
+class StageOutcome:
+    index: int
+    name: str
+    model: str
+    steps: int
+    seconds: float
+    checkpoint: str  # OUTPUT/stages/<dir>/model.pt
+    final_loss: float | None
+    val: dict[str, float]
+    samples_per_s: float | None
+    resumed: bool = False
+    skipped: bool = False  # already done by an earlier run
+
+
+def stage_dir(output: str, schedule: Schedule, index: int) -> str:
+    return join(output, "stages", schedule.stage_dir_name(index))
+
+
+def read_outcome(storage: Storage, output: str, schedule: Schedule, index: int) -> StageOutcome | None:
+    uri = join(stage_dir(output, schedule, index), STAGE_FILE)
+    if not storage.exists(uri):
+        return None
+    data = json.loads(storage.read_bytes(uri))
+    data["skipped"] = True
+    return StageOutcome(**data)
+
+
+def stage_metrics(storage: Storage, output: str, schedule: Schedule, index: int) -> list[dict]:
+    uri = join(stage_dir(output, schedule, index), METRICS_FILE)
+    if not storage.exists(uri):
+        return []
+    return [json.loads(line) for line in storage.read_bytes(uri).decode().splitlines() if line.strip()]
+
+
+def aspect_buckets(storage: Storage, dataset: str) -> list[str]:
+    index = pq.read_table(io.BytesIO(storage.read_bytes(join(dataset, "index.parquet"))), columns=["aspect_bucket"])
+    return sorted(set(index.column("aspect_bucket").to_pylist()))
+
+
+def worker_config(schedule: Schedule, index: int, dataset: str, output: str, storage: Storage,
+                  **testing) -> WorkerConfig:
+    """What the workers of stage `index` need: where to start and the latent grid to cover."""
+    stage = schedule.stages[index]
+    if stage.init == "previous":
+        init = join(stage_dir(output, schedule, index - 1), MODEL_FILE)
+    elif stage.init == "scratch":
+        init = None
+    else:
+        init = stage.init
+    # The video model was trained before if an earlier stage trained it, or a given checkpoint
+    # (an explicit init, or the chain leading here) did.
+    earlier = schedule.stages[:index]
+    chain_start = max((i for i, s in enumerate(earlier) if s.init != "previous"), default=None)
+    from_ckpt = chain_start is not None and schedule.stages[chain_start].init not in ("scratch", "previous")
+    video_trained = (stage.init not in ("scratch", "previous")
+                     or from_ckpt
+                     or any(s.model == "video" for s in earlier[chain_start or 0:]))
+    grid = None
+    if stage.model == "video":
+        config = model_config(schedule)
+        sizes = [bucket_size(a, stage.resolution, spatial_multiple(config)) for a in aspect_buckets(storage, dataset)]
+        grid = asdict(stage_grid(config, stage, sizes))
+    return WorkerConfig(schedule=schedule.model_dump(mode="json"), stage_index=index, dataset=dataset,
+                        init_checkpoint=init, video_trained=video_trained, grid=grid, **testing)
+
+
+def run_stage(schedule: Schedule, index: int, dataset: str, output: str, storage: Storage | None = None,
+              on_progress: Callable[[dict], None] | None = None, **testing) -> StageOutcome:
+    """Train stage `index` (resuming it if it stopped half-way) and publish its checkpoint."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from training.loop import train_loop_per_worker
+
+    storage = storage or Storage()
+    # Workers run in their own directories: give them absolute local paths.
+    output = output if is_s3(output) else str(Path(output).resolve())
+    dataset = dataset if is_s3(dataset) else str(Path(dataset).resolve())
+    done = read_outcome(storage, output, schedule, index)
+    if done is not None:
+        return done
+    stage = schedule.stages[index]
+    name = schedule.stage_dir_name(index)
+    config = worker_config(schedule, index, dataset, output, storage, **testing)
+    config.progress_uri = join(stage_dir(output, schedule, index), PROGRESS_FILE)
+    ray_storage, fs = _ray_storage(output, storage)
+    resumed = _has_ray_state(ray_storage, name, fs)
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=asdict(config),
+        scaling_config=ScalingConfig(num_workers=schedule.num_workers, use_gpu=schedule.use_gpu,
+                                     resources_per_worker={"CPU": schedule.cpus_per_worker}),
+        run_config=RunConfig(
+            name=name,
+            storage_path=ray_storage,
+            storage_filesystem=fs,
+            failure_config=FailureConfig(max_failures=schedule.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            worker_runtime_env={"env_vars": _worker_env(schedule)},
+        ),
+    )
+    t0 = time.perf_counter()
+    with _ProgressWatcher(storage, config.progress_uri, on_progress):
+        result = trainer.fit()
+    seconds = time.perf_counter() - t0
+    if result.checkpoint is None:
+        raise RuntimeError(f"stage {stage.name} finished without a checkpoint")
+    target = stage_dir(output, schedule, index)
+    with result.checkpoint.as_directory() as d:
+        if not (Path(d) / MODEL_FILE).exists():
+            raise RuntimeError(f"stage {stage.name}: the last checkpoint has no {MODEL_FILE}; it did not finish")
+        metrics = read_metrics(d)
+        storage.upload_file(Path(d) / MODEL_FILE, join(target, MODEL_FILE))
+        storage.write_bytes(join(target, METRICS_FILE), "".join(json.dumps(r) + "\n" for r in metrics).encode())
+    train_rows = [r for r in metrics if r["split"] == "train"]
+    last = train_rows[-1] if train_rows else {}
+    val = {k: v for k, v in last.items() if k.startswith("val_loss")}
+    rates = [r["samples_per_s"] for r in train_rows if r.get("samples_per_s")]
+    outcome = StageOutcome(index=index, name=stage.name, model=stage.model, steps=int(last.get("step", 0)),
+                           seconds=seconds, checkpoint=join(target, MODEL_FILE), final_loss=last.get("loss"),
+                           val=val, samples_per_s=sum(rates) / len(rates) if rates else None, resumed=resumed)
+    storage.write_bytes(join(target, STAGE_FILE), json.dumps(asdict(outcome) | {"skipped": False}, indent=1).encode())
+    return outcome
+
+
+class _ProgressWatcher:
+    """Polls the progress file rank 0 rewrites at every log step and hands new rows to a callback."""
+
+    def __init__(self, storage: Storage, uri: str, callback: Callable[[dict], None] | None, every_s: float = 2.0):
+        self.storage, self.uri, self.callback, self.every_s = storage, uri, callback, every_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="train-progress")
+        self._last: bytes | None = None
+
+    def __enter__(self) -> _ProgressWatcher:
+        if self.callback is not None:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
+        if self.callback is not None:
+            self._poll()  # the last row
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every_s):
+            self._poll()
+
+    def _poll(self) -> None:
+        try:
+            data = self.storage.read_bytes(self.uri)
+        except Exception:  # not written yet
+            return
+        if data != self._last:
+            self._last = data
+            try:
+                self.callback(json.loads(data))
+            except Exception:  # a progress display must never stop training
+                pass
+
+
+def _worker_env(schedule: Schedule) -> dict[str, str]:
+    keep = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION",
+            "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "TOKENIZERS_PARALLELISM")
+    env = {k: os.environ[k] for k in keep if k in os.environ}
+    # As many intra-op threads as CPUs reserved per worker: more would fight the other workers.
+    env["OMP_NUM_THREADS"] = str(max(1, int(schedule.cpus_per_worker)))
+    return env
+
+
+def _ray_storage(output: str, storage: Storage):
+    """Ray Train's storage path (and a pyarrow filesystem for an S3 endpoint of our own)."""
+    if not is_s3(output):
+        path = Path(output, "_ray").resolve()
+        path.mkdir(parents=True, exist_ok=True)
+        return str(path), None
+    import pyarrow.fs as pafs
+
+    cfg: S3Config = storage.s3
+    bucket, key = split_s3(join(output, "_ray"))
+    kwargs = {"region": cfg.region} if getattr(cfg, "region", None) else {}
+    if cfg.endpoint_url:
+        kwargs["endpoint_override"] = cfg.endpoint_url
+        kwargs["scheme"] = "https" if cfg.endpoint_url.startswith("https") else "http"
+    return f"{bucket}/{key}", pafs.S3FileSystem(**kwargs)
+
+
+def _has_ray_state(storage_path: str, name: str, fs) -> bool:
+    if fs is None:
+        return Path(storage_path, name).exists() and any(Path(storage_path, name).iterdir())
+    import pyarrow.fs as pafs
+
+    info = fs.get_file_info(pafs.FileSelector(f"{storage_path}/{name}", allow_not_found=True))
+    return bool(info)
+
+
+def copy_final(storage: Storage, output: str, schedule: Schedule) -> str:
+    """OUTPUT/model.pt: the last stage's checkpoint, the one `reelflow generate` takes."""
+    last = join(stage_dir(output, schedule, len(schedule.stages) - 1), MODEL_FILE)
+    target = join(output, MODEL_FILE)
+    with tempfile.TemporaryDirectory() as d:
+        local = storage.localize(last, d) if is_s3(last) else Path(last)
+        storage.upload_file(local, target)
+    return target
+
