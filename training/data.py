@@ -630,3 +630,45 @@ class BatchIterable(torch.utils.data.IterableDataset):
         planned = zip(itertools.count(self.start_batch), self.dataset.plan(self.spec, self.rank, self.world_size,
                                                                             self.start_batch))
         return self.dataset.decode_plan(itertools.islice(planned, worker, None, workers), self.spec)
+
+
+class Prefetcher:
+    """Decode the next batches in a background thread while the current one trains.
+
+    PyAV decoding and torch kernels release the GIL, so the two overlap. ``depth`` batches are
+    decoded ahead; an exception in the decoder (e.g. DataError) is raised from ``__next__`` in the
+    training thread. Batches decoded ahead but never taken are simply re-planned on resume, since
+    the loop counts positions of batches it took, not decoded ones.
+    """
+
+    _DONE = object()
+
+    def __init__(self, source: Iterator[Batch], depth: int = 2):
+        import queue
+        import threading
+
+        self._queue: "queue.Queue" = queue.Queue(maxsize=max(1, depth))
+        self._source = source
+        self._thread = threading.Thread(target=self._fill, daemon=True, name="batch-prefetch")
+        self._thread.start()
+
+    def _fill(self) -> None:
+        try:
+            for batch in self._source:
+                self._queue.put(batch)
+        except BaseException as e:  # handed to the consumer, raised there
+            self._queue.put(e)
+            return
+        self._queue.put(self._DONE)
+
+    def __iter__(self) -> "Prefetcher":
+        return self
+
+    def __next__(self) -> Batch:
+        item = self._queue.get()
+        if item is self._DONE:
+            self._queue.put(item)  # stay exhausted
+            raise StopIteration
+        if isinstance(item, BaseException):
+            raise item
+        return item

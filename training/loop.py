@@ -31,7 +31,7 @@ import torch.nn as nn
 
 from models.configs import ModelConfig
 from training.checkpoint import save_checkpoint
-from training.data import Batch, BatchSpec, ShardDataset
+from training.data import Batch, BatchSpec, Prefetcher, ShardDataset
 from training.handoff import Grid, initial_models, spatial_multiple
 from training.schedule import Schedule, StageSpec, schedule_from_dict
 from training.steps import audio_step, check_audio_span, tae_step, trainable_module, video_step
@@ -40,6 +40,7 @@ STATE_FILE = "state.pt"
 MODEL_FILE = "model.pt"
 METRICS_FILE = "metrics.jsonl"
 LATENT_SCALE_BATCHES = 4  # batches over which the TAE stage measures latent std
+PREFETCH_BATCHES = 2  # batches decoded ahead in a background thread while the current one trains
 
 
 @dataclass
@@ -127,8 +128,11 @@ class StageRunner:
 
             check_audio_span(self.models, self.stage.frames, self.stage.fps)
             self.mel = LogMel(self.models.config.audio).to(self.device)
-        self.data = ShardDataset(cfg.dataset)
         self.specs = batch_specs(self.schedule, self.stage, self.models.config, "train")
+        # One reader per kind and one for validation: each prefetch thread owns its reader (and
+        # its decode cache), so no two threads share one.
+        self.data = {kind: ShardDataset(cfg.dataset) for kind in self.specs}
+        self.val_data = ShardDataset(cfg.dataset)
         self.iters: dict[str, object] = {}
         self.state = LoopState()
 
@@ -143,8 +147,9 @@ class StageRunner:
 
     def next_batch(self, kind: str) -> Batch:
         if kind not in self.iters:
-            self.iters[kind] = self.data.batches(self.specs[kind], self.rank, self.world_size,
-                                                 start_batch=self.state.consumed[kind])
+            batches = self.data[kind].batches(self.specs[kind], self.rank, self.world_size,
+                                              start_batch=self.state.consumed[kind])
+            self.iters[kind] = Prefetcher(batches, depth=PREFETCH_BATCHES) if PREFETCH_BATCHES else batches
         batch = next(self.iters[kind])
         # The batch's place in the plan (a batch whose samples all failed to decode is skipped,
         # so counting received batches would fall behind it and a resume would repeat one).
@@ -174,7 +179,7 @@ class StageRunner:
             total, count = 0.0, 0
             if self.stage.val_batches and self.schedule.val_fraction > 0:
                 try:
-                    batches = self.data.batches(spec, self.rank, self.world_size)
+                    batches = self.val_data.batches(spec, self.rank, self.world_size)
                     for i, batch in enumerate(batches):
                         if i >= self.stage.val_batches:
                             break

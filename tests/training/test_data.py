@@ -382,3 +382,18 @@ def test_reads_a_dataset_on_s3_like_a_local_one(shapes_dataset, s3_server, tmp_p
     assert [b.keys for b in remote] == [b.keys for b in local]
     assert all(torch.equal(a.pixels, b.pixels) for a, b in zip(remote, local))
     assert len(list((tmp_path / "cache").glob("*.tar"))) == len(list((root / "shards").rglob("*.tar")))
+
+
+def test_prefetcher_keeps_order_and_raises_decoder_errors_in_the_consumer():
+    from training.data import DataError, Prefetcher
+
+    assert list(Prefetcher(iter(range(7)), depth=2)) == list(range(7))
+
+    def broken():
+        yield 1
+        raise DataError("no clips of at least 9 s")
+
+    it = Prefetcher(broken(), depth=3)
+    assert next(it) == 1
+    with pytest.raises(DataError, match="at least 9 s"):
+        next(it)
