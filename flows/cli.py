@@ -182,8 +182,9 @@ def demo(
     output: Path = typer.Option(Path("demo_output"), "--output", help="Where to put the demo source, dataset and training run."),
     train: bool = typer.Option(True, "--train/--no-train", help="Also train the tiny schedule on the curated dataset."),
 ) -> None:
-    """Curate the bundled sample videos (real CC/BSD clips, generated cuts, synthetic captioned
-    shapes, bad files) end to end, then train the tiny progressive schedule on the result."""
+    """Curate the bundled sample videos end to end, then train the tiny schedule on them.
+
+    The source holds real CC/BSD clips, generated cuts, synthetic captioned shapes and bad files."""
     _quiet_env()
     from curation.policy import DEMO_POLICY_FILE
     from curation.samples import build_demo_source

@@ -52,8 +52,7 @@ def serve_command(
     run_now: bool = typer.Option(False, "--run-now", help="Also start one curate run immediately."),
     limit: int = typer.Option(1, "--limit", min=1, help="Most flow runs at once."),
 ) -> None:
-    """Serve the curate deployment (cron schedule) and the train deployment (manual trigger) on the
-    Prefect server in PREFECT_API_URL."""
+    """Serve the curate (cron) and train (manual trigger) deployments on PREFECT_API_URL's server."""
     for k, v in {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "RAY_USAGE_STATS_ENABLED": "0", "DO_NOT_TRACK": "1",
                  "GX_ANALYTICS_ENABLED": "false", "TOKENIZERS_PARALLELISM": "false"}.items():
         os.environ.setdefault(k, v)  # flow runs inherit this environment
