@@ -18,6 +18,7 @@ The last checkpoint of a stage also holds `model.pt`, a full reelflow generation
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import random
@@ -31,10 +32,12 @@ import torch.nn as nn
 
 from models.configs import ModelConfig
 from training.checkpoint import save_checkpoint
-from training.data import Batch, BatchSpec, Prefetcher, ShardDataset
+from training.data import Batch, BatchSpec, DataError, Prefetcher, ShardDataset
 from training.handoff import Grid, initial_models, spatial_multiple
 from training.schedule import Schedule, StageSpec, schedule_from_dict
 from training.steps import audio_step, check_audio_span, tae_step, trainable_module, video_step
+
+log = logging.getLogger(__name__)
 
 STATE_FILE = "state.pt"
 MODEL_FILE = "model.pt"
@@ -177,20 +180,22 @@ class StageRunner:
         specs = batch_specs(self.schedule, self.stage, self.models.config, "val")
         for kind, spec in specs.items():
             total, count = 0.0, 0
+            batches = iter(())
             if self.stage.val_batches and self.schedule.val_fraction > 0:
                 try:
                     batches = self.val_data.batches(spec, self.rank, self.world_size)
-                    for i, batch in enumerate(batches):
-                        if i >= self.stage.val_batches:
-                            break
-                        g = step_generator(self.schedule.seed + 1, 0, i)
-                        torch.manual_seed(self.schedule.seed + i)  # TAE sampling noise
-                        losses = self.loss(module, batch, g)
-                        key = "recon" if self.stage.model == "tae" else "loss"
-                        total += float(losses[key]) * len(batch.keys)
-                        count += len(batch.keys)
-                except ValueError:  # no held-out clip fits this spec: nothing to report
-                    pass
+                except DataError as e:  # no held-out clip fits this spec: no val loss of this kind
+                    log.warning("stage %s: no validation for %s batches: %s", self.stage.name, kind, e)
+            # Errors in the loss itself propagate: a broken validation must not pass silently.
+            for i, batch in enumerate(batches):
+                if i >= self.stage.val_batches:
+                    break
+                g = step_generator(self.schedule.seed + 1, 0, i)
+                torch.manual_seed(self.schedule.seed + i)  # TAE sampling noise
+                losses = self.loss(module, batch, g)
+                key = "recon" if self.stage.model == "tae" else "loss"
+                total += float(losses[key]) * len(batch.keys)
+                count += len(batch.keys)
             total, count = _all_reduce_sum(total, count, self.device)
             if count:
                 out[f"val_loss_{kind}"] = total / count
@@ -273,8 +278,8 @@ def _with_progress(report, uri: str):
         report(row, save)
         try:
             storage.write_bytes(uri, json.dumps(row).encode())
-        except Exception:  # progress is best effort; training goes on
-            pass
+        except Exception as e:  # progress is best effort; training goes on
+            log.warning("could not publish progress to %s: %s", uri, e)
 
     return wrapped
 

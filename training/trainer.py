@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import tempfile
 import threading
@@ -32,6 +33,8 @@ from training.data import bucket_size
 from training.handoff import model_config, spatial_multiple, stage_grid
 from training.loop import METRICS_FILE, MODEL_FILE, WorkerConfig, read_metrics
 from training.schedule import Schedule
+
+log = logging.getLogger(__name__)
 
 STAGE_FILE = "stage.json"
 PROGRESS_FILE = "progress.json"
@@ -197,8 +200,8 @@ class _ProgressWatcher:
             self._last = data
             try:
                 self.callback(json.loads(data))
-            except Exception:  # a progress display must never stop training
-                pass
+            except Exception as e:  # a progress display must never stop training
+                log.warning("progress display failed: %s", e)
 
 
 def _worker_env(schedule: Schedule) -> dict[str, str]:
