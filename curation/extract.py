@@ -11,8 +11,9 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-import av
 
+from curation.failures import ItemTimeout
+from curation.safe_open import FFMPEG_INPUT_FLAGS, open_media
 from curation.policy import OutputPolicy
 
 
@@ -52,6 +53,7 @@ def extract_clip(
     has_audio: bool,
     cfg: OutputPolicy,
     threads: int = 1,
+    timeout_s: float | None = None,
 ) -> ExtractResult:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -62,6 +64,8 @@ def extract_clip(
     dur = end_s - start_s
     cmd = [
         "ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-y",
+        # Local files and real containers only: a source never makes ffmpeg open another file.
+        *FFMPEG_INPUT_FLAGS,
         # -ss/-t as input options: both outputs (video and audio) get exactly the span.
         "-ss", f"{start_s:.6f}", "-t", f"{dur:.6f}", "-i", str(src),
         # Rotation metadata is applied by ffmpeg's autorotate before the filters.
@@ -73,7 +77,10 @@ def extract_clip(
         # Stereo at the policy's rate: one channel layout for every clip keeps loaders simple.
         cmd += ["-map", "0:a:0", "-vn", "-ac", "2", "-ar", str(cfg.audio_sample_rate), "-c:a", "flac",
                 str(audio_path)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:  # run() has killed ffmpeg
+        raise ItemTimeout(timeout_s, "ffmpeg transcode") from None
     if proc.returncode != 0:
         msg = (proc.stderr.strip().splitlines() or ["no message"])[-1]
         raise ExtractError(f"ffmpeg exited {proc.returncode}: {msg}")
@@ -84,7 +91,7 @@ def extract_clip(
 
 
 def count_frames(path: str | Path) -> int:
-    with av.open(str(path)) as c:
+    with open_media(path) as c:
         vs = c.streams.video[0]
         if vs.frames:
             return int(vs.frames)

@@ -6,7 +6,7 @@ and the value (``short_side=240<720``), which goes verbatim into the ledger.
 
 from __future__ import annotations
 
-from curation.policy import Policy
+from curation.policy import LimitsPolicy, Policy
 
 
 def check_license(license_id: str | None, policy: Policy) -> str | None:
@@ -14,6 +14,20 @@ def check_license(license_id: str | None, policy: Policy) -> str | None:
         return "license: none declared (add a license column to the manifest or a sidecar .json)"
     if not policy.allows_license(license_id):
         return f"license: {license_id!r} not in allowlist"
+    return None
+
+
+def check_limits(row: dict, limits: LimitsPolicy) -> str | None:
+    """Per-item limits on a probed file (``limits:`` in the policy): the reason names the limit.
+
+    Ranges that the gates also check (fps, sides, duration, rotation) are in ``item_rules`` and
+    applied to every passed row; these are the ones that no column carries directly."""
+    w, h = int(row["src_width"]), int(row["src_height"])
+    if w * h > limits.max_pixels:
+        return f"probe: pixels={w}x{h}={w * h} over limits.max_pixels={limits.max_pixels}"
+    frames = float(row["src_fps"]) * float(row["src_duration_s"])
+    if frames > limits.max_frames:
+        return f"probe: frames~{frames:.0f} over limits.max_frames={limits.max_frames}"
     return None
 
 

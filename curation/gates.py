@@ -16,7 +16,7 @@ from functools import lru_cache
 import pandas as pd
 import pyarrow as pa
 
-from curation.captioning.camera_motion import CAMERA_LABELS
+from curation import item_rules
 from curation.records import LEDGER_SCHEMA, STAGE_SCHEMAS, STATUSES, TERMINAL_STATUSES, INDEX_SCHEMA
 
 MAX_ROWS_SHOWN = 10
@@ -120,20 +120,24 @@ def _ok(cond: str) -> dict:
 OK_ROWS = 'status=="ok"'
 
 
-# Valid range of each score (units: curation/scoring/*). NaN (not computed) is not judged.
-# The clip tables, in pipeline order (clips .. shard).
-CLIP_TABLES = ("clips", "extract", "score", "dedup", "caption", "balance", "shard")
+# The clip tables, in pipeline order (clips .. shard); value ranges live in item_rules, which the
+# stages apply to every row they pass on before the gate sees it.
+CLIP_TABLES = item_rules.CLIP_TABLES
+SCORE_RANGES = item_rules.SCORE_RANGES
 
-SCORE_RANGES = {
-    "motion_mean": (0, 1e4), "motion_max": (0, 1e4), "static_fraction": (0, 1), "static_longest_s": (0, 1e5),
-    "static": (0, 1), "cut_count": (0, 1e6), "cuts_per_s": (0, 1e3),
-    "border_top": (0, 1), "border_bottom": (0, 1), "border_left": (0, 1), "border_right": (0, 1),
-    "border_fraction": (0, 1), "sharpness": (0, 1e8), "mean_luma": (0, 1), "dark_clipped": (0, 1),
-    "bright_clipped": (0, 1), "text_conf_max": (0, 1), "text_area_max": (0, 1), "text_area_mean": (0, 1),
-    "audio_has_audio": (0, 1), "audio_loudness_dbfs": (-120, 0.01), "audio_silent_fraction": (0, 1),
-    "audio_speech_fraction": (0, 1), "audio_has_speech": (0, 1), "aesthetic_score": (-100, 100),
-    "audio_music_prob": (0, 1), "audio_speech_prob": (0, 1), "audio_top_label_prob": (0, 1),
-}
+
+def range_expectations(stage: str, policy) -> list:
+    """The stage's per-item ranges (``item_rules``) as expectations on its passing rows."""
+    import great_expectations.expectations as gxe
+
+    out = []
+    for rule in item_rules.ok_row_rules(stage, policy):
+        if isinstance(rule, item_rules.OneOf):
+            out.append(gxe.ExpectColumnValuesToBeInSet(column=rule.column, value_set=list(rule.values), **_ok(OK_ROWS)))
+        else:
+            out.append(gxe.ExpectColumnValuesToBeBetween(column=rule.column, min_value=rule.lo, max_value=rule.hi,
+                                                         strict_min=rule.strict_lo, **_ok(OK_ROWS)))
+    return out
 
 
 def stage_expectations(stage: str, expected_inputs: set[str], id_column: str, policy) -> list:
@@ -154,37 +158,21 @@ def stage_expectations(stage: str, expected_inputs: set[str], id_column: str, po
         ex.append(gxe.ExpectColumnDistinctValuesToEqualSet(column=id_column, value_set=sorted(expected_inputs)))
     else:
         ex.append(gxe.ExpectTableRowCountToEqual(value=0))
-    video_cols = stage in ("probe", "filter", "shots", *CLIP_TABLES)
-    if video_cols:
-        ex += [
-            gxe.ExpectColumnValuesToBeBetween(column="src_width", min_value=1, max_value=16384, **_ok(OK_ROWS)),
-            gxe.ExpectColumnValuesToBeBetween(column="src_height", min_value=1, max_value=16384, **_ok(OK_ROWS)),
-            gxe.ExpectColumnValuesToBeBetween(column="src_fps", min_value=0.1, max_value=1000, **_ok(OK_ROWS)),
-            gxe.ExpectColumnValuesToBeBetween(column="src_duration_s", min_value=0, strict_min=True, **_ok(OK_ROWS)),
-            gxe.ExpectColumnValuesToBeInSet(column="rotation", value_set=[0, 90, 180, 270], **_ok(OK_ROWS)),
-        ]
+    ex += range_expectations(stage, policy)
     if stage == "ingest":
         ex.append(gxe.ExpectColumnValuesToBeInSet(column="kind", value_set=["video"]))
     if stage in CLIP_TABLES:
-        c = policy.clips
         ex += [
             gxe.ExpectColumnValuesToBeInSet(column="kind", value_set=["clip"]),
             gxe.ExpectColumnValuesToNotBeNull(column="parent_id"),
             gxe.ExpectColumnValuesToBeBetween(column="start_s", min_value=0),
             gxe.ExpectColumnPairValuesAToBeGreaterThanB(column_A="end_s", column_B="start_s", or_equal=False),
-            gxe.ExpectColumnValuesToBeBetween(column="duration_s", min_value=c.min_seconds - 1e-3,
-                                              max_value=c.max_seconds + 1e-3, **_ok(OK_ROWS)),
         ]
     if stage in CLIP_TABLES[1:]:
         ex += [
             gxe.ExpectColumnValuesToNotBeNull(column="clip_uri", **_ok(OK_ROWS)),
-            gxe.ExpectColumnValuesToBeBetween(column="width", min_value=2, max_value=16384, **_ok(OK_ROWS)),
-            gxe.ExpectColumnValuesToBeBetween(column="height", min_value=2, max_value=16384, **_ok(OK_ROWS)),
-            gxe.ExpectColumnValuesToBeBetween(column="fps", min_value=1, max_value=240, **_ok(OK_ROWS)),
-            gxe.ExpectColumnValuesToBeBetween(column="frames", min_value=1, **_ok(OK_ROWS)),
         ]
     if stage in ("score", "shard"):
-        ex += [gxe.ExpectColumnValuesToBeBetween(column=c, min_value=lo, max_value=hi) for c, (lo, hi) in SCORE_RANGES.items()]
         if policy.scoring.enabled:
             # Scores every clip gets (visual scorers always run; text when its rule is on).
             needed = ["motion_mean", "static", "cuts_per_s", "border_fraction", "sharpness", "mean_luma"]
@@ -196,10 +184,8 @@ def stage_expectations(stage: str, expected_inputs: set[str], id_column: str, po
                                                             **_ok('status=="ok"' if lazy else 'status!="failed"')))
     if stage == "score" and policy.scoring.enabled:
         ex += [
-            gxe.ExpectColumnValuesToBeInSet(column="camera_motion", value_set=list(CAMERA_LABELS), **_ok(OK_ROWS)),
             gxe.ExpectColumnValuesToNotBeNull(column="content_signature", **_ok(OK_ROWS)),
             gxe.ExpectColumnValuesToNotBeNull(column="phashes", **_ok(OK_ROWS)),
-            gxe.ExpectColumnValuesToBeBetween(column="camera_confidence", min_value=0, max_value=1),
         ]
         if policy.embeddings.clip_checkpoint:
             ex.append(gxe.ExpectColumnValuesToNotBeNull(column="clip_embedding", **_ok(OK_ROWS)))

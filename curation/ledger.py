@@ -42,6 +42,7 @@ def build_ledger(store: StageStore) -> pa.Table:
         status = ACCEPTED if (r["stage"] == "shard" and r["status"] == OK) else r["status"]
         if status == OK:  # stopped between stages: the run did not finish this clip
             status, reason = FAILED, f"unfinished: passed {r['stage']} but no later stage recorded it"
+            r = {**r, "retryable": True}  # a resume finishes it
         else:
             reason = r["reason"]
         row = _ledger_row(r, CLIP, status, reason)
@@ -52,7 +53,8 @@ def build_ledger(store: StageStore) -> pa.Table:
             rows.append(_ledger_row(r, VIDEO, r["status"], r["reason"]))
             continue
         if r["stage"] != "shots":
-            rows.append(_ledger_row(r, VIDEO, FAILED, f"unfinished: passed {r['stage']} but no later stage recorded it"))
+            rows.append(_ledger_row({**r, "retryable": True}, VIDEO, FAILED,
+                                    f"unfinished: passed {r['stage']} but no later stage recorded it"))
             continue
         rows.append(_video_outcome(r, clips_by_video.get(vid, [])))
     rows.sort(key=lambda x: (x["kind"] != VIDEO, x["item_id"]))
@@ -64,6 +66,7 @@ def _ledger_row(r: dict, kind: str, status: str, reason: str | None) -> dict:
         "run_id": r["run_id"], "item_id": r["item_id"], "kind": kind, "parent_id": r.get("parent_id"),
         "source_uri": r["source_uri"], "stage": r["stage"], "status": status, "reason": reason,
         "duplicate_of": r.get("duplicate_of") if status == REJECTED else None,
+        "retryable": bool(r.get("retryable")) if status == FAILED else None,
     }
 
 
@@ -76,7 +79,8 @@ def _video_outcome(r: dict, clips: list[dict]) -> dict:
     reasons = Counter((c["reason"] or "").split(":")[0] for c in clips)
     summary = ", ".join(f"{n}x {why}" for why, n in reasons.most_common())
     status = FAILED if counts[FAILED] == len(clips) else REJECTED
-    return _ledger_row({**r, "stage": "clips"}, VIDEO, status, f"no clip accepted ({summary})")
+    retryable = any(c["retryable"] for c in clips if c["status"] == FAILED)
+    return _ledger_row({**r, "stage": "clips", "retryable": retryable}, VIDEO, status, f"no clip accepted ({summary})")
 
 
 def funnel(store: StageStore) -> list[dict]:

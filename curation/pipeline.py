@@ -128,6 +128,9 @@ def run_media_stage(
     """Run one stage over the pending inputs with Ray Data; commit results as they stream in."""
     t0 = time.perf_counter()
     ctx = stage.ctx
+    retried = store.drop_retryable(stage.name)  # transient failures of an earlier run: try again
+    if retried:
+        log.info("%s: retrying %d item(s) that failed with a transient error", stage.name, retried)
     pending, n_ok, skipped = _pending(store, stage)
     if progress:
         progress(0, len(pending))
@@ -183,8 +186,9 @@ def run_media_stage(
 
 
 def _crashed_row(stage: Stage, row: dict) -> dict:
-    out = {**row, "stage": stage.name, "status": FAILED,
-           "reason": f"{stage.name}: the worker processing this item crashed (after Ray's retries)"}
+    # A dead worker (OOM kill, lost node) says nothing about the item: a resume retries it.
+    out = {**row, "stage": stage.name, "status": FAILED, "retryable": True,
+           "reason": f"{stage.name}: the worker processing this item crashed (after Ray's retries); a resume retries it"}
     if stage.input_id_column == "parent_id":
         # A 1:N stage (video -> clips) records the loss as one failed clip of that video.
         out.update(kind=CLIP, parent_id=row["item_id"], item_id=clip_key(row["item_id"], 0, 99))

@@ -59,8 +59,9 @@ class VideoPolicy(_Strict):
     # span 9:16 .. 16:9, we allow up to 2.4:1 (cinemascope) either way.
     min_aspect: float = Field(1 / 2.4, gt=0)
     max_aspect: float = Field(2.4, gt=0)
-    # Movie Gen's raw videos are 4 s - 2 min.
-    min_duration_s: float = Field(4.0, ge=0)
+    # Movie Gen's raw videos are 4 s - 2 min. null (the default) follows clips.min_seconds: a
+    # source shorter than the shortest clip can yield no clip.
+    min_duration_s: float | None = Field(None, ge=0)
     max_duration_s: float = Field(7200.0, gt=0)
 
 
@@ -95,13 +96,14 @@ class BucketPolicy(_Strict):
     aspect_ratios: dict[str, float] = Field(
         default_factory=lambda: {"16x9": 16 / 9, "4x3": 4 / 3, "1x1": 1.0, "3x4": 3 / 4, "9x16": 9 / 16}
     )
-    # Edges of the duration buckets in seconds; 5 buckets over Movie Gen's 4-16 s clip range.
-    duration_edges_s: list[float] = Field(default_factory=lambda: [4.0, 6.0, 8.0, 10.0, 12.0, 16.0])
+    # Edges of the duration buckets in seconds. null (the default) derives them from the clip range
+    # (see ``derived_duration_edges``): Movie Gen's 5 buckets over 4-16 s for the default clips.
+    duration_edges_s: list[float] | None = None
 
     @model_validator(mode="after")
     def _sorted(self) -> "BucketPolicy":
         e = self.duration_edges_s
-        if len(e) < 2 or any(b <= a for a, b in zip(e, e[1:])):
+        if e is not None and (len(e) < 2 or any(b <= a for a, b in zip(e, e[1:]))):
             raise ValueError("buckets.duration_edges_s must be at least two strictly increasing numbers")
         if not self.aspect_ratios:
             raise ValueError("buckets.aspect_ratios must name at least one ratio")
@@ -274,6 +276,48 @@ class BalancePolicy(_Strict):
     seed: int = 0
 
 
+class LimitsPolicy(_Strict):
+    """Per-item limits: what one input may cost. A file beyond any of them is ``rejected`` at probe
+    with a reason naming the limit, before anything decodes it; a call or item that runs past its
+    timeout is ``failed: timeout after N s``. None of these is a Movie Gen figure: they bound the
+    damage one odd or hostile file can do, and the data-quality gates check the same ranges."""
+
+    # libavcodec's and the gates' bound on a side; 8K UHD (7680x4320) fits max_pixels.
+    max_width: int = Field(16384, ge=2)
+    max_height: int = Field(16384, ge=2)
+    max_pixels: int = Field(7680 * 4320, ge=4)
+    # Phones record slow motion at up to 240 fps; a source claiming more (a screen recorder's
+    # variable-rate timestamps, a 2000 fps test file) is not training footage at its true speed.
+    min_fps: float = Field(1.0, gt=0)
+    max_fps: float = Field(240.0, gt=0)
+    max_duration_s: float = Field(24 * 3600.0, gt=0)  # beyond video.max_duration_s: a broken header
+    max_frames: int = Field(24 * 3600 * 60, ge=1)
+    max_file_bytes: int = Field(64 << 30, ge=1)
+    # Timeouts: one ffmpeg/PyAV call (probe, one clip's transcode), and one item in one stage.
+    probe_timeout_s: float = Field(120.0, gt=0)
+    call_timeout_s: float = Field(900.0, gt=0)
+    item_timeout_s: float = Field(1800.0, gt=0)
+    # Manifests and sidecars are untrusted input too.
+    max_manifest_bytes: int = Field(256 << 20, ge=1)
+    max_sidecar_bytes: int = Field(1 << 20, ge=1)
+    max_json_depth: int = Field(16, ge=1)
+    # Downloads of s3:// sources on a worker: least recently used files go first beyond this.
+    cache_max_bytes: int = Field(20 << 30, ge=0)
+
+    @model_validator(mode="after")
+    def _ranges(self) -> "LimitsPolicy":
+        if self.max_fps < self.min_fps:
+            raise ValueError(f"limits.max_fps ({self.max_fps}) < limits.min_fps ({self.min_fps})")
+        return self
+
+
+class SourcesPolicy(_Strict):
+    # Roots a source may point into: local directories and/or s3://bucket[/prefix]. A manifest
+    # uri outside all of them is rejected (symlinks are resolved first). Empty: any local path or
+    # s3:// uri. Other schemes (http://, rtmp://, file://) are always rejected: ffmpeg would open them.
+    allow: list[str] = Field(default_factory=list)
+
+
 class RuntimePolicy(_Strict):
     # Items per Ray Data batch and per persisted part file: small parts mean little lost work on a
     # crash, large parts mean fewer files.
@@ -285,6 +329,12 @@ class RuntimePolicy(_Strict):
     # recorded as failed. Ray Data's own default is to retry forever, which would hang a run on
     # one poisonous file.
     task_retries: int = Field(2, ge=0)
+    # Retries of one item after a transient error (S3 throttling, a reset connection), within
+    # the run; what still fails is recorded ``failed`` with ``retryable`` and retried on resume.
+    item_retries: int = Field(2, ge=0)
+    item_retry_backoff_s: float = Field(1.0, ge=0)
+    # The writer lease on OUTPUT: renewed every ttl/4; a dead run's lease is free after this.
+    lease_ttl_s: float = Field(60.0, ge=5)
 
 
 class Policy(_Strict):
@@ -299,7 +349,31 @@ class Policy(_Strict):
     dedup: DedupPolicy = DedupPolicy()
     captions: CaptionPolicy = CaptionPolicy()
     balance: BalancePolicy = BalancePolicy()
+    limits: LimitsPolicy = LimitsPolicy()
+    sources: SourcesPolicy = SourcesPolicy()
     runtime: RuntimePolicy = RuntimePolicy()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _derive_defaults(cls, data):
+        """Settings left null follow the ones they depend on, so ``clips.min_seconds: 2`` alone is
+        a valid policy; an explicit setting that contradicts another is still an error."""
+        if not isinstance(data, dict):
+            return data
+        clips = data.get("clips") or {}
+        get = (lambda k, d: clips.get(k, d)) if isinstance(clips, dict) else (lambda k, d: getattr(clips, k))
+        try:
+            lo = float(get("min_seconds", ClipPolicy.model_fields["min_seconds"].default))
+            hi = float(get("max_seconds", ClipPolicy.model_fields["max_seconds"].default))
+        except (TypeError, ValueError):
+            return data  # the field validators report the bad value
+        data = dict(data)
+        for section, key, value in (("buckets", "duration_edges_s", derived_duration_edges(lo, hi)),
+                                    ("video", "min_duration_s", lo)):
+            block = data.get(section) or {}
+            if isinstance(block, dict) and block.get(key) is None:
+                data[section] = {**block, key: value}
+        return data
 
     @model_validator(mode="after")
     def _consistent(self) -> "Policy":
@@ -316,6 +390,17 @@ class Policy(_Strict):
             return False
         allowed = {x.strip().lower() for x in self.licenses.allow}
         return license_id.strip().lower() in allowed
+
+
+# Movie Gen's duration buckets over its 4-16 s clips (5 buckets).
+MOVIEGEN_DURATION_EDGES_S = (4.0, 6.0, 8.0, 10.0, 12.0, 16.0)
+
+
+def derived_duration_edges(min_s: float, max_s: float) -> list[float]:
+    """Bucket edges for a clip range: Movie Gen's inner edges that fall inside it, plus its ends."""
+    if max_s <= min_s:
+        return [min_s, max_s]  # ClipPolicy reports the inverted range
+    return [min_s, *(e for e in MOVIEGEN_DURATION_EDGES_S if min_s < e < max_s), max_s]
 
 
 POLICY_DIR = Path(__file__).parent / "policies"
@@ -358,9 +443,17 @@ def _over_defaults(model: type[BaseModel], defaults: dict, raw: dict) -> dict:
     return out
 
 
+# Settings whose default is derived from others (Policy._derive_defaults): merged as null so the
+# derivation sees what the file says, not the default policy's derived value.
+DERIVED_SETTINGS = (("buckets", "duration_edges_s"), ("video", "min_duration_s"))
+
+
 def policy_from_dict(raw: dict, origin: str = "policy") -> Policy:
+    defaults = Policy().model_dump()
+    for section, key in DERIVED_SETTINGS:
+        defaults[section][key] = None
     try:
-        return Policy.model_validate(_over_defaults(Policy, Policy().model_dump(), raw))
+        return Policy.model_validate(_over_defaults(Policy, defaults, raw))
     except ValidationError as e:
         lines = []
         for err in e.errors():

@@ -12,6 +12,7 @@ from pathlib import Path
 import av
 
 from curation.records import FAILED, REJECTED
+from curation.safe_open import open_media, refused_format
 
 
 @dataclass
@@ -47,8 +48,16 @@ def probe_file(path: str | Path) -> ProbeResult:
     if size == 0:
         raise ProbeError(FAILED, "empty file (0 bytes)")
     try:
-        container = av.open(str(path), metadata_errors="ignore")
-    except av.error.InvalidDataError:
+        container = open_media(path, metadata_errors="ignore")
+    except (av.error.ArgumentError, av.error.InvalidDataError) as e:
+        # ArgumentError: "Format not on whitelist". A playlist or manifest is refused by design,
+        # whatever its name: say so rather than "corrupt".
+        what = refused_format(path)
+        if what:
+            raise ProbeError(REJECTED, f"{what}, not a media file: playlists and manifests are never opened "
+                                       "(they make ffmpeg read other files)")
+        if isinstance(e, av.error.ArgumentError):
+            raise ProbeError(FAILED, f"not a readable video: container format not allowed ({e})")
         raise ProbeError(FAILED, "not a readable video: ffmpeg finds no media container in the file (corrupt, truncated or not a video)")
     except av.error.FFmpegError as e:
         raise ProbeError(FAILED, f"cannot open media: {e}")
@@ -66,7 +75,12 @@ def probe_file(path: str | Path) -> ProbeResult:
             raise ProbeError(FAILED, f"video stream cannot be decoded: {e}")
         if first is None:
             raise ProbeError(FAILED, "video stream holds no decodable frame")
-        rotation = int(getattr(first, "rotation", 0) or 0) % 360
+        raw_rotation = float(getattr(first, "rotation", 0) or 0)
+        rotation = int(round(raw_rotation)) % 360
+        if rotation % 90:
+            # A display matrix at 45 degrees: no training bucket holds a tilted frame, and
+            # ffmpeg's autorotate would pad it. One file's oddity, so a rejection, not an error.
+            raise ProbeError(REJECTED, f"rotation={raw_rotation:g}° is not a multiple of 90°")
         w, h = first.width, first.height
         if rotation in (90, 270):
             w, h = h, w

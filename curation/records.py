@@ -29,6 +29,9 @@ COMMON = [
     pa.field("stage", pa.string()),
     pa.field("status", pa.string()),
     pa.field("reason", pa.string()),
+    # For failed rows: True when the error was of the moment (throttling, a reset connection, a
+    # worker killed for memory) and a resume retries the item; False for the item's own fault.
+    pa.field("retryable", pa.bool_()),
 ]
 SOURCE = [
     pa.field("license", pa.string()),
@@ -172,6 +175,7 @@ LEDGER_SCHEMA = pa.schema(
         pa.field("status", pa.string()),
         pa.field("reason", pa.string()),
         pa.field("duplicate_of", pa.string()),  # dedup: the clip kept in this clip's place
+        pa.field("retryable", pa.bool_()),  # failed rows: a resume retries it (transient error)
     ]
 )
 

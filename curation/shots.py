@@ -50,9 +50,9 @@ class TransNetV2Detector:
         self.threshold = threshold
 
     def frames(self, path: str | Path) -> tuple[np.ndarray, float]:
-        import av
+        from curation.safe_open import open_media
 
-        with av.open(str(path)) as c:
+        with open_media(path) as c:
             vs = c.streams.video[0]
             vs.thread_type = "AUTO"
             fps = float(vs.average_rate or vs.guessed_rate)

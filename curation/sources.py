@@ -20,6 +20,8 @@ import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
+from curation.failures import redact
+from curation.policy import LimitsPolicy
 from curation.records import OK, REJECTED, VIDEO, video_id
 from curation.storage import Storage, basename, is_s3, join
 
@@ -36,12 +38,18 @@ def is_manifest(uri: str) -> bool:
     return str(uri).lower().endswith(MANIFEST_SUFFIXES)
 
 
-def read_manifest(storage: Storage, uri: str) -> list[dict]:
+def read_manifest(storage: Storage, uri: str, limits: LimitsPolicy | None = None) -> list[dict]:
     """Rows of a manifest as dicts with ``uri`` resolved and optional columns present."""
+    limits = limits or LimitsPolicy()
     try:
+        size = storage.size(uri)
+        if size > limits.max_manifest_bytes:
+            raise SourceError(f"manifest {uri} is {size} bytes, over limits.max_manifest_bytes={limits.max_manifest_bytes}")
         data = storage.read_bytes(uri)
     except FileNotFoundError as e:
         raise SourceError(f"manifest not found: {uri}") from e
+    except SourceError:
+        raise
     except Exception as e:  # botocore errors for a missing key or bucket
         raise SourceError(f"cannot read manifest {uri}: {e}") from e
     table = _parse_manifest(data, uri)
@@ -107,15 +115,18 @@ def _is_sidecar(uri: str, all_uris: set[str]) -> bool:
     return stem in all_uris or any(u.startswith(stem + ".") and u != uri for u in all_uris)
 
 
-def discover(storage: Storage, source: str) -> list[dict]:
+def discover(storage: Storage, source: str, limits: LimitsPolicy | None = None) -> list[dict]:
     """The input rows of a source, before any media is touched.
 
     Returns dicts with ``uri, license, title, description, source_id`` and, for manifest rows,
-    ``manifest_row``. Raises SourceError when the source does not exist or holds nothing.
+    ``manifest_row``; a file whose sidecar and root manifest claim different licences carries
+    ``license_claims`` (both), and one whose sidecar is unusable carries ``sidecar_error``.
+    Raises SourceError when the source does not exist or holds nothing.
     """
     source = str(source)
+    limits = limits or LimitsPolicy()
     if is_manifest(source) and not _is_dir(source):
-        rows = read_manifest(storage, source)
+        rows = read_manifest(storage, source, limits)
         if not rows:
             raise SourceError(f"manifest {source} has no rows")
         return rows
@@ -128,7 +139,7 @@ def discover(storage: Storage, source: str) -> list[dict]:
     root_manifest = next((join(source, n) for n in MANIFEST_NAMES if join(source, n) in names), None)
     by_uri: dict[str, dict] = {}
     if root_manifest:
-        for r in read_manifest(storage, root_manifest):
+        for r in read_manifest(storage, root_manifest, limits):
             by_uri[r["uri"]] = r
             by_uri.setdefault(basename(r["uri"]), r)
     rows = []
@@ -136,14 +147,16 @@ def discover(storage: Storage, source: str) -> list[dict]:
         name = basename(uri)
         if uri == root_manifest or name.startswith(".") or _is_sidecar(uri, names):
             continue
-        meta = _sidecar(storage, uri, names) or by_uri.get(uri) or by_uri.get(name) or {}
-        rows.append(
-            {
-                "uri": uri,
-                "license": _clean(meta.get("license")),
-                **{c: _clean(meta.get(c)) for c in OPTIONAL_COLUMNS},
-            }
-        )
+        sidecar = _sidecar(storage, uri, names, limits)
+        listed = by_uri.get(uri) or by_uri.get(name)
+        meta = sidecar or listed or {}
+        row = {"uri": uri, "license": _clean(meta.get("license")), **{c: _clean(meta.get(c)) for c in OPTIONAL_COLUMNS}}
+        if sidecar and sidecar.get("_sidecar_error"):
+            row["sidecar_error"] = sidecar["_sidecar_error"]
+        elif sidecar is not None and listed is not None:
+            # Both speak for the file: the licence decision must not depend on which one we read.
+            row["license_claims"] = [_clean(sidecar.get("license")), listed.get("license")]
+        rows.append(row)
     if not rows:
         raise SourceError(f"source holds no input files (only manifests or sidecars): {source}")
     return rows
@@ -153,45 +166,121 @@ def _is_dir(uri: str) -> bool:
     return not is_s3(uri) and Path(uri).is_dir()
 
 
-def _sidecar(storage: Storage, uri: str, names: set[str]) -> dict | None:
+def _sidecar(storage: Storage, uri: str, names: set[str], limits: LimitsPolicy) -> dict | None:
+    """The sidecar's metadata, or ``{"_sidecar_error": why}`` for one that cannot be trusted: too
+    large, not JSON, nested too deep, or with a non-text licence. Never raises for its content."""
     stem = uri.rsplit(".", 1)[0] if "." in basename(uri) else uri
     for cand in (uri + ".json", stem + ".json"):
         if cand in names and cand != uri:
+            name = basename(cand)
+            size = storage.size(cand)
+            if size > limits.max_sidecar_bytes:
+                return {"_sidecar_error": f"sidecar {name} is {size} bytes, over limits.max_sidecar_bytes={limits.max_sidecar_bytes}"}
             try:
                 meta = json.loads(storage.read_bytes(cand))
             except (json.JSONDecodeError, UnicodeDecodeError):
-                return {"license": None, "_sidecar_error": f"sidecar {basename(cand)} is not valid JSON"}
-            return meta if isinstance(meta, dict) else None
+                return {"_sidecar_error": f"sidecar {name} is not valid JSON"}
+            except RecursionError:
+                return {"_sidecar_error": f"sidecar {name} is nested deeper than limits.max_json_depth={limits.max_json_depth}"}
+            if not isinstance(meta, dict):
+                return {"_sidecar_error": f"sidecar {name} must hold a JSON object, got {type(meta).__name__}"}
+            if _json_depth(meta) > limits.max_json_depth:
+                return {"_sidecar_error": f"sidecar {name} is nested deeper than limits.max_json_depth={limits.max_json_depth}"}
+            for key in ("license", *OPTIONAL_COLUMNS):
+                if meta.get(key) is not None and not isinstance(meta[key], (str, int, float)):
+                    return {"_sidecar_error": f"sidecar {name}: {key} must be text, got {type(meta[key]).__name__}"}
+            return meta
     return None
 
 
+def _json_depth(value, limit: int = 10_000) -> int:
+    """Nesting depth of parsed JSON, iteratively (a hostile document must not overflow the stack)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        v, d = stack.pop()
+        deepest = max(deepest, d)
+        if deepest > limit:
+            break
+        if isinstance(v, dict):
+            stack.extend((x, d + 1) for x in v.values())
+        elif isinstance(v, list):
+            stack.extend((x, d + 1) for x in v)
+    return deepest
+
+
+def _claim(license_id: str | None) -> str:
+    """A licence claim as compared: SPDX ids case-insensitively, no licence as 'none'."""
+    return license_id.strip().lower() if license_id and license_id.strip() else "none"
+
+
+def _conflict(claims: list[str | None]) -> str | None:
+    shown: dict[str, str] = {}
+    for c in claims:
+        shown.setdefault(_claim(c), (c or "").strip() or "none")
+    if len(shown) < 2:
+        return None
+    return f"license: conflicting claims ({' vs '.join(shown[k] for k in sorted(shown))})"
+
+
+def check_uri(uri: str, allow: list[str]) -> str | None:
+    """Why ``uri`` may not be read, or None: only local paths and s3:// (ffmpeg would open any URL
+    it is given), and only under ``sources.allow`` when that is set (symlinks resolved)."""
+    scheme = uri.split("://", 1)[0].lower() if "://" in uri else ""
+    if scheme and scheme != "s3":
+        return f"source: {scheme}:// uris are not read (only local paths and s3://)"
+    if not allow:
+        return None
+    if is_s3(uri):
+        for root in allow:
+            if is_s3(root) and (uri == root.rstrip("/") or uri.startswith(root.rstrip("/") + "/")):
+                return None
+    else:
+        real = Path(uri).resolve()
+        for root in allow:
+            if not is_s3(root) and real.is_relative_to(Path(root).resolve()):
+                return None
+    return "source: outside the allowed roots (sources.allow)"
+
+
 def ingest_rows(storage: Storage, source: str, run_id: str, policy) -> list[dict]:
-    """Discovery + the license rule: one ledger-ready row per input.
+    """Discovery + the source and licence rules: one ledger-ready row per input.
 
     Licence is checked here, before any download or decode: media we may not use is never read.
+    A uri listed with more than one distinct licence claim is rejected on every row, whatever
+    the order of the rows; identical repeated rows are duplicates of the first.
     """
     from curation.filters import check_license
 
+    found = discover(storage, source, policy.limits)
+    claims: dict[str, list[str | None]] = {}
+    for r in found:
+        if r["uri"]:
+            claims.setdefault(r["uri"], []).extend(r.get("license_claims") or [r.get("license")])
     out: list[dict] = []
     seen: dict[str, int] = {}
-    for i, r in enumerate(discover(storage, source)):
+    for i, r in enumerate(found):
         uri = r["uri"]
         # Empty or repeated URIs still get their own ledger row, under an id made unique by position.
         item = video_id(uri) if uri and uri not in seen else video_id(f"{uri}#input{i}")
         status, reason = OK, None
         if not uri:
             status, reason = REJECTED, f"manifest row {r.get('manifest_row')}: empty uri"
+        elif conflict := _conflict(claims[uri]):
+            status, reason = REJECTED, conflict
         elif uri in seen:
             status, reason = REJECTED, f"duplicate uri: already listed as input #{seen[uri] + 1}"
-        else:
-            seen[uri] = i
-            reason = check_license(r.get("license"), policy)
-            if reason:
-                status = REJECTED
+        elif r.get("sidecar_error"):
+            status, reason = REJECTED, f"license: {r['sidecar_error']}"
+        elif why := check_uri(uri, policy.sources.allow):
+            status, reason = REJECTED, why
+        elif why := check_license(r.get("license"), policy):
+            status, reason = REJECTED, why
+        if uri:
+            seen.setdefault(uri, i)
         out.append(
             {
                 "run_id": run_id, "item_id": item, "kind": VIDEO, "parent_id": None,
-                "source_uri": uri, "stage": "ingest", "status": status, "reason": reason,
+                "source_uri": redact(uri), "stage": "ingest", "status": status, "reason": redact(reason),
                 "license": r.get("license"), "title": r.get("title"),
                 "description": r.get("description"), "source_id": r.get("source_id") or item,
             }

@@ -12,6 +12,7 @@ import io
 import uuid
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from curation.records import STAGE_SCHEMAS, to_table
@@ -38,7 +39,11 @@ class StageStore:
         if not tables:
             return schema.empty_table()
         table = pa.concat_tables(tables, promote_options="permissive")
-        return table
+        # Parts written before a column was added (an OUTPUT resumed by a newer version) lack it.
+        for f in schema:
+            if f.name not in table.column_names:
+                table = table.append_column(f, pa.nulls(table.num_rows, f.type))
+        return _superseded_dropped(table)
 
     def write_part(self, stage: str, rows: list[dict]) -> str | None:
         if not rows:
@@ -54,9 +59,61 @@ class StageStore:
         for uri in self.parts(stage):
             self.storage.delete(uri)
 
+    def drop_retryable(self, stage: str) -> int:
+        """Remove the rows of items that failed with a transient error, so the stage runs them
+        again (resume). Each affected part is rewritten without them, then deleted: a crash in
+        between leaves a kept row twice, which ``read`` collapses: nothing is lost or duplicated."""
+        dropped = 0
+        for uri in self.parts(stage):
+            t = pq.read_table(io.BytesIO(self.storage.read_bytes(uri)))
+            if "retryable" not in t.column_names:
+                continue
+            rows = t.to_pylist()
+            keep = [r for r in rows if not (r["status"] == "failed" and r.get("retryable"))]
+            if len(keep) == len(rows):
+                continue
+            self.write_part(stage, keep)
+            self.storage.delete(uri)
+            dropped += len(rows) - len(keep)
+        return dropped
+
     def done_inputs(self, stage: str, id_column: str) -> set[str]:
         t = self.read(stage)
         if t.num_rows == 0 or id_column not in t.column_names:
             return set()
         return {x for x in t.column(id_column).to_pylist() if x is not None}
 
+
+
+def _superseded_dropped(table: pa.Table) -> pa.Table:
+    """Rows of one item written more than once: a transient failure retried by a later run, or a
+    part rewritten by ``drop_retryable`` just before a crash. The retry's row supersedes the
+    retryable failure, and identical copies collapse; any other duplicate stays for the gate."""
+    if table.num_rows == 0 or "item_id" not in table.column_names:
+        return table
+    ids = table.column("item_id")
+    if pc.count_distinct(ids).as_py() == table.num_rows:
+        return table
+    rows = table.to_pylist()
+    by_id: dict[str, list[int]] = {}
+    for i, r in enumerate(rows):
+        by_id.setdefault(r["item_id"], []).append(i)
+    drop: set[int] = set()
+    for idx in by_id.values():
+        if len(idx) == 1:
+            continue
+        live = [i for i in idx if not (rows[i]["status"] == "failed" and rows[i].get("retryable"))]
+        if live:
+            drop.update(i for i in idx if i not in live)
+        else:
+            live = idx[-1:]
+            drop.update(idx[:-1])
+        seen: list[dict] = []
+        for i in live:
+            if rows[i] in seen:
+                drop.add(i)
+            else:
+                seen.append(rows[i])
+    if not drop:
+        return table
+    return table.take(pa.array([i for i in range(table.num_rows) if i not in drop], pa.int64()))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import pickle
 import tempfile
+import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,10 +19,11 @@ from typing import ClassVar
 
 import numpy as np
 
-from curation import clip_plan, extract, filters, probe, shots
+from curation import clip_plan, extract, filters, item_rules, probe, shots
+from curation.failures import ItemTimeout, deadline, is_transient, redact
 from curation.policy import Policy
 from curation.records import ANALYSIS_COLUMN, CLIP, FAILED, OK, REJECTED, SCORE_COLUMNS, clip_key
-from curation.storage import S3Config, Storage, join
+from curation.storage import S3Config, Storage, join, trim_cache
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,32 @@ class StageContext:
 
     def stage_uri(self, stage: str, *parts: str) -> str:
         return join(self.output, "_stages", stage, *parts)
+
+
+def guarded(stage: "Stage", row: dict, fn) -> list[dict]:
+    """Run ``fn(row)`` under ``limits.item_timeout_s``; retry transient errors with backoff; turn
+    what still fails into one ``failed`` row with ``retryable`` set. Worker caches are trimmed
+    after every item."""
+    policy = stage.ctx.policy
+    attempts = policy.runtime.item_retries + 1
+    try:
+        for attempt in range(attempts):
+            try:
+                with deadline(policy.limits.item_timeout_s, "item"):
+                    out = fn(row)
+                return out if isinstance(out, list) else [out]
+            except Exception as e:  # noqa: BLE001 - every error becomes the item's ledger reason
+                transient = is_transient(e)
+                if transient and attempt + 1 < attempts:
+                    time.sleep(policy.runtime.item_retry_backoff_s * 2 ** attempt)
+                    continue
+                why = str(e) if isinstance(e, ItemTimeout) else f"{type(e).__name__}: {e}"
+                if transient:
+                    why += f" (transient, after {attempts} attempts; a resume retries it)"
+                return [{**row, "status": FAILED, "reason": f"{stage.name}: {why}", "retryable": transient}]
+    finally:
+        trim_cache(stage.ctx.cache_dir, policy.limits.cache_max_bytes)
+    raise AssertionError("unreachable")
 
 
 class Stage(ABC):
@@ -66,11 +94,28 @@ class Stage(ABC):
         """Output rows for one input row."""
 
     def run_row(self, row: dict) -> list[dict]:
-        try:
-            out = self.process(row)
-        except Exception as e:  # one bad item never stops a stage: it becomes a failed row
-            out = [{**row, "status": FAILED, "reason": f"{self.name}: {type(e).__name__}: {e}"}]
-        return [{**r, "stage": self.name} for r in out]
+        """``process`` under the item's timeout, with transient errors retried; never raises.
+
+        One bad item never stops a stage: an exception becomes a ``failed`` row (``retryable``
+        when the error was of the moment), and a passed row that breaks a range its gate checks
+        is ``rejected`` here with the rule and the value (``item_rules``)."""
+        out = guarded(self, row, self.process)
+        policy = self.ctx.policy
+        rows = []
+        for r in out:
+            r = {**r, "stage": self.name}
+            if r.get("status") == OK:
+                r["retryable"] = None
+                why = item_rules.check_row(self.name, r, policy)
+                if why:
+                    r.update(status=REJECTED, reason=why)
+            elif r.get("status") == FAILED:
+                r["retryable"] = bool(r.get("retryable"))
+            else:
+                r["retryable"] = None
+            r["reason"] = redact(r.get("reason"))
+            rows.append(r)
+        return rows
 
 
 class ProbeStage(Stage):
@@ -78,17 +123,32 @@ class ProbeStage(Stage):
     input_stage = "ingest"
 
     def process(self, row: dict) -> list[dict]:
+        limits = self.ctx.policy.limits
+        storage = self.ctx.storage
+        uri = row["source_uri"]
         try:
-            local = self.ctx.storage.localize(row["source_uri"], self.ctx.cache_dir)
+            # Size first: a file over the limit is never downloaded or opened.
+            size = storage.size(uri)
         except FileNotFoundError:
-            return [{**row, "status": FAILED, "reason": "file not found"}]
-        except Exception as e:
-            return [{**row, "status": FAILED, "reason": f"cannot fetch source: {type(e).__name__}: {e}"}]
+            return [{**row, "status": FAILED, "reason": "probe: file not found", "retryable": False}]
+        except Exception as e:  # a missing S3 key is the item's fault; throttling is retried (run_row)
+            if is_transient(e):
+                raise
+            return [{**row, "status": FAILED, "reason": f"probe: cannot read source: {type(e).__name__}: {e}",
+                     "retryable": False}]
+        if size > limits.max_file_bytes:
+            return [{**row, "status": REJECTED, "size_bytes": size,
+                     "reason": f"probe: file_bytes={size} over limits.max_file_bytes={limits.max_file_bytes}"}]
+        local = storage.localize(uri, self.ctx.cache_dir)
         try:
-            p = probe.probe_file(local)
+            with deadline(limits.probe_timeout_s, "probe"):
+                p = probe.probe_file(local)
         except probe.ProbeError as e:
-            return [{**row, "status": e.status, "reason": e.reason}]
-        return [{**row, **p.__dict__, "status": OK, "reason": None}]
+            return [{**row, "status": e.status, "reason": f"probe: {e.reason}", "retryable": False}]
+        probed = {**row, **p.__dict__}
+        # The ranges the gates check first (fps, sides, duration), then the limits no column holds.
+        reason = item_rules.check_row(self.name, probed, self.ctx.policy) or filters.check_limits(probed, limits)
+        return [{**probed, "status": REJECTED if reason else OK, "reason": reason}]
 
 
 class FilterStage(Stage):
@@ -174,6 +234,7 @@ class ExtractStage(Stage):
                 local, row["start_s"], row["end_s"], tmp, key,
                 int(row["src_width"]), int(row["src_height"]), float(row["src_fps"]),
                 bool(row["has_audio"]), self.ctx.policy.output,
+                timeout_s=self.ctx.policy.limits.call_timeout_s,
             )
             clip_uri = self.ctx.stage_uri(self.name, "media", f"{key}.mp4")
             storage.upload_file(res.video_path, clip_uri)
@@ -293,11 +354,12 @@ class ScoreStage(Stage):
                 ANALYSIS_COLUMN: pickle.dumps(payload, protocol=5)}
 
     def run_analyze(self, row: dict) -> dict:
-        try:
-            return self.analyze(row)
-        except Exception as e:  # one bad clip never stops the stage: the model operator passes it on
-            return {**row, "stage": self.name, "status": FAILED, "reason": f"{self.name}: {type(e).__name__}: {e}",
-                    ANALYSIS_COLUMN: None}
+        """``analyze`` guarded like ``run_row``: a clip it cannot analyse is passed on failed (the
+        model operator records it as is)."""
+        out = guarded(self, row, self.analyze)[0]
+        if out.get("status") == FAILED:
+            return {**out, "stage": self.name, ANALYSIS_COLUMN: None}
+        return out
 
     # -- the model operator -------------------------------------------------------------------
     def process(self, row: dict) -> list[dict]:

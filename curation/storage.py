@@ -50,6 +50,9 @@ def basename(uri: str) -> str:
 class S3Config:
     endpoint_url: str | None = None
     region: str | None = None
+    # botocore's attempts per request (adaptive backoff on throttling). What still fails is the
+    # item's transient failure, retried by the item retries and then on resume.
+    max_attempts: int = 8
 
     @classmethod
     def from_env(cls) -> "S3Config":
@@ -57,6 +60,7 @@ class S3Config:
         return cls(
             endpoint_url=os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"),
             region=os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
+            max_attempts=int(os.environ.get("AWS_MAX_ATTEMPTS") or 8),
         )
 
 
@@ -69,7 +73,7 @@ def _client(cfg: S3Config):
         "s3",
         endpoint_url=cfg.endpoint_url,
         region_name=cfg.region,
-        config=Config(retries={"max_attempts": 8, "mode": "adaptive"}),
+        config=Config(retries={"max_attempts": cfg.max_attempts, "mode": "adaptive"}),
     )
 
 
@@ -170,10 +174,16 @@ class Storage:
         etag = self.client.head_object(Bucket=b, Key=k)["ETag"].strip('"')
         digest = hashlib.sha1(f"{uri}@{etag}".encode()).hexdigest()[:16]
         local = cache / f"{digest}-{basename(uri)}"
-        if not local.exists():
-            tmp = local.with_name(f".{local.name}.part-{os.getpid()}")
+        if local.exists():
+            os.utime(local)  # recently used: trim_cache evicts by access time
+            return local
+        tmp = local.with_name(f".{local.name}.part-{os.getpid()}")
+        try:
             self.client.download_file(b, k, str(tmp))
-            os.replace(tmp, local)
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # a cut download never becomes a cache entry
+            raise
+        os.replace(tmp, local)
         return local
 
 
@@ -188,3 +198,39 @@ def _atomic_write_local(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def trim_cache(cache_dir: str | Path | None, max_bytes: int) -> None:
+    """Keep a worker's download cache under ``max_bytes``: least recently used files go first,
+    and partial downloads of crashed workers (``.part-<pid>`` of a dead pid) go always."""
+    cache = Path(cache_dir) if cache_dir else None
+    if cache is None or not cache.is_dir():
+        return
+    files = []
+    for p in cache.iterdir():
+        try:
+            st = p.stat()
+        except FileNotFoundError:  # another worker evicted it
+            continue
+        if ".part-" in p.name:
+            pid = p.name.rsplit("-", 1)[-1]
+            if pid.isdigit() and not _pid_alive(int(pid)):
+                p.unlink(missing_ok=True)
+            continue
+        files.append((st.st_atime, st.st_size, p))
+    total = sum(size for _, size, _ in files)
+    for _, size, p in sorted(files, key=lambda f: f[0]):
+        if total <= max_bytes:
+            break
+        p.unlink(missing_ok=True)
+        total -= size
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

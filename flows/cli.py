@@ -58,7 +58,9 @@ def run_curate(source: str, output: str, policy: Optional[Path], ray_address: Op
     _quiet_env()
     from curation.dataset import OutputError
     from curation.gates import GateFailed
+    from curation.lease import LeaseHeld, LeaseLost
     from curation.policy import PolicyError, load_policy
+    from flows.cli_logging import run_log
     from curation import sources
     from curation.sources import SourceError
 
@@ -68,8 +70,8 @@ def run_curate(source: str, output: str, policy: Optional[Path], ray_address: Op
     source, output = expand_date(source), expand_date(output)
     _check_source(source)
     try:  # fail fast on bad configuration, before Prefect or Ray start
-        load_policy(policy)
-        sources.discover(Storage(), source)
+        limits = load_policy(policy).limits
+        sources.discover(Storage(), source, limits)
     except (PolicyError, SourceError) as e:
         console.print(f"[bold red]error:[/] {e}")
         return EXIT_USAGE
@@ -88,19 +90,21 @@ def run_curate(source: str, output: str, policy: Optional[Path], ray_address: Op
         progress.update(bars[stage], completed=done if total else 1, total=max(total, 1))
 
     curate_flow.set_progress_hook(hook)
-    try:
-        with progress:
-            result = curate_flow.curate(source=source, output=output,
-                                        policy_path=str(policy) if policy else None,
-                                        ray_address=ray_address, run_id=run_id)
-    except GateFailed as e:
-        console.print(f"[bold red]stopped by a data-quality gate[/]\n{e}")
-        return EXIT_GATE
-    except (PolicyError, SourceError, OutputError) as e:
-        console.print(f"[bold red]error:[/] {e}")
-        return EXIT_USAGE
-    finally:
-        curate_flow.set_progress_hook(None)
+    with run_log("curate") as log_path:
+        try:
+            with progress:
+                result = curate_flow.curate(source=source, output=output,
+                                            policy_path=str(policy) if policy else None,
+                                            ray_address=ray_address, run_id=run_id)
+        except GateFailed as e:
+            console.print(f"[bold red]stopped by a data-quality gate[/]\n{e}")
+            console.print(f"full log: {log_path}")
+            return EXIT_GATE
+        except (PolicyError, SourceError, OutputError, LeaseHeld, LeaseLost) as e:
+            console.print(f"[bold red]error:[/] {e}")
+            return EXIT_USAGE
+        finally:
+            curate_flow.set_progress_hook(None)
     print_result(result)
     return EXIT_OK
 
@@ -134,13 +138,18 @@ def _print_not_accepted(output: str, limit: int = 15) -> None:
 
     ledger = pq.read_table(io.BytesIO(Storage().read_bytes(join(output, "ledger.parquet")))).to_pylist()
     rows = [r for r in ledger if r["kind"] == "video" and r["status"] != "accepted"]
+    retry = sum(1 for r in ledger if r["status"] == "failed" and r.get("retryable"))
+    if retry:
+        out.print(f"[yellow]{retry} item(s) failed with a transient error[/] (throttling, a lost connection or "
+                  f"worker): rerun the same command to retry them")
     if not rows:
         return
     t = Table(title=f"inputs not accepted ({len(rows)})")
     for col in ("input", "status", "stage", "reason"):
         t.add_column(col)
     for r in rows[:limit]:
-        t.add_row(basename(r["source_uri"]) or "(empty uri)", r["status"], r["stage"], r["reason"] or "")
+        status = r["status"] + (" (retryable)" if r.get("retryable") else "")
+        t.add_row(basename(r["source_uri"]) or "(empty uri)", status, r["stage"], r["reason"] or "")
     out.print(t)
     if len(rows) > limit:
         out.print(f"... and {len(rows) - limit} more: see ledger.parquet")

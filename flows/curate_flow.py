@@ -21,6 +21,7 @@ from prefect.cache_policies import NO_CACHE
 
 from curation import gates, ledger, pipeline, sources
 from curation.dataset import OutputError, read_run_info, validate_output, write_run_info
+from curation.lease import LeaseHeld, LeaseLost, WriterLease
 from curation.policy import Policy, load_policy
 from curation.records import OK
 from curation.stage_store import StageStore
@@ -54,7 +55,7 @@ def _progress(stage: str) -> Callable[[int, int], None]:
 
 # -- transient errors are retried; data and gate errors are not ------------------------------------
 def _is_transient(exc: BaseException) -> bool:
-    if isinstance(exc, (gates.GateFailed, OutputError, sources.SourceError, ValueError)):
+    if isinstance(exc, (gates.GateFailed, OutputError, sources.SourceError, ValueError, LeaseHeld, LeaseLost)):
         return False
     if isinstance(exc, (ConnectionError, TimeoutError)):
         return True
@@ -180,7 +181,7 @@ def prepare_run(source: str, output: str, policy: Policy, run_id: str | None, st
         if not _same_policy(info["policy"], policy):
             raise OutputError(f"{output} was curated with a different policy; resume with the same policy or use a new OUTPUT")
         return run_id or info["run_id"]
-    run_id = run_id or time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+    run_id = run_id or new_run_id()
     write_run_info(store, run_id, policy, source)
     return run_id
 
@@ -198,10 +199,27 @@ def curate(
     ``policy_path`` is a YAML policy file; without one, the Movie Gen defaults apply. ``{date}`` in
     SOURCE or OUTPUT is replaced by the run's scheduled date (see ``expand_date``).
     """
-    logger = get_run_logger()
     source, output = expand_date(source), expand_date(output)
     policy = load_policy(policy_path)
     storage = Storage(S3Config.from_env())
+    # One live run per OUTPUT: a second one is refused (exit 2) naming the holder; the lease of a
+    # killed run is taken over once it expires (at once when its process is gone on this host).
+    info = read_run_info(storage, output)
+    run_id = run_id or (info["run_id"] if info else new_run_id())
+    lease = WriterLease(storage, output, run_id, ttl_s=policy.runtime.lease_ttl_s).acquire()
+    try:
+        return _curate(source, output, policy, run_id, storage, lease, ray_address)
+    finally:
+        lease.release()
+
+
+def new_run_id() -> str:
+    return time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+
+
+def _curate(source: str, output: str, policy: Policy, run_id: str, storage: Storage, lease: WriterLease,
+            ray_address: str | None) -> dict:
+    logger = get_run_logger()
     run_id = prepare_run(source, output, policy, run_id, storage)
     # Downloads of s3:// sources are cached per run and removed when the run finishes.
     cache_dir = Path(tempfile.gettempdir()) / "reelflow-cache" / run_id
@@ -216,8 +234,10 @@ def curate(
     timings["ingest"] = time.perf_counter() - t0
     gate_task("ingest", None, "item_id", ctx, expected=inputs)
     for stage_cls in pipeline.STAGES:
+        lease.check()  # another run took this OUTPUT over (our lease expired): stop writing
         timings[stage_cls.name] = stage_task.with_options(retries=retries)(stage_cls.name, ctx)["seconds"]
         gate_task(stage_cls.name, stage_cls.input_stage, stage_cls.input_id_column, ctx)
+    lease.check()
     timings["shard"] = shard_task.with_options(retries=retries)(ctx)["seconds"]
     gate_task("shard", pipeline.SHARD_INPUT, "item_id", ctx)
     summary = outputs_task(ctx)

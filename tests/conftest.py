@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -27,6 +28,8 @@ os.environ.update(
     }
 )
 os.environ.pop("AWS_ENDPOINT_URL", None)
+# CLI runs write their log files here, not under the user's home.
+os.environ.setdefault("REELFLOW_LOG_DIR", str(Path(tempfile.gettempdir()) / "reelflow-test-logs"))
 os.environ.pop("RAY_ADDRESS", None)
 os.environ.pop("PREFECT_API_URL", None)
 

@@ -35,7 +35,8 @@ def test_unknown_key_is_an_error(tmp_path):
         ({"clips": {"min_seconds": 10, "max_seconds": 5}}, "max_seconds"),
         ({"clips": {"min_seconds": -1}}, "clips.min_seconds"),
         ({"buckets": {"duration_edges_s": [4, 3]}}, "strictly increasing"),
-        ({"clips": {"min_seconds": 1}}, "inside the duration buckets"),
+        ({"clips": {"min_seconds": 1}, "buckets": {"duration_edges_s": [4, 8, 16]}}, "inside the duration buckets"),
+        ({"limits": {"min_fps": 30, "max_fps": 24}}, "limits.max_fps"),
         ({"shots": {"detector": "magic"}}, "shots.detector"),
     ],
 )
@@ -63,3 +64,18 @@ def test_partial_blocks_keep_the_defaults_they_do_not_name():
     assert p.clips.min_seconds == 4.0 and p.clips.max_seconds == 12
     with pytest.raises(PolicyError, match="scoring.text.maximum: unknown key"):
         policy_from_dict({"scoring": {"text": {"maximum": 1}}})
+
+
+def test_derived_defaults_follow_the_clip_range():
+    """Changing the clip range alone is a valid policy: bucket edges and the shortest source follow."""
+    p = policy_from_dict({"clips": {"min_seconds": 2}})
+    assert p.buckets.duration_edges_s == [2.0, 4.0, 6.0, 8.0, 10.0, 12.0, 16.0]
+    assert p.video.min_duration_s == 2.0
+    p = policy_from_dict({"clips": {"min_seconds": 5, "max_seconds": 9}})
+    assert p.buckets.duration_edges_s == [5.0, 6.0, 8.0, 9.0]
+    assert Policy().buckets.duration_edges_s == [4.0, 6.0, 8.0, 10.0, 12.0, 16.0]
+    # Explicit settings win over derivation.
+    p = policy_from_dict({"clips": {"min_seconds": 2}, "video": {"min_duration_s": 10}})
+    assert p.video.min_duration_s == 10
+    # A stored (fully explicit) policy reads back equal, so a resume compares like with like.
+    assert Policy.model_validate(p.model_dump(mode="json")) == p

@@ -13,6 +13,8 @@ from pathlib import Path
 import av
 import numpy as np
 
+from curation.safe_open import open_media
+
 
 @dataclass
 class AnalysisClip:
@@ -52,7 +54,7 @@ def decode_for_analysis(
     frame) and scaled so the short side is at most ``short_side``; audio as 16 kHz mono, from
     ``audio_path`` when the audio lives in its own file (extracted clips keep it as FLAC)."""
     frames: list[np.ndarray] = []
-    with av.open(str(path)) as c:
+    with open_media(path) as c:
         vs = c.streams.video[0]
         vs.thread_type = "AUTO"
         if end_s is None:
@@ -82,7 +84,7 @@ def decode_for_analysis(
 
 
 def _decode_audio(path: str | Path, start_s: float, end_s: float, rate: int) -> tuple[np.ndarray | None, int | None]:
-    with av.open(str(path)) as c:
+    with open_media(path) as c:
         if not c.streams.audio:
             return None, None
         a = c.streams.audio[0]
