@@ -107,7 +107,10 @@ def _alarm_free() -> bool:
 def _alarm(seconds: float, what: str) -> Iterator[None]:
     global _alarm_depth
 
+    fired = [False]
+
     def on_alarm(signum, frame):
+        fired[0] = True  # remembered: a library may wrap the exception in its own
         raise ItemTimeout(seconds, what)
 
     previous = signal.signal(signal.SIGALRM, on_alarm)
@@ -115,6 +118,14 @@ def _alarm(seconds: float, what: str) -> Iterator[None]:
     signal.setitimer(signal.ITIMER_REAL, seconds)
     try:
         yield
+    except ItemTimeout:
+        raise
+    except BaseException:
+        # A library caught our exception and raised its own (onnxruntime wraps it in its error):
+        # the cause is still the timeout.
+        if fired[0]:
+            raise ItemTimeout(seconds, what) from None
+        raise
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
@@ -144,6 +155,10 @@ def _watchdog(seconds: float, what: str) -> Iterator[None]:
         yield
     except _AsyncTimeout:
         raise ItemTimeout(seconds, what) from None
+    except BaseException:
+        if state["fired"]:  # wrapped by a library (onnxruntime re-raises its own error type)
+            raise ItemTimeout(seconds, what) from None
+        raise
     finally:
         with lock:
             state["done"] = True
@@ -159,6 +174,17 @@ _PATTERNS = [
     re.compile(r"(?i)(X-Amz-(?:Signature|Credential|Security-Token)=)[^&\s'\"]+"),  # presigned URLs
     re.compile(r"(?i)(aws_secret_access_key|aws_session_token)(\s*[=:]\s*)\S+"),
 ]
+
+
+def describe(exc: BaseException, limit: int = 400) -> str:
+    """One line for a ledger reason: the exception type and its message's telling line (a
+    wrapped traceback's last line, not its first), capped."""
+    if isinstance(exc, ItemTimeout):
+        return str(exc)
+    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+    text = (lines[-1] if lines and lines[0].startswith("Traceback") else lines[0]) if lines else ""
+    out = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return out if len(out) <= limit else out[: limit - 3] + "..."
 
 
 def redact(text: str | None) -> str | None:

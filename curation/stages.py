@@ -20,7 +20,7 @@ from typing import ClassVar
 import numpy as np
 
 from curation import clip_plan, extract, filters, item_rules, probe, shots
-from curation.failures import ItemTimeout, deadline, is_transient, redact
+from curation.failures import deadline, describe, is_transient, redact
 from curation.policy import Policy
 from curation.records import ANALYSIS_COLUMN, CLIP, FAILED, OK, REJECTED, SCORE_COLUMNS, clip_key
 from curation.storage import S3Config, Storage, join, trim_cache
@@ -61,7 +61,7 @@ def guarded(stage: "Stage", row: dict, fn) -> list[dict]:
                 if transient and attempt + 1 < attempts:
                     time.sleep(policy.runtime.item_retry_backoff_s * 2 ** attempt)
                     continue
-                why = str(e) if isinstance(e, ItemTimeout) else f"{type(e).__name__}: {e}"
+                why = describe(e)
                 if transient:
                     why += f" (transient, after {attempts} attempts; a resume retries it)"
                 return [{**row, "status": FAILED, "reason": f"{stage.name}: {why}", "retryable": transient}]

@@ -1,4 +1,4 @@
-"""The ``reelflow`` command line: curate, validate, demo, train, generate, serve.
+"""The ``reelflow`` command line: curate, validate, demo, train, eval, generate, serve.
 
 Exit codes: 0 done (rejected or failed items are normal outcomes, see the ledger), 1 anything
 unexpected, 2 bad usage or configuration, 3 a data-quality gate stopped the run.
@@ -208,7 +208,28 @@ def demo(
         from flows.cli_train import run_train
 
         code = run_train(str(output / "dataset"), str(output / "train"), "tiny")
+        if code == EXIT_OK:
+            _demo_sample_and_eval(output)
     raise typer.Exit(code)
+
+
+def _demo_sample_and_eval(output: Path) -> None:
+    """The demo ends with what the trained model makes: a sample mp4 for a shapes prompt, and the
+    shapes probe evaluated on the final model (what each sample shows, measured)."""
+    from flows.cli_eval import print_summary
+    from training.checkpoint import load_checkpoint
+    from training.eval import evaluate, probe_prompts
+    from training.generate import generate
+
+    models = load_checkpoint(output / "train" / "model.pt")
+    prompt = probe_prompts()[0].prompt
+    sample = generate(models, prompt, output / "sample.mp4", seed=0)
+    out.print(f"sample:  {sample.path}  ({sample.num_frames} frames {sample.width}x{sample.height}"
+              f"{', with audio' if sample.has_audio else ''}): {prompt}")
+    console.print("evaluating the final model on the shapes probe ...")
+    result = evaluate(models, probe_prompts(), seeds=1, out_dir=output / "eval")
+    print_summary(result.summary, len(result.rows))
+    out.print(f"eval:    {result.files['contact_sheet']}  ({result.files['metrics']})")
 
 
 def _add_synthetic_shapes(manifest: Path, num_clips: int = 12) -> None:
@@ -226,10 +247,12 @@ def _add_synthetic_shapes(manifest: Path, num_clips: int = 12) -> None:
         csv.DictWriter(f, fieldnames=list(rows[0])).writerows(rows)
 
 
+from flows.cli_eval import eval_command  # noqa: E402
 from flows.cli_generate import generate_command  # noqa: E402  (imports torch lazily)
 from flows.cli_serve import serve_command  # noqa: E402
 from flows.cli_train import train_command  # noqa: E402
 
+app.command("eval")(eval_command)
 app.command("generate")(generate_command)
 app.command("serve")(serve_command)
 app.command("train")(train_command)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import typer
 from rich.console import Console
@@ -16,7 +17,8 @@ def generate_command(
     checkpoint: Path = typer.Argument(..., help="Generation checkpoint (.pt) written by training."),
     prompt: str = typer.Option(..., "--prompt", help="Text prompt; quote words that must appear on screen."),
     out: Path = typer.Option(..., "--out", help="Output .mp4 path."),
-    seconds: float = typer.Option(2.0, "--seconds", min=0.05, help="Video length in seconds."),
+    seconds: Optional[float] = typer.Option(None, "--seconds", min=0.05,
+                                            help="Video length in seconds (default: what the checkpoint was trained on, else 2 s)."),
     seed: int = typer.Option(0, "--seed", help="Random seed (same seed, same video)."),
     steps: int | None = typer.Option(None, "--steps", min=1, help="Sampler steps (default: the model's)."),
 ) -> None:

@@ -121,9 +121,44 @@ def gate_stage_task(schedule: Schedule, index: int, output: str) -> int:
     return len(rows)
 
 
+@task(name="eval-stage", task_run_name="eval-{index}", cache_policy=NO_CACHE)
+def eval_stage_task(schedule: Schedule, index: int, output: str) -> dict:
+    """Sample the stage's model on the schedule's prompt set and measure the samples; then the
+    stage's learning gate. A finished evaluation (summary.json) is reused on a rerun."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from training.eval import evaluate_stage
+    from training.loop import MODEL_FILE
+    from training.trainer import stage_dir
+
+    storage = Storage(S3Config.from_env())
+    stage = schedule.stages[index]
+    eval_dir = join(stage_dir(output, schedule, index), "eval")
+    summary_uri = join(eval_dir, "summary.json")
+    if storage.exists(summary_uri):
+        summary = json.loads(storage.read_bytes(summary_uri))
+    else:
+        with tempfile.TemporaryDirectory(prefix="reelflow-eval-") as tmp:
+            model = storage.localize(join(stage_dir(output, schedule, index), MODEL_FILE), tmp)
+            local = Path(tmp) / "eval"
+            summary = evaluate_stage(model, stage.model, schedule.eval, local)
+            for f in sorted(local.rglob("*")):  # summary.json last: it marks the evaluation done
+                if f.is_file() and f.name != "summary.json":
+                    storage.upload_file(f, join(eval_dir, str(f.relative_to(local))))
+            storage.upload_file(local / "summary.json", summary_uri)
+            shutil.rmtree(local, ignore_errors=True)
+    shown = ", ".join(f"{k} {v:.3g}" for k, v in summary.items() if v is not None)
+    get_run_logger().info("eval %s: %s", stage.name, shown)
+    gates.check_learning(summary, stage)
+    return summary
+
+
 @task(name="finish", task_run_name="finish", cache_policy=NO_CACHE)
-def finish_task(schedule: Schedule, output: str, outcomes: list[dict]) -> dict:
-    """OUTPUT/model.pt, OUTPUT/metrics.parquet and OUTPUT/report.html."""
+def finish_task(schedule: Schedule, output: str, outcomes: list[dict], evals: list[dict] | None = None) -> dict:
+    """OUTPUT/model.pt, OUTPUT/metrics.parquet (training rows, then one ``split: eval`` row per
+    evaluated stage with its ``eval_*`` metrics) and OUTPUT/report.html."""
     from training.report import write_training_report
     from training.trainer import copy_final, stage_metrics
 
@@ -132,11 +167,14 @@ def finish_task(schedule: Schedule, output: str, outcomes: list[dict]) -> dict:
     rows = []
     for i in range(len(schedule.stages)):
         rows += [{**r, "stage_index": i} for r in stage_metrics(storage, output, schedule, i)]
-    frame = pd.DataFrame(rows)
+    eval_rows = [{"stage": schedule.stages[i].name, "stage_index": i, "split": "eval",
+                  "step": schedule.stages[i].iterations, **{f"eval_{k}": v for k, v in summary.items()}}
+                 for i, summary in enumerate(evals or []) if summary]
+    frame = pd.DataFrame(rows + eval_rows)
     buf = io.BytesIO()
     pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), buf)
     storage.write_bytes(join(output, "metrics.parquet"), buf.getvalue())
-    report = write_training_report(storage, output, schedule, outcomes, rows)
+    report = write_training_report(storage, output, schedule, outcomes, rows, evals=evals)
     return {"model": model, "metrics": join(output, "metrics.parquet"), "report": report}
 
 
@@ -164,20 +202,25 @@ def train(
     ensure_ray(ray_address)
     logger.info("train %s on %s -> %s (%d stages)", schedule, shards, output, len(plan.stages))
     data = gate_shards_task(shards, plan)
-    outcomes = []
+    outcomes, evals = [], []
     for i in range(len(plan.stages)):
         outcomes.append(stage_task(plan, i, shards, output))
         gate_stage_task(plan, i, output)
-    result = finish_task(plan, output, outcomes)
+        # Every stage's model is sampled and measured; its `expect:` is the learning gate.
+        evals.append(eval_stage_task(plan, i, output) if plan.eval.enabled else {})
+    result = finish_task(plan, output, outcomes, evals)
 
     table = [{"stage": o["name"], "model": o["model"], "steps": o["steps"], "seconds": round(o["seconds"], 1),
               "final_loss": _r(o["final_loss"]), **{k: _r(v) for k, v in o["val"].items()},
               "samples_per_s": _r(o["samples_per_s"]), "resumed": o["resumed"], "skipped": o["skipped"]}
              for o in outcomes]
+    create_table_artifact(key="train-eval", table=[{"stage": o["name"], **{k: _r(v) for k, v in e.items()}}
+                                                   for o, e in zip(outcomes, evals)],
+                          description=f"What each stage's model generates, measured (training/eval.py), in {output}")
     create_table_artifact(key="train-stages", table=table, description=f"Stages of the training run in {output}")
     create_markdown_artifact(key="train-summary", markdown=summary_markdown(schedule, shards, output, table, result),
                              description=f"Training run in {output}")
-    return {**result, "stages": outcomes, "output": output, "shards": shards, "data": data}
+    return {**result, "stages": outcomes, "evals": evals, "output": output, "shards": shards, "data": data}
 
 
 def _r(v: float | None) -> float | None:

@@ -22,6 +22,9 @@ class SampleConfig:
     height: int = 768  # Movie Gen's 768 px stage (1080p comes from a separate upsampler)
     width: int = 768
     fps: int = 16  # Movie Gen trains at >= 16 fps
+    # Frames per clip the video model was trained on (a stage checkpoint records its own); None:
+    # generation takes its length from the caller.
+    frames: int | None = None
 
 
 @dataclass
@@ -59,10 +62,17 @@ class ModelConfig:
         )
 
 
+# TAE training settings under which small objects on flat backgrounds survive reconstruction
+# (models/tae.py explains each; measured on the synthetic shapes: with Movie Gen's 1e5 outlier
+# weight and unit initial posterior noise the TAE decodes every object as background).
+SMALL_OBJECT_TAE = dict(outlier_weight=1.0, mse_weight=1.0, logvar_init=-8.0)
+
+
 def tiny(with_audio: bool = True) -> ModelConfig:
     """Trains on 2 CPU cores in minutes: 64x64 px, 8 fps, 4x TAE compression, 2-layer transformers."""
     tae = TAEConfig(latent_channels=8, base_channels=16, channel_mults=(1, 2, 2), num_res_blocks=1,
-                    temporal_downsamples=2, attention=False, tile_latents=4, decode_overlap_latents=2)
+                    temporal_downsamples=2, attention=False, tile_latents=4, decode_overlap_latents=2,
+                    **SMALL_OBJECT_TAE)
     text = TextEncoderConfig(backbone="minilm", out_dim=64, char_encoder=True, char_dim=32, char_layers=1,
                              char_heads=2, max_length=48, char_max_length=32)
     video = VideoTransformerConfig(latent_channels=8, dim=64, n_layers=2, n_heads=4, ffn_dim=172,
@@ -81,7 +91,7 @@ def tiny(with_audio: bool = True) -> ModelConfig:
 def small(with_audio: bool = True) -> ModelConfig:
     """A single-GPU research size: 256 px, 16 fps, 8x TAE, ~54M-parameter video transformer."""
     tae = TAEConfig(latent_channels=16, base_channels=64, channel_mults=(1, 2, 4, 4), num_res_blocks=1,
-                    temporal_downsamples=3, attention=True)
+                    temporal_downsamples=3, attention=True, **SMALL_OBJECT_TAE)
     text = TextEncoderConfig(backbone="minilm", out_dim=384, char_encoder=True)
     video = VideoTransformerConfig(latent_channels=16, dim=512, n_layers=12, n_heads=8, ffn_dim=1408,
                                    text_dim=text.out_dim, max_frames=32, max_height=16, max_width=16)

@@ -35,6 +35,18 @@ class TAEConfig:
     attention: bool = True  # spatial + temporal attention in the bottleneck
     causal: bool = True
     outlier_r: float = 3.0  # outlier penalty threshold in standard deviations (Movie Gen)
+    # Movie Gen gives the outlier penalty a "large" weight. On footage where the subject is a small
+    # object over a flat background (the synthetic shapes) the object's latents *are* the >3σ
+    # outliers, and at 1e5 the penalty erases them: the TAE learns to return background
+    # (measured: a red circle decoded as black). The small configs use a weight of 1.
+    outlier_weight: float = 1e5
+    # L2 added to the L1 reconstruction: L1's gradient is the same for a pixel off by 0.05 or by
+    # 1.5, so a rare bright object is no louder than the background; L2 makes large errors count.
+    mse_weight: float = 0.0
+    # Initial log-variance of the posterior. At 0 the reparameterised sample adds unit noise to
+    # latents whose means start near 0, drowning the signal until the encoder learns to shrink
+    # it (slow under a tiny KL weight); starting small lets reconstruction learn from step one.
+    logvar_init: float = 0.0
     tile_latents: int = 4  # 4 latents = 32 frames at 8x (Movie Gen's 32-frame tiles)
     decode_overlap_latents: int = 2  # 16 frames at 8x (Movie Gen)
     encode_overlap_latents: int = 1  # causal tiles need one latent of overlap to cover every frame
@@ -199,6 +211,8 @@ class Encoder(nn.Module):
         self.mid = nn.Sequential(*mid)
         self.norm_out = FrameGroupNorm(_num_groups(cin), cin)
         self.conv_out = Conv25d(cin, 2 * cfg.latent_channels, causal=cfg.causal)
+        with torch.no_grad():  # the log-variance half starts at logvar_init (the temporal conv is the identity)
+            self.conv_out.spatial.bias[cfg.latent_channels:] = cfg.logvar_init
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.mid(self.down(self.conv_in(x)))
@@ -365,10 +379,14 @@ def kl_loss(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
 
 
 def tae_loss(x: torch.Tensor, recon: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor,
-             cfg: TAEConfig, kl_weight: float = 1e-6, outlier_weight: float = 1e5) -> dict[str, torch.Tensor]:
-    """Reconstruction (L1) + KL + outlier penalty. The outlier weight is "large" as in Movie Gen.
-    Perceptual and adversarial terms need pretrained networks and belong to the training loop."""
+             cfg: TAEConfig, kl_weight: float = 1e-6, outlier_weight: float | None = None) -> dict[str, torch.Tensor]:
+    """Reconstruction (L1, + L2 with ``cfg.mse_weight``) + KL + outlier penalty (``cfg.outlier_weight``;
+    "large" in Movie Gen). Perceptual and adversarial terms need pretrained networks and belong to
+    the training loop."""
+    outlier_weight = cfg.outlier_weight if outlier_weight is None else outlier_weight
     rec = (x - recon).abs().mean()
+    if cfg.mse_weight:
+        rec = rec + cfg.mse_weight * (x - recon).pow(2).mean()
     kl = kl_loss(mean, logvar)
     opl = outlier_penalty_loss(mean, cfg.outlier_r)
     return {"loss": rec + kl_weight * kl + outlier_weight * opl, "recon": rec, "kl": kl, "outlier": opl}

@@ -196,7 +196,7 @@ def huge_dimensions_video(path: str | Path, width: int = 16400, height: int = 16
 
 
 def slow_decode_video(path: str | Path, size: tuple[int, int] = (2560, 1440), frames: int = 150,
-                      fps: int = 24, distinct: int = 6) -> Path:
+                      fps: int = 24, distinct: int = 6, coder: str = "1") -> Path:
     """An FFV1 (range coder) Matroska video that is cheap to make and to probe but slow to decode
     in full: ~38 ms a frame single-threaded on the idle 2-core dev machine, so ~5.7 s for the
     default 150 frames (6-11 s under load), ~0.05 s to open and decode the first frame, ~8.5 MB,
@@ -211,7 +211,9 @@ def slow_decode_video(path: str | Path, size: tuple[int, int] = (2560, 1440), fr
     with av.open(str(path), "w", format="matroska") as c:
         s = c.add_stream("ffv1", rate=fps)
         s.width, s.height, s.pix_fmt = w, h, "yuv420p"
-        s.options = {"coder": "1"}  # range coder: no run mode, every sample costs a decode step
+        # coder 1 (range coder): no run mode, every sample costs a decode step; coder 0 (Golomb)
+        # has run mode: flat frames are tiny (~3 KB at 4K) yet still decode pixel by pixel.
+        s.options = {"coder": coder}
         packets: list[bytes] = []
         for i in range(distinct):
             f = av.VideoFrame(w, h, "yuv420p")

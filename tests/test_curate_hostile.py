@@ -79,7 +79,9 @@ def hostile(media, tmp_path_factory) -> dict:
         "wide16400.mkv": hm.huge_dimensions_video(src / "wide16400.mkv"),
         "pixels.mkv": hm.huge_dimensions_video(src / "pixels.mkv", width=4000, height=4000, frames=2),
         "frames.mp4": hm.high_fps_video(src / "frames.mp4", fps=200, seconds=20.0, size=(64, 36)),
-        "spins.mkv": hm.slow_decode_video(src / "spins.mkv", frames=600),
+        # 4K frames that take ~25-40 ms each to decode: ~45+ s for the whole file, far past the
+        # item timeout below, while every ordinary item's stage takes a few seconds.
+        "spins.mkv": hm.slow_decode_video(src / "spins.mkv", size=(3840, 2160), frames=1800, coder="0"),
         "playlist.m3u8": hm.hls_playlist(src / "playlist.m3u8", good),
         "truncated.mp4": hm.truncated_copy(good, src / "truncated.mp4"),
     }
@@ -96,8 +98,8 @@ def hostile(media, tmp_path_factory) -> dict:
         (f"http://reelflow:{PASSWORD}@127.0.0.1:9/remote.mp4", "CC0-1.0"),
     ]
     manifest = _write_manifest(root / "manifest.csv", rows)
-    policy = _policy(root, limits={"max_pixels": 2560 * 1440, "max_frames": 3000, "max_file_bytes": 48 << 20,
-                                   "item_timeout_s": 10.0},
+    policy = _policy(root, limits={"max_pixels": 3840 * 2160, "max_frames": 3000, "max_file_bytes": 48 << 20,
+                                   "item_timeout_s": 25.0},
                      sources={"allow": [str(src)]})
     return {"manifest": manifest, "policy": policy, "root": root}
 
@@ -114,10 +116,10 @@ def curated(engines, hostile, tmp_path_factory) -> Path:
     ("fps2000.mp4", "rejected", "probe: fps=2000 outside 1–240"),
     ("rotated45.mp4", "rejected", "probe: rotation=45° is not a multiple of 90°"),
     ("wide16400.mkv", "rejected", "probe: width=16400 outside 1–16384"),
-    ("pixels.mkv", "rejected", "probe: pixels=4000x4000=16000000 over limits.max_pixels=3686400"),
+    ("pixels.mkv", "rejected", "probe: pixels=4000x4000=16000000 over limits.max_pixels=8294400"),
     ("frames.mp4", "rejected", "probe: frames~4000 over limits.max_frames=3000"),
     ("big.mp4", "rejected", "over limits.max_file_bytes=50331648"),
-    ("spins.mkv", "failed", "shots: timeout after 10 s"),
+    ("spins.mkv", "failed", "shots: timeout after 25 s"),
     ("playlist.m3u8", "rejected", "probe: an HLS playlist, not a media file"),
     ("truncated.mp4", "failed", "probe: "),
     ("bikes.mp4", "rejected", "source: outside the allowed roots (sources.allow)"),

@@ -11,7 +11,7 @@ import time
 import botocore.exceptions as be
 import pytest
 
-from curation.failures import ItemTimeout, deadline, is_transient, redact
+from curation.failures import ItemTimeout, deadline, describe, is_transient, redact
 from curation.policy import Policy, policy_from_dict
 from curation.sources import SourceError, discover, ingest_rows
 from curation.storage import Storage
@@ -197,6 +197,40 @@ def test_deadline_stops_a_spinning_loop_in_another_thread():
     assert out == {"error": "timeout after 0.3 s (actor)", "after": "clean"}
 
 
+def _library_that_wraps_errors() -> None:
+    """Like onnxruntime: catches whatever is raised inside it and raises its own error type."""
+    try:
+        _spin(30)
+    except BaseException as e:
+        raise RuntimeError(f"Traceback (most recent call last):\n  File 'x.py'\n{type(e).__name__}: {e}") from None
+
+
+def test_a_timeout_wrapped_by_a_library_is_still_a_timeout():
+    with pytest.raises(ItemTimeout, match="timeout after 0.3 s"):
+        with deadline(0.3, "ocr"):
+            _library_that_wraps_errors()
+    out: dict = {}
+
+    def work() -> None:
+        try:
+            with deadline(0.3, "ocr"):
+                _library_that_wraps_errors()
+        except ItemTimeout as e:
+            out["error"] = str(e)
+
+    t = threading.Thread(target=work)
+    t.start()
+    t.join(20)
+    assert out == {"error": "timeout after 0.3 s (ocr)"}
+
+
+def test_describe_gives_one_telling_line():
+    wrapped = RuntimeError("Traceback (most recent call last):\n  File 'a.py', line 1\nValueError: bad frame")
+    assert describe(wrapped) == "RuntimeError: ValueError: bad frame"
+    assert describe(ValueError("x" * 1000)).endswith("...") and len(describe(ValueError("x" * 1000))) == 400
+    assert describe(ItemTimeout(3, "probe")) == "timeout after 3 s (probe)"
+
+
 def test_redact_removes_credentials(monkeypatch):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wJalrXUtnFEMIK7MDENGbPxRfiCYEXAMPLEKEY")
     text = ("GET https://b.s3.amazonaws.com/k?X-Amz-Credential=AKIAX%2F2026&X-Amz-Signature=abcdef0123 failed; "
@@ -205,3 +239,16 @@ def test_redact_removes_credentials(monkeypatch):
     for secret in ("abcdef0123", "AKIAX", "pa55word", "wJalrXUtnFEMIK7MDENGbPxRfiCYEXAMPLEKEY", "zzz"):
         assert secret not in out
     assert "rtmp://***@10.0.0.1/live" in out and redact(None) is None
+
+
+def test_credentials_never_travel_in_a_ray_runtime_env(monkeypatch):
+    """Training workers get a runtime_env (stored by the cluster, shown by its dashboard): no keys."""
+    from training.schedule import load_schedule
+    from training.trainer import _worker_env
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAEXAMPLEKEYID0000")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret-value-that-must-stay-home")
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "session-token-that-must-stay-home")
+    env = _worker_env(load_schedule("tiny"))
+    assert not {k for k in env if k.startswith("AWS_") and ("KEY" in k or "TOKEN" in k or "SECRET" in k)}
+    assert not {v for v in env.values() if "must-stay-home" in v or v.startswith("AKIA")}

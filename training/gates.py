@@ -6,6 +6,8 @@
 - `check_stage_metrics`: after a stage, its metric rows must be complete and sane: every step
   logged once and in order up to `iterations`, finite non-negative losses, a positive learning
   rate, and a validation loss at the end when the schedule holds clips out.
+- `check_learning`: after a stage's evaluation, the metrics its `expect:` declares (a learning
+  gate: a gate on what the stage produced, not only on how training went).
 """
 
 from __future__ import annotations
@@ -88,3 +90,23 @@ def check_stage_metrics(rows: list[dict], stage: StageSpec, expect_val: bool) ->
 
 def _stage(schedule: Schedule, name: str) -> StageSpec:
     return next(s for s in schedule.stages if s.name == name)
+
+
+def check_learning(summary: dict, stage: StageSpec) -> None:
+    """The learning gate: the stage's evaluation must reach what the stage declares in ``expect``.
+    Raises GateFailed naming each metric that missed and by how much."""
+    failures = []
+    for metric, bound in stage.expect.items():
+        value = summary.get(metric)
+        if value is None:
+            failures.append(FailedExpectation("expect_metric_to_be_measured", {"metric": metric}, [],
+                                              "the evaluation did not measure it (no sample showed what it needs)"))
+            continue
+        if bound.min is not None and value < bound.min:
+            failures.append(FailedExpectation("expect_metric_at_least", {"metric": metric, "min": bound.min}, [],
+                                              f"measured {value:.4g}: missed by {bound.min - value:.4g}"))
+        if bound.max is not None and value > bound.max:
+            failures.append(FailedExpectation("expect_metric_at_most", {"metric": metric, "max": bound.max}, [],
+                                              f"measured {value:.4g}: over by {value - bound.max:.4g}"))
+    if failures:
+        raise GateFailed(f"learn-{stage.name}", failures, 1)

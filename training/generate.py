@@ -49,7 +49,7 @@ def generate(
     checkpoint: str | Path | GenerationModels,
     prompt: str,
     out: str | Path,
-    seconds: float = 2.0,
+    seconds: float | None = None,
     seed: int = 0,
     steps: int | None = None,
     guidance_scale: float | None = None,
@@ -58,7 +58,7 @@ def generate(
     models = checkpoint if isinstance(checkpoint, GenerationModels) else load_checkpoint(checkpoint)
     models.eval()
     cfg = models.config
-    if seconds <= 0:
+    if seconds is not None and seconds <= 0:
         raise ValueError("seconds must be positive")
     report = progress or (lambda stage, done, total: None)
     gen = torch.Generator().manual_seed(seed)
@@ -67,7 +67,12 @@ def generate(
     # --- video latents ---
     r, s = cfg.tae.temporal_compression, cfg.tae.spatial_compression
     fps, height, width = cfg.sample.fps, cfg.sample.height, cfg.sample.width
-    frames = num_video_frames(seconds, fps, r)
+    # By default the length the model was trained on (a stage checkpoint records it), else 2 s.
+    if seconds is None:
+        frames = cfg.sample.frames or num_video_frames(2.0, fps, r)
+        seconds = frames / fps
+    else:
+        frames = num_video_frames(seconds, fps, r)
     lt, lh, lw = cfg.tae.latent_frames(frames), height // s, width // s
     pt, ph, pw = cfg.video.patch_size
     if lt // pt > cfg.video.max_frames // pt:

@@ -32,7 +32,7 @@ import torch.nn as nn
 
 from models.configs import ModelConfig
 from training.checkpoint import save_checkpoint
-from training.data import Batch, BatchSpec, DataError, Prefetcher, ShardDataset
+from training.data import Batch, BatchSpec, DataError, Prefetcher, ShardDataset, bucket_size, eligible_clips
 from training.handoff import Grid, initial_models, spatial_multiple
 from training.schedule import Schedule, StageSpec, schedule_from_dict
 from training.steps import audio_step, check_audio_span, tae_step, trainable_module, video_step
@@ -222,7 +222,26 @@ class StageRunner:
             for row in self.state.metrics:
                 f.write(json.dumps(row) + "\n")
         if final:
+            self.record_sample_format()
             save_checkpoint(self.models, Path(directory) / MODEL_FILE)
+
+    def record_sample_format(self) -> None:
+        """Write into the checkpoint's config the size, rate and frame count this stage trained
+        the video model (or the TAE) on, so the stage's model.pt samples at a grid its positions
+        cover: its most common aspect bucket at the stage's resolution. The audio stage keeps what
+        the last video stage recorded."""
+        from collections import Counter
+
+        if self.stage.model == "audio":
+            return
+        spec = self.specs.get("video") or next(iter(self.specs.values()))
+        clips = eligible_clips(self.data[spec.kind].clips.values(), spec)
+        aspect = Counter(c.bucket for c in clips).most_common(1)[0][0] if clips else "1x1"
+        h, w = bucket_size(aspect, self.stage.resolution, spec.multiple)
+        sample = self.models.config.sample
+        sample.height, sample.width = h, w
+        sample.fps = int(round(self.stage.fps)) if spec.kind == "video" else sample.fps
+        sample.frames = spec.frames
 
     @torch.no_grad()
     def measure_latent_scale(self) -> float:

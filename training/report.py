@@ -84,10 +84,12 @@ class StageView:
 
 
 def write_training_report(storage: Storage, output: str, schedule: Schedule, outcomes: list[dict],
-                          rows: list[dict]) -> str:
+                          rows: list[dict], evals: list[dict] | None = None) -> str:
     """Writes OUTPUT/report.html and returns its URI (curation.storage.join(output, "report.html"))."""
     stages, stray = _stage_views(schedule, outcomes, rows)
     sections = [_header_html(output, schedule, stages), _schedule_html(stages)]
+    if evals and any(evals):
+        sections.append(_eval_html(storage, output, schedule, evals))
     if any(s.train for s in stages):
         sections += [_loss_html(stages), _whole_html(stages), _throughput_html(stages)]
     else:
@@ -423,9 +425,55 @@ def _throughput_chart(stages: list[StageView]) -> str:
 # -- html -------------------------------------------------------------------------------------
 
 
+# Evaluation metrics drawn across the schedule (shares, 0..1) and the one in milliseconds.
+EVAL_SHARES = ("present", "colour", "shape", "direction", "sync_ok", "silence_ok", "tae_object_present",
+               "tae_object_colour", "tae_ssim")
+
+
+def _eval_html(storage: Storage, output: str, schedule: Schedule, evals: list[dict]) -> str:
+    """What each stage's model generates, measured: a table, the metrics across the schedule, and
+    each stage's contact sheet (samples, and the TAE's reconstructions of the probe)."""
+    import base64
+
+    names = [s.name for s in schedule.stages]
+    keys = [k for k in (*EVAL_SHARES, "sync_error_ms", "tae_psnr") if any(e.get(k) is not None for e in evals)]
+    head = "".join(f"<th>{_e(k)}</th>" for k in keys)
+    body = ""
+    for name, e in zip(names, evals):
+        cells = "".join(f"<td>{'—' if e.get(k) is None else _num(e[k], 3)}</td>" for k in keys)
+        expect = schedule.stages[names.index(name)].expect
+        gate = ", ".join(f"{m} {'≥ ' + format(b.min, 'g') if b.min is not None else ''}"
+                         f"{'≤ ' + format(b.max, 'g') if b.max is not None else ''}" for m, b in expect.items())
+        body += f"<tr><td>{_e(name)}</td>{cells}<td>{_e(gate) or '—'}</td></tr>"
+    fig = Figure(figsize=(9, 3.4))
+    ax = fig.add_subplot(1, 1, 1)
+    x = np.arange(len(names))
+    for k in (k for k in EVAL_SHARES if k in keys):
+        y = [np.nan if e.get(k) is None else e[k] for e in evals]
+        ax.plot(x, y, marker="o", label=k)
+    ax.set_xticks(x, names)
+    ax.set_ylim(-0.05, 1.05)
+    ax.set_ylabel("share of samples")
+    ax.legend(fontsize=7, ncol=3, loc="upper left")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    sheets = ""
+    for i, name in enumerate(names):
+        for fname, what in (("contact_sheet.png", "samples"), ("tae_contact_sheet.png", "TAE reconstructions")):
+            uri = join(output, "stages", schedule.stage_dir_name(i), "eval", fname)
+            if storage.exists(uri):
+                data = base64.b64encode(storage.read_bytes(uri)).decode()
+                sheets += f"<h3>{_e(name)}: {what}</h3><img class=chart src='data:image/png;base64,{data}'>"
+    return (f'<h2 id="eval">Evaluation</h2><p class=note>Each stage\'s model samples the prompt set; the metrics are '
+            f"measured on the samples' pixels and audio (training/shape_metrics.py). The last column is the stage's "
+            f"learning gate.</p><div class=wide><table><tr><th>stage</th>{head}<th>expect</th></tr>{body}</table></div>"
+            f"<img class=chart src='{_png(fig)}'>{sheets}")
+
+
 def _page(schedule: Schedule, sections: list[str]) -> str:
     nav = " · ".join(f'<a href="#{k}">{t}</a>' for k, t in (
-        ("schedule", "schedule"), ("loss", "loss per stage"), ("whole", "whole schedule"), ("throughput", "throughput")))
+        ("schedule", "schedule"), ("eval", "evaluation"), ("loss", "loss per stage"), ("whole", "whole schedule"),
+        ("throughput", "throughput")))
     title = f"reelflow training report ({schedule.model_size}, {len(schedule.stages)} stages)"
     return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>'
             f"<style>{CSS}</style></head><body><div class=muted>{nav}</div>{''.join(sections)}</body></html>")

@@ -26,6 +26,32 @@ class ScheduleError(ValueError):
     """The schedule file is missing, not YAML, or not a valid schedule."""
 
 
+# Metrics a stage's evaluation reports (training/eval.py), which `expect` may bound.
+EVAL_METRICS = ("present", "colour", "shape", "direction", "sync_ok", "silence_ok", "sync_error_ms",
+                "tae_psnr", "tae_ssim", "tae_object_present", "tae_object_colour", "tae_object_shape")
+
+
+class MetricBound(BaseModel):
+    """``min <= value <= max`` for one evaluation metric (either bound optional)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    min: float | None = None
+    max: float | None = None
+
+
+class EvalSpec(BaseModel):
+    """Evaluation after every stage: the stage's model samples the prompt set and is measured."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    prompts: str | None = Field(None, description="Prompt set (YAML/JSONL); default: the bundled shapes probe.")
+    max_prompts: int | None = Field(None, ge=1, description="Evaluate the first N prompts only (CPU-sized runs).")
+    seeds: int = Field(1, ge=1)
+    steps: int | None = Field(None, ge=1, description="Sampler steps; default: the model's.")
+
+
 class StageSpec(BaseModel):
     """One stage of the schedule."""
 
@@ -54,6 +80,9 @@ class StageSpec(BaseModel):
     checkpoint_every: int = Field(0, ge=0, description="Steps between resumable checkpoints (0: only at the end).")
     log_every: int = Field(10, gt=0, description="Steps between metric rows.")
     val_batches: int = Field(4, ge=0, description="Validation batches per pass (fixed noise and t: comparable across passes).")
+    expect: dict[str, MetricBound] = Field(default_factory=dict, description=(
+        "A learning gate: evaluation metrics the stage must reach, e.g. {colour: {min: 0.9}}; a stage that "
+        "ends outside them stops the schedule (exit 3)."))
 
     @field_validator("name")
     @classmethod
@@ -74,6 +103,9 @@ class StageSpec(BaseModel):
             raise ValueError(f"stage {self.name}: the audio model trains on video (with its audio)")
         if self.warmup_steps > self.iterations:
             raise ValueError(f"stage {self.name}: warmup_steps exceeds iterations")
+        unknown = sorted(set(self.expect) - set(EVAL_METRICS))
+        if unknown:
+            raise ValueError(f"stage {self.name}: expect names unknown metric(s) {unknown}; known: {list(EVAL_METRICS)}")
         return self
 
     def lr_at(self, step: int) -> float:
@@ -103,6 +135,7 @@ class Schedule(BaseModel):
     seed: int = 0
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="Share of clips held out for validation loss.")
     max_failures: int = Field(1, ge=0, description="Worker-group restarts per stage, each from the latest checkpoint.")
+    eval: EvalSpec = Field(default_factory=EvalSpec, description="Evaluation of every stage's model (training/eval.py).")
     stages: list[StageSpec] = Field(min_length=1)
 
     @model_validator(mode="after")

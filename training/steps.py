@@ -4,7 +4,7 @@ Pure PyTorch, no Ray: the worker loop (training/loop.py) calls these, and the te
 directly. Each stage trains one module and keeps the others frozen (Movie Gen trains the TAE
 first, then the video model on its latents, then the audio model conditioned on video).
 
-- tae:   L1 reconstruction + KL + outlier penalty (models/tae.py:tae_loss)
+- tae:   L1 (+ L2) reconstruction + KL + outlier penalty, weights from the TAE config (models/tae.py:tae_loss)
 - video: flow matching on TAE latents x latent_scale, text dropped with p = cond_dropout (for
          classifier-free guidance); the module trained is the transformer plus the text encoder's
          trainable parts (projection, byte encoder)

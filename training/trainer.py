@@ -205,7 +205,9 @@ class _ProgressWatcher:
 
 
 def _worker_env(schedule: Schedule) -> dict[str, str]:
-    keep = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION",
+    # Never credentials: a runtime_env is stored by the cluster and shown by its dashboard and job
+    # API. Workers authenticate with their own environment or instance role.
+    keep = ("AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_MAX_ATTEMPTS",
             "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "TOKENIZERS_PARALLELISM")
     env = {k: os.environ[k] for k in keep if k in os.environ}
     # As many intra-op threads as CPUs reserved per worker: more would fight the other workers.

@@ -28,6 +28,7 @@ def quick_schedule(path: Path, iterations: int = 6, **top) -> Path:
     raw["stages"] = [st for st in raw["stages"] if st["name"] != "joint_32"]
     for st in raw["stages"]:
         st.update(iterations=iterations, log_every=3, warmup_steps=min(st.get("warmup_steps", 0), 2), val_batches=1)
+    raw["eval"] = {"max_prompts": 2, "steps": 2}
     raw.update(top)
     path.write_text(yaml.safe_dump(raw))
     return path
@@ -70,6 +71,45 @@ def test_every_stage_trains_gates_and_hands_off(trained):
     tae = load_checkpoint(out / "stages" / "00_tae" / "model.pt")
     for a, b in zip(tae.tae.state_dict().values(), hi.tae.state_dict().values()):
         assert torch.equal(a, b)  # later stages keep the TAE frozen
+    # Each stage's checkpoint records what it trained on, so it samples at a grid its positions cover.
+    assert (t2i.config.sample.frames, t2i.config.sample.height, t2i.config.sample.width) == (1, 24, 40)
+    assert (hi.config.sample.frames, hi.config.sample.fps) == (9, 8)
+
+
+def test_every_stage_is_evaluated_and_its_checkpoint_samples(trained, tmp_path):
+    out = trained["out"]
+    for name in ("00_tae", "01_t2i_32", "02_joint_64", "03_audio"):
+        summary = json.loads((out / "stages" / name / "eval" / "summary.json").read_text())
+        assert summary["tae_psnr"] > 0 and "tae_object_colour" in summary, name
+        assert (out / "stages" / name / "eval" / "tae_contact_sheet.png").is_file()
+        if name != "00_tae":  # generators are sampled; sound is judged once the audio model trained
+            assert {"present", "colour", "direction"} <= set(summary), name
+            assert (out / "stages" / name / "eval" / "contact_sheet.png").is_file()
+    assert json.loads((out / "stages" / "01_t2i_32" / "eval" / "summary.json").read_text())["direction"] is None
+    metrics = pq.read_table(out / "metrics.parquet").to_pandas()
+    evals = metrics[metrics["split"] == "eval"]
+    assert list(evals["stage"]) == ["tae", "t2i_32", "joint_64", "audio"] and evals["eval_tae_psnr"].notna().all()
+    assert "Evaluation" in (out / "report.html").read_text()
+    # The 32 px text-to-image stage's own checkpoint samples (it used to ask for the final grid).
+    r = runner.invoke(app, ["generate", str(out / "stages" / "01_t2i_32" / "model.pt"), "--prompt",
+                            "A red circle", "--out", str(tmp_path / "t2i.mp4"), "--steps", "2"])
+    assert r.exit_code == 0, r.output
+    assert "1 frames 40x24" in " ".join(r.output.split())
+
+
+def test_a_stage_below_its_learning_gate_stops_the_schedule(shapes_dataset, tmp_path):
+    """An impossible expectation (a 3-step model drawing the right colour every time) stops the
+    schedule after that stage with exit 3, naming the metric and the miss; later stages never run."""
+    raw = yaml.safe_load(quick_schedule(tmp_path / "q.yaml", iterations=3).read_text())
+    raw["stages"] = raw["stages"][:2]
+    raw["stages"][1]["expect"] = {"colour": {"min": 0.99}}
+    schedule = tmp_path / "gated.yaml"
+    schedule.write_text(yaml.safe_dump(raw))
+    r = runner.invoke(app, ["train", str(shapes_dataset.path), str(tmp_path / "run"), "--schedule", str(schedule)])
+    assert r.exit_code == 3, r.output
+    text = " ".join(r.output.split())
+    assert "learn-t2i_32" in text and "colour" in text and "missed by" in text
+    assert not (tmp_path / "run" / "model.pt").exists()
 
 
 def test_trained_checkpoint_generates_video_with_audio(trained, tmp_path):
@@ -81,7 +121,8 @@ def test_trained_checkpoint_generates_video_with_audio(trained, tmp_path):
 
     with av.open(str(mp4)) as c:
         v = c.streams.video[0]
-        assert (v.codec_context.width, v.codec_context.height) == (64, 64)
+        # The final stage's most common bucket (16x9) at its 64 px resolution.
+        assert (v.codec_context.width, v.codec_context.height) == (88, 48)
         assert c.streams.audio
 
 

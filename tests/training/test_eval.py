@@ -1,0 +1,131 @@
+"""Evaluation: the metrics can fail (ground truth ~100%, noise 0, prompt-ignoring clips at chance),
+prompt sets load or fail clearly, `reelflow eval` runs end to end, and the learning gate names
+the metric that missed."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from curation.gates import GateFailed
+from training import shape_metrics as sm
+from training.eval import load_prompts, probe_prompts, summarize
+from training.gates import check_learning
+from training.schedule import StageSpec
+from training.synthetic_shapes import COLOURS, DIRECTIONS, random_clip, render_clip
+
+FPS = 8
+
+
+def _judge_rendered(clip, want, audio=True) -> sm.Verdict:
+    frames, sound, _ = render_clip(clip, 64, 64, FPS, num_frames=17, sample_rate=16000)
+    m = sm.measure(frames, FPS, sound, 16000)
+    return sm.judge(m, FPS, want.colour, want.shape, want.direction, audio=audio)
+
+
+def _rate(verdicts, key) -> float:
+    vals = [getattr(v, key) for v in verdicts if getattr(v, key) is not None]
+    return float(np.mean(vals))
+
+
+def test_metrics_on_ground_truth_are_near_perfect():
+    rng = np.random.default_rng(7)
+    clips = [random_clip(rng) for _ in range(80)]
+    verdicts = [_judge_rendered(c, c) for c in clips]
+    for key in ("present", "colour", "shape", "direction"):
+        assert _rate(verdicts, key) == 1.0, key
+    assert _rate(verdicts, "sync_ok") >= 0.97 and _rate(verdicts, "silence_ok") >= 0.95
+    assert np.median([v.sync_error_ms for v in verdicts if v.sync_error_ms is not None]) < 20
+
+
+def test_metrics_on_noise_and_on_prompt_ignoring_clips_are_at_chance():
+    rng = np.random.default_rng(8)
+    noise = [sm.judge(sm.measure(rng.integers(0, 256, (17, 64, 64, 3), dtype=np.uint8), FPS,
+                                 rng.normal(0, 0.2, 32000).astype(np.float32), 16000), FPS, "red", "circle", "right",
+                      audio=True) for _ in range(20)]
+    assert _rate(noise, "present") == 0 and _rate(noise, "colour") == 0 and _rate(noise, "direction") == 0
+    assert _rate(noise, "silence_ok") == 0  # noise everywhere is sound away from any bounce
+    # A model that draws a clean shape but ignores the prompt: right only by chance.
+    pairs = [(random_clip(rng), random_clip(rng)) for _ in range(240)]
+    ignoring = [_judge_rendered(shown, asked) for shown, asked in pairs]
+    assert _rate(ignoring, "present") == 1.0
+    assert abs(_rate(ignoring, "colour") - 1 / len(COLOURS)) < 0.08
+    assert abs(_rate(ignoring, "shape") - 1 / 3) < 0.1
+    assert abs(_rate(ignoring, "direction") - 1 / len(DIRECTIONS)) < 0.08
+
+
+def test_an_empty_frame_fails_every_asked_metric():
+    v = sm.judge(sm.measure(np.zeros((9, 64, 64, 3), np.uint8), FPS, np.zeros(16000, np.float32), 16000), FPS,
+                 "red", "circle", "right", audio=True)
+    assert (v.present, v.colour, v.shape, v.direction) == (0.0, 0.0, 0.0, 0.0)
+
+
+def test_prompt_sets(tmp_path):
+    probe = probe_prompts()
+    assert len(probe) == 24 and {p.colour for p in probe} == set(COLOURS)
+    assert {p.direction for p in probe} == {"right", "left", "up", "down"}
+    y = tmp_path / "p.yaml"
+    y.write_text("- A green triangle moves down and to the left across a black background.\n"
+                 "- {prompt: a cat, colour: white, audio: false}\n")
+    a, b = load_prompts(y)
+    assert (a.colour, a.shape, a.direction) == ("green", "triangle", "down and to the left")
+    assert (b.colour, b.shape, b.direction, b.audio) == ("white", None, None, False)
+    j = tmp_path / "p.jsonl"
+    j.write_text(json.dumps({"prompt": "A red square moves up across a black background."}) + "\n")
+    (c,) = load_prompts(j)
+    assert (c.colour, c.shape, c.direction) == ("red", "square", "up")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- {prompt: x, color: red}\n")
+    with pytest.raises(ValueError, match="unknown keys"):
+        load_prompts(bad)
+    bad.write_text("{}\n")
+    with pytest.raises(ValueError, match="non-empty list"):
+        load_prompts(bad)
+
+
+def test_summary_aggregates_shares_and_the_median_sync():
+    rows = [{"present": 1.0, "colour": 1.0, "sync_error_ms": 10.0}, {"present": 0.0, "colour": 0.0, "sync_error_ms": None},
+            {"present": 1.0, "colour": None, "sync_error_ms": 30.0}]
+    s = summarize(rows)
+    assert s["present"] == pytest.approx(2 / 3) and s["colour"] == 0.5 and s["sync_error_ms"] == 20.0
+    assert s["direction"] is None
+
+
+def test_learning_gate_names_the_metric_and_the_miss():
+    stage = StageSpec(name="t2i", model="video", data="image", resolution=32, global_batch_size=2, lr=1e-3,
+                      iterations=1, expect={"colour": {"min": 0.9}, "sync_error_ms": {"max": 125}})
+    check_learning({"colour": 0.95, "sync_error_ms": 40.0}, stage)
+    with pytest.raises(GateFailed) as e:
+        check_learning({"colour": 0.25, "sync_error_ms": None}, stage)
+    text = str(e.value)
+    assert "learn-t2i" in text and "colour" in text and "missed by 0.65" in text and "did not measure" in text
+    with pytest.raises(ValueError, match="unknown metric"):
+        StageSpec(name="x", model="video", data="image", resolution=32, global_batch_size=2, lr=1e-3, iterations=1,
+                  expect={"accuracy": {"min": 1}})
+
+
+@pytest.mark.integration
+def test_reelflow_eval_end_to_end_on_a_tiny_checkpoint(tmp_path):
+    from flows.cli import app
+    from training.checkpoint import make_tiny_checkpoint
+
+    ckpt = make_tiny_checkpoint(tmp_path / "tiny.pt")
+    prompts = tmp_path / "prompts.yaml"
+    prompts.write_text("- A red circle moves right across a black background, bouncing off the walls.\n"
+                       "- A blue square moves up across a black background.\n")
+    r = CliRunner().invoke(app, ["eval", str(ckpt), "--prompts", str(prompts), "--out", str(tmp_path / "ev"),
+                                 "--seeds", "2", "--steps", "2"])
+    assert r.exit_code == 0, r.output
+    rows = pd.read_parquet(tmp_path / "ev" / "metrics.parquet")
+    assert len(rows) == 4 and set(rows["seed"]) == {0, 1}
+    assert all((tmp_path / "ev" / "samples" / f"p{i:03d}_s{s}.mp4").is_file() for i in (0, 1) for s in (0, 1))
+    assert (tmp_path / "ev" / "contact_sheet.png").stat().st_size > 1000
+    # A random model draws noise: nothing it generates passes.
+    assert rows["present"].sum() == 0 and rows["colour"].sum() == 0
+    assert "colour" in r.output and "tae_object_colour" in r.output
+    r = CliRunner().invoke(app, ["eval", str(tmp_path / "missing.pt")])
+    assert r.exit_code == 2

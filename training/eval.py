@@ -1,0 +1,273 @@
+"""Evaluate a generation checkpoint: prompts -> samples -> metrics measured on the samples.
+
+``evaluate`` generates each prompt of a prompt set with each seed through the project's own
+sampler (training/generate.py), saves the mp4, and measures what the sample shows from its
+pixels and its audio alone (training/shape_metrics.py). A checkpoint whose video model is
+untrained can still be judged on its TAE: ``evaluate_tae`` renders each probe prompt's ground
+truth, encodes and decodes it, and measures the reconstruction (PSNR, SSIM, and whether the
+object keeps its colour: a TAE that returns background fails loudly).
+
+A prompt set is YAML (a list, or ``{prompts: [...]}``) or JSONL. Each entry is a prompt string or
+``{prompt, colour?, shape?, direction?, audio?}``; expectations left out are read from the prompt
+when it names them (the shapes caption format). The bundled probe set is built from
+training/synthetic_shapes.py's vocabulary (``probe_prompts``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from training.shape_metrics import judge, measure, parse_prompt
+from training.synthetic_shapes import COLOURS, SHAPES, ShapeClip, render_clip
+
+PROBE_DIRECTIONS = ("right", "left", "up", "down")
+# Metric -> how the summary aggregates it (mean of per-sample 0/1 verdicts, or the median).
+SUMMARY = {"present": "mean", "colour": "mean", "shape": "mean", "direction": "mean", "sync_ok": "mean",
+           "silence_ok": "mean", "sync_error_ms": "median"}
+
+
+@dataclass
+class PromptSpec:
+    prompt: str
+    colour: str | None = None
+    shape: str | None = None
+    direction: str | None = None
+    audio: bool = True  # judge bounce sync and silence when the sample has audio
+
+
+@dataclass
+class EvalResult:
+    rows: list[dict]  # one per (prompt, seed)
+    summary: dict[str, float | None]
+    out_dir: Path | None = None
+    files: dict[str, str] = field(default_factory=dict)
+
+
+def probe_prompts() -> list[PromptSpec]:
+    """The bundled shapes probe: every colour x the four axis directions, shapes in turn."""
+    out = []
+    for i, colour in enumerate(COLOURS):
+        for j, direction in enumerate(PROBE_DIRECTIONS):
+            shape = SHAPES[(i + j) % len(SHAPES)]
+            clip = ShapeClip(colour=colour, shape=shape, direction=direction)
+            out.append(PromptSpec(clip.caption, colour, shape, direction))
+    return out
+
+
+def load_prompts(path: str | Path | None) -> list[PromptSpec]:
+    """A prompt set from YAML or JSONL; None gives the bundled shapes probe."""
+    if path is None:
+        return probe_prompts()
+    p = Path(path)
+    text = p.read_text()
+    if p.suffix == ".jsonl":
+        raw = [json.loads(line) for line in text.splitlines() if line.strip()]
+    else:
+        raw = yaml.safe_load(text)
+        if isinstance(raw, dict):
+            raw = raw.get("prompts")
+    if not isinstance(raw, list) or not raw:
+        raise ValueError(f"{p}: a prompt set is a non-empty list of prompts")
+    specs = []
+    for i, item in enumerate(raw):
+        item = {"prompt": item} if isinstance(item, str) else dict(item)
+        if not isinstance(item.get("prompt"), str) or not item["prompt"].strip():
+            raise ValueError(f"{p}: entry {i + 1} has no prompt text")
+        unknown = set(item) - {"prompt", "colour", "shape", "direction", "audio"}
+        if unknown:
+            raise ValueError(f"{p}: entry {i + 1}: unknown keys {sorted(unknown)}")
+        parsed = parse_prompt(item["prompt"])
+        specs.append(PromptSpec(prompt=item["prompt"], colour=item.get("colour", parsed["colour"]),
+                                shape=item.get("shape", parsed["shape"]),
+                                direction=item.get("direction", parsed["direction"]),
+                                audio=bool(item.get("audio", True))))
+    return specs
+
+
+def read_mp4(path: str | Path) -> tuple[np.ndarray, float, np.ndarray | None, int | None]:
+    """Frames (T, H, W, 3) uint8, fps, mono float audio and its rate, from an mp4."""
+    import av
+
+    with av.open(str(path)) as c:
+        vs = c.streams.video[0]
+        fps = float(vs.average_rate)
+        frames = np.stack([f.to_ndarray(format="rgb24") for f in c.decode(vs)])
+    audio, rate = None, None
+    with av.open(str(path)) as c:
+        if c.streams.audio:
+            a = c.streams.audio[0]
+            rate = a.rate
+            resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
+            chunks = [o.to_ndarray().reshape(-1) for f in c.decode(a) for o in resampler.resample(f)]
+            chunks += [o.to_ndarray().reshape(-1) for o in resampler.resample(None)]
+            audio = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
+    return frames, fps, audio, rate
+
+
+def score_sample(path: str | Path, spec: PromptSpec, judge_audio: bool = True) -> dict:
+    """Measure one generated mp4 against its prompt spec; a row of verdicts and measurements.
+    Direction needs motion (3+ frames); sound is judged only when asked and present."""
+    frames, fps, audio, rate = read_mp4(path)
+    m = measure(frames, fps, audio, rate)
+    direction = spec.direction if len(frames) >= 3 else None
+    v = judge(m, fps, spec.colour, spec.shape, direction, audio=judge_audio and spec.audio and audio is not None)
+    return {**v.to_dict(), "seen_colour": m.colour, "seen_shape": m.shape, "seen_direction": m.direction,
+            "bounces": len(m.bounce_frames), "frames": len(frames), "fps": fps}
+
+
+def summarize(rows: list[dict]) -> dict[str, float | None]:
+    out: dict[str, float | None] = {}
+    for key, how in SUMMARY.items():
+        vals = [r[key] for r in rows if r.get(key) is not None and not (isinstance(r[key], float) and math.isnan(r[key]))]
+        vals = [v for v in vals if math.isfinite(v)] if how == "median" else vals
+        out[key] = (float(np.median(vals)) if how == "median" else float(np.mean(vals))) if vals else None
+    return out
+
+
+@torch.no_grad()
+def evaluate(checkpoint, prompts: list[PromptSpec] | None = None, seeds: int = 1, out_dir: str | Path | None = None,
+             steps: int | None = None, guidance_scale: float | None = None, seconds: float | None = None,
+             progress=None, judge_audio: bool = True) -> EvalResult:
+    """Generate every prompt x seed, save the mp4s under ``out_dir/samples``, measure them."""
+    from training.checkpoint import GenerationModels, load_checkpoint
+    from training.generate import generate
+
+    models = checkpoint if isinstance(checkpoint, GenerationModels) else load_checkpoint(checkpoint)
+    prompts = prompts or probe_prompts()
+    out = Path(out_dir) if out_dir else Path.cwd() / "eval"
+    samples = out / "samples"
+    rows: list[dict] = []
+    total = len(prompts) * seeds
+    for i, spec in enumerate(prompts):
+        for seed in range(seeds):
+            path = samples / f"p{i:03d}_s{seed}.mp4"
+            generate(models, spec.prompt, path, seconds=seconds, seed=seed, steps=steps, guidance_scale=guidance_scale)
+            rows.append({"prompt_index": i, "prompt": spec.prompt, "seed": seed, "sample": str(path),
+                         "want_colour": spec.colour, "want_shape": spec.shape, "want_direction": spec.direction,
+                         **score_sample(path, spec, judge_audio)})
+            if progress:
+                progress(len(rows), total)
+    result = EvalResult(rows=rows, summary=summarize(rows), out_dir=out)
+    result.files = write_outputs(result, prompts)
+    return result
+
+
+@torch.no_grad()
+def evaluate_tae(checkpoint, prompts: list[PromptSpec] | None = None, seeds: int = 1,
+                 out_dir: str | Path | None = None) -> dict[str, float]:
+    """Reconstruction of rendered ground truth for each probe prompt: PSNR, SSIM (whole frame) and
+    object colour/presence measured on the reconstruction, as for a generated sample. With
+    ``out_dir`` the reconstructions are saved (``tae/``) with a contact sheet."""
+    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+    from training.checkpoint import GenerationModels, load_checkpoint
+
+    models = checkpoint if isinstance(checkpoint, GenerationModels) else load_checkpoint(checkpoint)
+    cfg = models.config
+    frames_n = cfg.sample.frames or cfg.tae.pixel_frames(3)
+    psnr, ssim, rows, sheet_rows = [], [], [], []
+    for i, spec in enumerate(prompts or probe_prompts()):
+        for seed in range(seeds):
+            rng = np.random.default_rng(1000 * i + seed)
+            clip = ShapeClip(colour=spec.colour or "red", shape=spec.shape or "circle",
+                             direction=spec.direction or "right", speed=float(rng.uniform(0.3, 0.8)),
+                             size=float(rng.uniform(0.14, 0.24)), start=(float(rng.uniform(0.3, 0.7)), float(rng.uniform(0.3, 0.7))))
+            truth, _, _ = render_clip(clip, cfg.sample.width, cfg.sample.height, cfg.sample.fps, num_frames=frames_n)
+            x = torch.from_numpy(truth).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
+            recon = models.tae.decode(models.tae.encode(x))
+            rec = ((recon[0].clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 3, 0).numpy()
+            psnr.append(peak_signal_noise_ratio(truth, rec, data_range=255))
+            ssim.append(float(np.mean([structural_similarity(a, b, channel_axis=-1, data_range=255)
+                                       for a, b in zip(truth, rec)])))
+            m = measure(rec, cfg.sample.fps)
+            v = judge(m, cfg.sample.fps, colour=clip.colour, shape=clip.shape)
+            rows.append(v)
+            if out_dir is not None:
+                from training.generate import write_mp4
+
+                path = write_mp4(Path(out_dir) / "tae" / f"p{i:03d}_s{seed}.mp4", rec, cfg.sample.fps)
+                sheet_rows.append({"prompt": f"reconstruction of: {spec.prompt}", "seed": seed, "sample": str(path),
+                                   **v.to_dict(), "seen_colour": m.colour, "seen_shape": m.shape,
+                                   "seen_direction": m.direction, "bounces": len(m.bounce_frames)})
+    if out_dir is not None:
+        contact_sheet(sheet_rows, Path(out_dir) / "tae_contact_sheet.png")
+    return {"tae_psnr": float(np.mean(psnr)), "tae_ssim": float(np.mean(ssim)),
+            "tae_object_present": float(np.mean([r.present for r in rows])),
+            "tae_object_colour": float(np.mean([r.colour for r in rows])),
+            "tae_object_shape": float(np.mean([r.shape for r in rows]))}
+
+
+def write_outputs(result: EvalResult, prompts: list[PromptSpec]) -> dict[str, str]:
+    """metrics.parquet (one row per sample), summary.json and contact_sheet.png under out_dir."""
+    import pandas as pd
+
+    out = result.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(result.rows).to_parquet(out / "metrics.parquet", index=False)
+    (out / "summary.json").write_text(json.dumps(result.summary, indent=1))
+    sheet = contact_sheet(result.rows, out / "contact_sheet.png")
+    return {"metrics": str(out / "metrics.parquet"), "summary": str(out / "summary.json"), "contact_sheet": str(sheet)}
+
+
+def contact_sheet(rows: list[dict], path: Path, max_rows: int = 32, strip_frames: int = 6, scale: int = 2) -> Path:
+    """One line per sample: a strip of its frames, then its prompt and the measured verdict."""
+    from PIL import Image, ImageDraw
+
+    lines = []
+    for r in rows[:max_rows]:
+        frames, _, _, _ = read_mp4(r["sample"])
+        idx = np.linspace(0, len(frames) - 1, min(strip_frames, len(frames))).round().astype(int)
+        strip = np.concatenate([frames[i] for i in idx], axis=1)
+        img = Image.fromarray(strip).resize((strip.shape[1] * scale, strip.shape[0] * scale), Image.NEAREST)
+        lines.append((img, r))
+    if not lines:
+        Image.new("RGB", (400, 40), "white").save(path)
+        return path
+    text_w, pad = 520, 4
+    width = max(img.width for img, _ in lines) + text_w + 3 * pad
+    height = sum(img.height + pad for img, _ in lines) + pad
+    sheet = Image.new("RGB", (width, height), (255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+    y = pad
+    for img, r in lines:
+        sheet.paste(img, (pad, y))
+        x = img.width + 2 * pad
+        prompt = r["prompt"] if len(r["prompt"]) <= 80 else r["prompt"][:77] + "..."
+        draw.text((x, y + 2), f"seed {r['seed']}: {prompt}", fill=(0, 0, 0))
+        ok = lambda v: "-" if v is None else ("ok" if v >= 1 else "NO")  # noqa: E731
+        verdict = (f"present {ok(r['present'])}  colour {ok(r['colour'])} (saw {r['seen_colour']})  "
+                   f"shape {ok(r['shape'])} (saw {r['seen_shape']})  direction {ok(r['direction'])} (saw {r['seen_direction']})")
+        draw.text((x, y + 18), verdict, fill=(0, 110, 0) if r["present"] and r.get("colour") else (170, 20, 20))
+        sync = r.get("sync_error_ms")
+        draw.text((x, y + 34), f"bounces {r['bounces']}  sync {'-' if sync is None else f'{sync:.0f} ms'}  "
+                               f"silence {ok(r.get('silence_ok'))}", fill=(60, 60, 60))
+        y += img.height + pad
+    sheet.save(path)
+    return path
+
+
+def evaluate_stage(checkpoint: str | Path, model_kind: str, spec, out_dir: str | Path) -> dict[str, float | None]:
+    """The evaluation after a training stage (``spec``: the schedule's EvalSpec): the TAE on the
+    probe's ground truth for every stage, plus samples for the stages that train a generator
+    (sound judged once the audio model has trained). Writes out_dir/{summary.json,
+    metrics.parquet, contact_sheet.png, tae_contact_sheet.png, samples/}; returns the summary."""
+    from training.checkpoint import load_checkpoint
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    models = load_checkpoint(checkpoint)
+    prompts = load_prompts(spec.prompts)[: spec.max_prompts]
+    summary: dict[str, float | None] = dict(evaluate_tae(models, prompts, out_dir=out))
+    if model_kind != "tae":
+        result = evaluate(models, prompts, seeds=spec.seeds, out_dir=out, steps=spec.steps,
+                          judge_audio=model_kind == "audio")
+        summary = {**result.summary, **summary}
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    return summary
