@@ -149,12 +149,14 @@ def discover(storage: Storage, source: str, limits: LimitsPolicy | None = None) 
             continue
         sidecar = _sidecar(storage, uri, names, limits)
         listed = by_uri.get(uri) or by_uri.get(name)
-        meta = sidecar or listed or {}
+        # The sidecar's fields over the root manifest's (a sidecar may give only a title).
+        meta = {**(listed or {}), **{k: v for k, v in (sidecar or {}).items() if v is not None}}
         row = {"uri": uri, "license": _clean(meta.get("license")), **{c: _clean(meta.get(c)) for c in OPTIONAL_COLUMNS}}
         if sidecar and sidecar.get("_sidecar_error"):
             row["sidecar_error"] = sidecar["_sidecar_error"]
-        elif sidecar is not None and listed is not None:
+        elif sidecar is not None and listed is not None and "license" in sidecar:
             # Both speak for the file: the licence decision must not depend on which one we read.
+            # (A sidecar without a licence key, only a title, makes no claim.)
             row["license_claims"] = [_clean(sidecar.get("license")), listed.get("license")]
         rows.append(row)
     if not rows:

@@ -54,13 +54,16 @@ def test_sidecar_and_root_manifest_that_disagree_reject_the_file(tmp_path, media
     src.mkdir()
     for name in ("a.mp4", "b.mp4"):
         (src / name).write_bytes(media["cuts"].path.read_bytes())
-    (src / "manifest.csv").write_text("uri,license\na.mp4,CC0-1.0\nb.mp4,CC0-1.0\n")
+    (src / "manifest.csv").write_text("uri,license\na.mp4,CC0-1.0\nb.mp4,CC0-1.0\nc.mp4,CC0-1.0\n")
     (src / "a.json").write_text(json.dumps({"license": "CC-BY-NC-4.0"}))  # disagrees
     (src / "b.json").write_text(json.dumps({"license": "cc0-1.0"}))  # agrees
+    (src / "c.mp4").write_bytes(media["cuts"].path.read_bytes())
+    (src / "c.json").write_text(json.dumps({"title": "C"}))  # a sidecar without a licence claims none
     rows = {r["source_uri"].rsplit("/", 1)[1]: r for r in ingest_rows(Storage(), str(src), "r", Policy())}
     assert rows["a.mp4"]["status"] == "rejected"
     assert rows["a.mp4"]["reason"] == "license: conflicting claims (CC-BY-NC-4.0 vs CC0-1.0)"
     assert rows["b.mp4"]["status"] == "ok"
+    assert rows["c.mp4"]["status"] == "ok" and rows["c.mp4"]["license"] == "CC0-1.0" and rows["c.mp4"]["title"] == "C"
 
 
 def test_hostile_sidecars_reject_their_video_and_ingest_goes_on(tmp_path, media):
