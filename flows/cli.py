@@ -224,7 +224,7 @@ def _demo_sample_and_eval(output: Path) -> None:
     models = load_checkpoint(output / "train" / "model.pt")
     prompt = probe_prompts()[0].prompt
     sample = generate(models, prompt, output / "sample.mp4", seed=0)
-    out.print(f"sample:  {sample.path}  ({sample.num_frames} frames {sample.width}x{sample.height}"
+    out.print(f"made:    {sample.path}  ({sample.num_frames} frames {sample.width}x{sample.height}"
               f"{', with audio' if sample.has_audio else ''}): {prompt}")
     console.print("evaluating the final model on the shapes probe ...")
     result = evaluate(models, probe_prompts(), seeds=1, out_dir=output / "eval")
