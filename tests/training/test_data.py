@@ -3,6 +3,8 @@ pass) on fake indexes, and decoding real curated shards (shapes, buckets, audio,
 
 from __future__ import annotations
 
+import dataclasses
+
 import io
 import itertools
 import logging
@@ -70,6 +72,20 @@ def test_bucket_size_keeps_aspect_and_area_on_the_multiple():
         assert abs(w / h - a / b) < 0.03 and abs(w * h / 512**2 - 1) < 0.03
     with pytest.raises(ValueError, match="16x9"):
         bucket_size("wide", 256, 16)
+
+
+def test_a_small_dataset_always_holds_one_clip_out():
+    """With few clips the hash may hold none out; one is held out all the same (never in train)."""
+    from training.data import ClipInfo, eligible_clips
+
+    clips = [ClipInfo(key=f"k{i}", shard="shards/a/shard-000000.tar", bucket="16x9", duration_s=3.0, fps=24,
+                      has_audio=True) for i in range(3)]
+    spec = BatchSpec(kind="image", resolution=32, multiple=8, frames=1, fps=8, batch_size=1, split="val",
+                     val_fraction=1e-9, seed=0)
+    (held,) = eligible_clips(clips, spec)
+    train = eligible_clips(clips, dataclasses.replace(spec, split="train"))
+    assert held.key not in {c.key for c in train} and len(train) == 2
+    assert eligible_clips(clips, dataclasses.replace(spec, val_fraction=0.0)) == []
 
 
 def test_split_of_is_stable_and_near_val_fraction():
