@@ -34,42 +34,28 @@ class ItemTimeout(Exception):
 
 def is_transient(exc: BaseException) -> bool:
     """True for errors of the moment (network, throttling, a dead worker), False for the item's own."""
+    # Imported here: botocore and Ray are dependencies, but a CLI that only lists a source
+    # should not pay for importing Ray.
+    import botocore.exceptions as be
+    import ray.exceptions as rex
+    import urllib3.exceptions as ue
+    from boto3.exceptions import RetriesExceededError
+
     if isinstance(exc, ItemTimeout):
         return False
-    try:
-        import botocore.exceptions as be
-
-        if isinstance(exc, be.ClientError):
-            err = exc.response.get("Error", {})
-            status = str(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
-            return str(err.get("Code", "")) in TRANSIENT_S3_CODES or status in TRANSIENT_S3_CODES
-        if isinstance(exc, (be.EndpointConnectionError, be.ConnectionClosedError, be.ReadTimeoutError,
-                            be.ConnectTimeoutError, be.ResponseStreamingError, be.IncompleteReadError)):
-            return True
-    except ImportError:  # pragma: no cover - botocore is a dependency
-        pass
-    try:
-        from boto3.exceptions import RetriesExceededError
-
-        if isinstance(exc, RetriesExceededError):  # a download cut short on every attempt
-            return True
-    except ImportError:  # pragma: no cover
-        pass
-    try:
-        import urllib3.exceptions as ue
-
-        if isinstance(exc, (ue.ProtocolError, ue.ReadTimeoutError, ue.IncompleteRead)):
-            return True
-    except ImportError:  # pragma: no cover
-        pass
-    try:
-        import ray.exceptions as re_
-
-        if isinstance(exc, (re_.WorkerCrashedError, re_.NodeDiedError, re_.ObjectLostError,
-                            re_.OutOfMemoryError, re_.RaySystemError)):
-            return True
-    except ImportError:  # pragma: no cover
-        pass
+    if isinstance(exc, be.ClientError):
+        err = exc.response.get("Error", {})
+        status = str(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
+        return str(err.get("Code", "")) in TRANSIENT_S3_CODES or status in TRANSIENT_S3_CODES
+    transient = (
+        be.EndpointConnectionError, be.ConnectionClosedError, be.ReadTimeoutError, be.ConnectTimeoutError,
+        be.ResponseStreamingError, be.IncompleteReadError,
+        RetriesExceededError,  # a download cut short on every attempt
+        ue.ProtocolError, ue.ReadTimeoutError, ue.IncompleteRead,
+        rex.WorkerCrashedError, rex.NodeDiedError, rex.ObjectLostError, rex.OutOfMemoryError, rex.RaySystemError,
+    )
+    if isinstance(exc, transient):
+        return True
     if isinstance(exc, (ConnectionError, TimeoutError)):
         return True
     cause = exc.__cause__ or exc.__context__

@@ -156,15 +156,16 @@ def _cas(storage: Storage, output: str) -> _LocalCAS | _S3CAS:
 
 
 def _parse(data: bytes) -> dict:
+    # A document not written by us (ours are never partial) means nobody valid holds the lease.
+    unreadable = {"run_id": "<unreadable lease>", "expires": 0.0}
     try:
         doc = json.loads(data)
-        if isinstance(doc, dict):
-            float(doc.get("expires", 0))
-            return doc
+        if not isinstance(doc, dict):
+            return unreadable
+        float(doc.get("expires", 0))  # an expiry that is not a number is unreadable too
     except (ValueError, TypeError):
-        pass
-    # Not written by us (ours are never partial): nobody valid holds it.
-    return {"run_id": "<unreadable lease>", "expires": 0.0}
+        return unreadable
+    return doc
 
 
 def read_lease(storage: Storage, output: str) -> dict | None:
