@@ -200,12 +200,23 @@ def _atomic_write_local(path: Path, data: bytes) -> None:
         raise
 
 
-def trim_cache(cache_dir: str | Path | None, max_bytes: int) -> None:
+_last_trim: dict[str, float] = {}
+TRIM_EVERY_S = 10.0  # a scan stats every cached file: at most this often per worker and cache
+
+
+def trim_cache(cache_dir: str | Path | None, max_bytes: int, force: bool = False) -> None:
     """Keep a worker's download cache under ``max_bytes``: least recently used files go first,
-    and partial downloads of crashed workers (``.part-<pid>`` of a dead pid) go always."""
+    and partial downloads of crashed workers (``.part-<pid>`` of a dead pid) go always. Called
+    after every item, it scans at most every ``TRIM_EVERY_S`` seconds."""
+    import time
+
     cache = Path(cache_dir) if cache_dir else None
     if cache is None or not cache.is_dir():
         return
+    now = time.monotonic()
+    if not force and now - _last_trim.get(str(cache), -TRIM_EVERY_S) < TRIM_EVERY_S:
+        return
+    _last_trim[str(cache)] = now
     files = []
     for p in cache.iterdir():
         try:

@@ -255,3 +255,22 @@ def test_credentials_never_travel_in_a_ray_runtime_env(monkeypatch):
     env = _worker_env(load_schedule("tiny"))
     assert not {k for k in env if k.startswith("AWS_") and ("KEY" in k or "TOKEN" in k or "SECRET" in k)}
     assert not {v for v in env.values() if "must-stay-home" in v or v.startswith("AKIA")}
+
+
+def test_worker_cache_keeps_under_its_limit_oldest_first(tmp_path):
+    import os
+
+    from curation.storage import trim_cache
+
+    for i, name in enumerate(("old.mp4", "mid.mp4", "new.mp4")):
+        p = tmp_path / name
+        p.write_bytes(b"x" * 1000)
+        os.utime(p, (1000 + i, 1000 + i))
+    (tmp_path / ".cut.mp4.part-999999999").write_bytes(b"x")  # a dead worker's partial download
+    trim_cache(tmp_path, max_bytes=2000, force=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mid.mp4", "new.mp4"]
+    (tmp_path / "newest.mp4").write_bytes(b"x" * 1000)
+    trim_cache(tmp_path, max_bytes=1000)  # scanned just now: throttled, nothing removed
+    assert len(list(tmp_path.iterdir())) == 3
+    trim_cache(tmp_path, max_bytes=1000, force=True)
+    assert [p.name for p in tmp_path.iterdir()] == ["newest.mp4"]
