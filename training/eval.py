@@ -254,20 +254,22 @@ def contact_sheet(rows: list[dict], path: Path, max_rows: int = 32, strip_frames
 
 
 def evaluate_stage(checkpoint: str | Path, model_kind: str, spec, out_dir: str | Path) -> dict[str, float | None]:
-    """The evaluation after a training stage (``spec``: the schedule's EvalSpec): the TAE on the
-    probe's ground truth for every stage, plus samples for the stages that train a generator
-    (sound judged once the audio model has trained). Writes out_dir/{summary.json,
-    metrics.parquet, contact_sheet.png, tae_contact_sheet.png, samples/}; returns the summary."""
+    """The evaluation after a training stage (``spec``: the schedule's EvalSpec): a TAE stage is
+    measured on reconstructions of the probe's ground truth; a generator stage on its samples
+    (sound judged once the audio model has trained). Later stages keep the TAE frozen, so its
+    figures are not measured again. Writes out_dir/{summary.json, and metrics.parquet,
+    contact_sheet.png, samples/ or tae_contact_sheet.png, tae/}; returns the summary."""
     from training.checkpoint import load_checkpoint
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     models = load_checkpoint(checkpoint)
     prompts = load_prompts(spec.prompts)[: spec.max_prompts]
-    summary: dict[str, float | None] = dict(evaluate_tae(models, prompts, out_dir=out))
-    if model_kind != "tae":
+    if model_kind == "tae":
+        summary: dict[str, float | None] = dict(evaluate_tae(models, prompts, out_dir=out))
+    else:
         result = evaluate(models, prompts, seeds=spec.seeds, out_dir=out, steps=spec.steps,
                           judge_audio=model_kind == "audio")
-        summary = {**result.summary, **summary}
+        summary = dict(result.summary)
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
