@@ -207,10 +207,26 @@ def demo(
     if code == EXIT_OK and train:
         from flows.cli_train import run_train
 
-        code = run_train(str(output / "dataset"), str(output / "train"), "tiny")
+        code = run_train(str(output / "dataset"), str(output / "train"), str(_demo_schedule(output)))
         if code == EXIT_OK:
             _demo_sample_and_eval(output)
     raise typer.Exit(code)
+
+
+def _demo_schedule(output: Path) -> Path:
+    """The tiny schedule, trained on the demo's 64 px shapes only (bucket 1x1). The few real sample
+    clips land in other aspect buckets, each batched on its own and up-weighted by concept balancing:
+    measured, they took ~a fifth of the TAE's batches and kept it from learning colour at all.
+    Written next to the run so the schedule the demo used is there to read."""
+    import yaml
+
+    from training.schedule import SCHEDULES_DIR
+
+    raw = yaml.safe_load((SCHEDULES_DIR / "tiny.yaml").read_text())
+    raw["buckets"] = ["1x1"]
+    path = output / "schedule.yaml"
+    path.write_text("# `reelflow demo`: training/schedules/tiny.yaml on the synthetic shapes only\n" + yaml.safe_dump(raw, sort_keys=False))
+    return path
 
 
 def _demo_sample_and_eval(output: Path) -> None:
@@ -232,15 +248,22 @@ def _demo_sample_and_eval(output: Path) -> None:
     out.print(f"eval:    {result.files['contact_sheet']}  ({result.files['metrics']})")
 
 
-def _add_synthetic_shapes(manifest: Path, num_clips: int = 12) -> None:
+DEMO_SHAPES_CLIPS = 160  # 6 colours x 8 directions x 3 shapes, each seen ~1x
+
+
+def _add_synthetic_shapes(manifest: Path, num_clips: int = DEMO_SHAPES_CLIPS) -> None:
     """Captioned CC0 clips with sound (shapes bouncing, a click per bounce), so the tiny models have
-    something learnable, with audio, to train on. Appended to the demo manifest."""
+    something learnable, with audio, to train on. Appended to the demo manifest.
+
+    Rendered at the tiny model's 64 px and Movie Gen-sized shapes for a 64 px frame (20-35% of
+    it): the demo needs many of them (every colour in every direction) and each costs curation
+    and training time in proportion to its pixels."""
     import csv
 
     from training.synthetic_shapes import write_synthetic_dataset
 
-    shapes = write_synthetic_dataset(manifest.parent / "media" / "shapes", num_clips=num_clips, seed=0, width=320,
-                                     height=180, fps=24, seconds=3.0)
+    shapes = write_synthetic_dataset(manifest.parent / "media" / "shapes", num_clips=num_clips, seed=0, width=64,
+                                     height=64, fps=24, seconds=2.0, size_range=(0.2, 0.35))
     with shapes.open(newline="") as f:
         rows = list(csv.DictReader(f))
     with manifest.open("a", newline="") as f:

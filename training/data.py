@@ -66,10 +66,14 @@ class BatchSpec:
     val_fraction: float = 0.0
     seed: int = 0
     weighted: bool = True  # train: a sample appears floor(w) + Bernoulli(frac(w)) times per epoch
+    window: Literal["random", "start"] = "random"  # video: where the frames start (val always at the start)
+    buckets: tuple[str, ...] | None = None  # aspect buckets to use; None: all
 
     def __post_init__(self) -> None:
         if self.kind not in ("image", "video"):
             raise ValueError(f"kind must be 'image' or 'video', not {self.kind!r}")
+        if self.window not in ("random", "start"):
+            raise ValueError(f"window must be 'random' or 'start', not {self.window!r}")
         if self.split not in ("train", "val"):
             raise ValueError(f"split must be 'train' or 'val', not {self.split!r}")
         if self.kind == "image" and self.frames != 1:
@@ -95,6 +99,8 @@ class BatchSpec:
         parts = [f"at least {self.span_s:.3g} s" if self.kind == "video" else "any length"]
         if self.audio_sample_rate:
             parts.append("with audio")
+        if self.buckets:
+            parts.append(f"in bucket(s) {', '.join(self.buckets)}")
         return f"clips of {' '.join(parts)} in the {self.split} split (val_fraction={self.val_fraction:g})"
 
 
@@ -211,7 +217,8 @@ def repeats_in_epoch(weight: float, seed: int, epoch: int, key: str) -> int:
 
 
 def eligible_clips(clips: Iterable[ClipInfo], spec: BatchSpec) -> list[ClipInfo]:
-    """Clips usable for ``spec``, sorted by key: in its split, long enough, with audio if asked.
+    """Clips usable for ``spec``, sorted by key: in its split, long enough, with audio if asked,
+    in one of ``spec.buckets`` when set.
 
     With ``val_fraction`` > 0 and at least two usable clips, the held-out split is never empty:
     when the hash holds out none of them (likely for a handful of clips: 0.8^11 = 9% at 20%),
@@ -219,7 +226,8 @@ def eligible_clips(clips: Iterable[ClipInfo], spec: BatchSpec) -> list[ClipInfo]
     loss. Deterministic: the same clips give the same split."""
     usable = [c for c in clips
               if not (spec.kind == "video" and c.duration_s + 1e-6 < spec.span_s)
-              and not (spec.audio_sample_rate and not c.has_audio)]
+              and not (spec.audio_sample_rate and not c.has_audio)
+              and not (spec.buckets and c.bucket not in spec.buckets)]
     val = {c.key for c in usable if split_of(c.key, spec.val_fraction, spec.seed) == "val"}
     if not val and spec.val_fraction > 0 and len(usable) >= 2:
         val = {min(usable, key=lambda c: _unit("split", spec.seed, c.key)).key}
@@ -239,13 +247,14 @@ def _snap(t: float, fps: float) -> float:
 
 def start_time(clip: ClipInfo, spec: BatchSpec, epoch: int, copy: int) -> float:
     """The first frame's time: random per (seed, epoch, key, copy) for train, fixed for val
-    (the middle frame for images, the clip start for video)."""
+    (the middle frame for images, the clip start for video); a video spec with window 'start'
+    always starts at the clip start."""
     src_fps = clip.fps if clip.fps > 0 else spec.fps
     u = _unit("t", spec.seed, epoch, clip.key, copy)
     if spec.kind == "image":
         t = clip.duration_s / 2 if spec.split == "val" else u * clip.duration_s
         return min(_snap(t, src_fps), _snap(max(0.0, clip.duration_s - 1e-6), src_fps))
-    if spec.split == "val":
+    if spec.split == "val" or spec.window == "start":
         return 0.0
     slack = max(0.0, clip.duration_s - spec.span_s)
     steps = math.floor(slack * src_fps + 1e-6)  # start frames whose span still fits

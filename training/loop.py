@@ -35,7 +35,7 @@ from training.checkpoint import save_checkpoint
 from training.data import Batch, BatchSpec, DataError, Prefetcher, ShardDataset, bucket_size, eligible_clips
 from training.handoff import Grid, initial_models, spatial_multiple
 from training.schedule import Schedule, StageSpec, schedule_from_dict
-from training.steps import audio_step, check_audio_span, tae_step, trainable_module, video_step
+from training.steps import audio_step, check_audio_span, encode_latents, tae_step, trainable_module, video_step
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,8 @@ def batch_specs(schedule: Schedule, stage: StageSpec, config: ModelConfig, split
             kind=kind, resolution=stage.resolution, multiple=spatial_multiple(config),
             frames=1 if kind == "image" else stage.frames, fps=stage.fps, batch_size=bs,
             audio_sample_rate=audio_rate, split=split, val_fraction=schedule.val_fraction,
-            seed=schedule.seed, weighted=split == "train",
+            seed=schedule.seed, weighted=split == "train", window=stage.window,
+            buckets=tuple(schedule.buckets) if schedule.buckets else None,
         )
         for kind in kinds
     }
@@ -100,6 +101,34 @@ def kind_at(stage: StageSpec, seed: int, step: int) -> str:
     if stage.data != "joint":
         return "image" if stage.data == "image" else "video"
     return "image" if random.Random(f"{seed}:{stage.name}:{step}").random() < stage.image_ratio else "video"
+
+
+LATENT_CACHE_BYTES = 1 << 30
+
+
+class LatentCache:
+    """Latents of fixed-window samples by (key, shape), up to a byte budget (then it stops adding)."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes, self.bytes = max_bytes, 0
+        self.items: dict[tuple, torch.Tensor] = {}
+        self.hits = self.misses = 0
+
+    def encode(self, keys: list[str], pixels: torch.Tensor, encode) -> torch.Tensor:
+        shape = tuple(pixels.shape[2:])
+        found = [self.items.get((k, shape)) for k in keys]
+        todo = [i for i, z in enumerate(found) if z is None]
+        self.hits += len(keys) - len(todo)
+        self.misses += len(todo)
+        if todo:
+            fresh = encode(pixels[todo])
+            for j, i in enumerate(todo):
+                z = fresh[j].detach()
+                found[i] = z
+                if self.bytes + z.numel() * z.element_size() <= self.max_bytes:
+                    self.items[(keys[i], shape)] = z
+                    self.bytes += z.numel() * z.element_size()
+        return torch.stack(found)
 
 
 def step_generator(seed: int, rank: int, step: int) -> torch.Generator:
@@ -138,6 +167,11 @@ class StageRunner:
         self.val_data = ShardDataset(cfg.dataset)
         self.iters: dict[str, object] = {}
         self.state = LoopState()
+        # The TAE is frozen after its stage, and a video sample whose window is fixed ('start')
+        # is the same pixels every epoch: encode it once. On 2 CPU cores encoding a 64 px batch
+        # costs more than the transformer's step, so this is most of the tiny video stages' time.
+        self.latent_cache: LatentCache | None = (
+            LatentCache(LATENT_CACHE_BYTES) if self.stage.model == "video" and self.stage.window == "start" else None)
 
     # -- optimisation ------------------------------------------------------------------------
     def make_optimizer(self, module: nn.Module) -> torch.optim.Optimizer:
@@ -164,7 +198,10 @@ class StageRunner:
         if self.stage.model == "tae":
             return tae_step(module, self.models, pixels)
         if self.stage.model == "video":
-            return video_step(module, self.models, pixels, batch.captions, generator)
+            latents = None
+            if self.latent_cache is not None and pixels.shape[2] > 1:  # images start at random frames
+                latents = self.latent_cache.encode(batch.keys, pixels, lambda x: encode_latents(self.models, x))
+            return video_step(module, self.models, pixels, batch.captions, generator, latents=latents)
         audio = batch.audio.to(self.device)
         return audio_step(module, self.models, pixels, batch.captions, audio, self.mel, generator)
 
@@ -229,15 +266,20 @@ class StageRunner:
         """Write into the checkpoint's config the size, rate and frame count this stage trained
         the video model (or the TAE) on, so the stage's model.pt samples at a grid its positions
         cover: its most common aspect bucket at the stage's resolution. The audio stage keeps what
-        the last video stage recorded."""
+        the last video stage recorded. A TAE stage records the largest resolution the schedule's video
+        stages use it at: it is convolutional, may train smaller than it is used, and is judged (its
+        stage evaluation) where it will be used."""
         from collections import Counter
 
         if self.stage.model == "audio":
             return
+        resolution = self.stage.resolution
+        if self.stage.model == "tae":
+            resolution = max((s.resolution for s in self.schedule.stages if s.model == "video"), default=resolution)
         spec = self.specs.get("video") or next(iter(self.specs.values()))
         clips = eligible_clips(self.data[spec.kind].clips.values(), spec)
         aspect = Counter(c.bucket for c in clips).most_common(1)[0][0] if clips else "1x1"
-        h, w = bucket_size(aspect, self.stage.resolution, spec.multiple)
+        h, w = bucket_size(aspect, resolution, spec.multiple)
         sample = self.models.config.sample
         sample.height, sample.width = h, w
         sample.fps = int(round(self.stage.fps)) if spec.kind == "video" else sample.fps

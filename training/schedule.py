@@ -67,6 +67,10 @@ class StageSpec(BaseModel):
                                              "compression (Movie Gen: 256 frames = 32 latents at 8x).")
     fps: float = Field(16.0, gt=0, description="Video samples are resampled to this rate (Movie Gen trains at >= 16 fps).")
     image_ratio: float = Field(0.0, ge=0.0, le=1.0, description="Share of image batches in a joint stage.")
+    window: Literal["random", "start"] = Field("random", description=(
+        "Where a video sample's frames start in its clip: 'random' (a fresh offset per epoch, the usual "
+        "temporal crop) or 'start' (the first frame: for captions that say how a clip begins, e.g. the "
+        "shapes' 'moves right', which a crop after the first bounce contradicts)."))
     global_batch_size: int = Field(gt=0, description="Samples per step across all workers.")
     lr: float = Field(gt=0, description="Peak learning rate (AdamW).")
     final_lr: float | None = Field(None, ge=0, description="Cosine-decay target; default: lr (constant after warm-up).")
@@ -134,6 +138,10 @@ class Schedule(BaseModel):
     precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16 autocast on GPU (Movie Gen trains in bf16).")
     seed: int = 0
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="Share of clips held out for validation loss.")
+    buckets: list[str] | None = Field(None, min_length=1, description=(
+        "Aspect buckets to train on (e.g. ['1x1']); default: every bucket of the dataset. Each bucket is "
+        "batched on its own, so a handful of clips in other buckets, up-weighted by concept balancing, "
+        "can take a large share of the steps."))
     max_failures: int = Field(1, ge=0, description="Worker-group restarts per stage, each from the latest checkpoint.")
     eval: EvalSpec = Field(default_factory=EvalSpec, description="Evaluation of every stage's model (training/eval.py).")
     stages: list[StageSpec] = Field(min_length=1)

@@ -78,8 +78,10 @@ def tae_step(module: nn.Module, models: GenerationModels, pixels: torch.Tensor) 
 
 
 def video_step(module: nn.Module, models: GenerationModels, pixels: torch.Tensor, captions: list[str],
-               generator: torch.Generator, cond_dropout: float | None = None) -> dict[str, torch.Tensor]:
-    x1 = encode_latents(models, pixels)
+               generator: torch.Generator, cond_dropout: float | None = None,
+               latents: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """`latents`: the batch already encoded (`encode_latents`), e.g. from a cache; else encoded here."""
+    x1 = encode_latents(models, pixels) if latents is None else latents
     p_drop = models.config.flow.cond_dropout if cond_dropout is None else cond_dropout
     keep = torch.rand(x1.shape[0], generator=generator) >= p_drop
     keep = keep.to(x1.device)

@@ -100,31 +100,32 @@ def render_clip(clip: ShapeClip, width: int = 64, height: int = 64, fps: int = 8
     return frames, np.clip(audio, -1, 1), bounces
 
 
-def random_clip(rng: np.random.Generator) -> ShapeClip:
+def random_clip(rng: np.random.Generator, size_range: tuple[float, float] = (0.12, 0.24)) -> ShapeClip:
     return ShapeClip(
         colour=str(rng.choice(list(COLOURS))),
         shape=str(rng.choice(SHAPES)),
         direction=str(rng.choice(list(DIRECTIONS))),
         speed=float(rng.uniform(0.3, 0.8)),
-        size=float(rng.uniform(0.12, 0.24)),
+        size=float(rng.uniform(*size_range)),
         start=(float(rng.uniform(0.3, 0.7)), float(rng.uniform(0.3, 0.7))),
     )
 
 
 def write_synthetic_dataset(out_dir: str | Path, num_clips: int = 16, seed: int = 0, width: int = 1280,
                             height: int = 720, fps: int = 24, seconds: float = 5.0,
-                            sample_rate: int = 48000) -> Path:
+                            sample_rate: int = 48000, size_range: tuple[float, float] = (0.12, 0.24)) -> Path:
     """Write `num_clips` CC0 clips and a source manifest; returns the manifest.csv path.
 
     Defaults (1280x720, 24 fps, 5 s) pass Movie Gen's curation floors (>= 720 px, 4-16 s
-    clips, fps >= 16); pass smaller values for quick tests.
+    clips, fps >= 16); pass smaller values for quick tests. ``size_range``: shape diameters as a
+    fraction of the shorter side (larger shapes give an autoencoder more pixels to learn colour from).
     """
     out_dir = Path(out_dir)
     (out_dir / "clips").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     rows = []
     for i in range(num_clips):
-        clip = random_clip(rng)
+        clip = random_clip(rng, size_range)
         frames, audio, _ = render_clip(clip, width, height, fps, seconds, sample_rate)
         path = out_dir / "clips" / f"shapes-{seed:04d}-{i:05d}.mp4"
         write_mp4(path, frames, fps, audio, sample_rate)

@@ -193,3 +193,21 @@ def test_small_objects_survive_a_short_training_of_the_tiny_config():
     object_l1 = (recon - x).abs().mean(1)[obj].mean().item()
     brightness = ((recon + 1) * 127.5).amax(1)[obj].mean().item()
     assert object_l1 < 1.0 and brightness > 80, f"objects decode as background: L1 {object_l1:.2f}, max channel {brightness:.0f}"
+
+
+def test_one_channel_per_group_norm_is_blind_to_colour_and_the_tiny_config_is_not():
+    """GroupNorm with one channel per group is an instance norm: a frame with a dim red object and
+    a frame with a bright red one normalise to the same map (the object's level is lost). The
+    tiny/small configs use one group per frame (norm_groups=1), which keeps channel ratios."""
+    from models.configs import tiny
+    from models.tae import FrameGroupNorm, _num_groups
+
+    frame = torch.zeros(1, 4, 1, 8, 8)
+    frame[..., 2:5, 2:5] = 10.0  # large against GroupNorm's eps
+    dim, bright = frame * torch.tensor([0.3, 0.1, 0.1, 0.2]).view(1, 4, 1, 1, 1), frame * torch.tensor([0.9, 0.1, 0.1, 0.2]).view(1, 4, 1, 1, 1)
+    per_channel = FrameGroupNorm(_num_groups(4), 4)
+    assert _num_groups(4) == 4
+    assert torch.allclose(per_channel(dim), per_channel(bright), atol=1e-3)  # the defect, shown
+    layer = FrameGroupNorm(_num_groups(4, tiny().tae.norm_groups), 4)
+    assert not torch.allclose(layer(dim), layer(bright), atol=1e-2)
+    assert _num_groups(64, 32) == 32 and _num_groups(64, 1) == 1 and _num_groups(48, 8) == 8

@@ -413,3 +413,26 @@ def test_prefetcher_keeps_order_and_raises_decoder_errors_in_the_consumer():
     assert next(it) == 1
     with pytest.raises(DataError, match="at least 9 s"):
         next(it)
+
+
+def test_a_start_window_always_begins_at_the_clip_start_and_random_does_not():
+    from training.data import ClipInfo, start_time
+
+    clip = ClipInfo(key="k", shard="s.tar", bucket="1x1", duration_s=4.0, fps=24.0, has_audio=False)
+    fixed = BatchSpec(kind="video", resolution=64, multiple=8, frames=9, fps=8, window="start")
+    rand = BatchSpec(kind="video", resolution=64, multiple=8, frames=9, fps=8)
+    assert {start_time(clip, fixed, e, c) for e in range(5) for c in range(3)} == {0.0}
+    assert len({start_time(clip, rand, e, c) for e in range(5) for c in range(3)}) > 1
+    with pytest.raises(ValueError, match="window"):
+        BatchSpec(kind="video", resolution=64, multiple=8, frames=9, fps=8, window="middle")
+
+
+def test_a_bucket_filter_keeps_only_the_named_aspect_buckets():
+    from training.data import ClipInfo, eligible_clips
+
+    clips = [ClipInfo(key=f"k{i}", shard="s.tar", bucket=b, duration_s=3.0, fps=24.0, has_audio=False)
+             for i, b in enumerate(["1x1", "16x9", "1x1", "4x3"])]
+    spec = BatchSpec(kind="video", resolution=64, multiple=8, frames=9, fps=8, buckets=("1x1",))
+    assert [c.key for c in eligible_clips(clips, spec)] == ["k0", "k2"]
+    assert "in bucket(s) 1x1" in spec.describe()
+    assert len(eligible_clips(clips, dataclasses.replace(spec, buckets=None))) == 4

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.integration
 def test_two_workers_survive_a_worker_failure_and_resume_from_the_checkpoint(ray_session, shapes_dataset, tmp_path):
     raw = yaml.safe_load((SCHEDULES_DIR / "tiny.yaml").read_text())
     tae = raw["stages"][0]
-    tae.update(iterations=8, log_every=2, checkpoint_every=2, val_batches=1)
+    tae.update(iterations=8, log_every=2, checkpoint_every=2, val_batches=1, global_batch_size=2)
     raw.update(stages=[tae], num_workers=2, max_failures=1)
     schedule = schedule_from_dict(raw)
     marker = tmp_path / "fault"

@@ -99,3 +99,29 @@ def test_schedules_that_do_not_fit_the_models_fail_before_training():
     with pytest.raises(ScheduleError) as e:
         check_schedule_fits(bad)
     assert "joint_32: frame count must be 1 + 4·k" in str(e.value) and "audio: 17 frames" in str(e.value)
+
+
+def test_the_latent_cache_encodes_each_fixed_window_sample_once_and_gives_the_same_loss(models):
+    from training.loop import LatentCache
+    from training.steps import encode_latents
+
+    pixels = torch.rand(3, 3, 9, 32, 32) * 2 - 1
+    calls: list[int] = []
+
+    def encode(x):
+        calls.append(x.shape[0])
+        return encode_latents(models, x)
+
+    cache = LatentCache(1 << 20)
+    first = cache.encode(["a", "b", "c"], pixels, encode)
+    again = cache.encode(["c", "a", "d"], pixels[[2, 0, 1]], encode)  # "d" is new (pixels of "b")
+    assert calls == [3, 1] and (cache.hits, cache.misses) == (2, 4)
+    assert torch.equal(again[0], first[2]) and torch.equal(again[1], first[0]) and torch.allclose(again[2], first[1])
+    module = trainable_module(models, "video")
+    hand_off_video(models, Grid(frames=3, height=8, width=8), fresh=True)
+    fresh = video_step(module, models, pixels, ["x"] * 3, torch.Generator().manual_seed(1))
+    cached = video_step(module, models, pixels, ["x"] * 3, torch.Generator().manual_seed(1), latents=first)
+    assert torch.allclose(fresh["loss"], cached["loss"])
+    small = LatentCache(first[0].numel() * first[0].element_size())  # room for one sample
+    small.encode(["a", "b"], pixels[:2], encode)
+    assert len(small.items) == 1

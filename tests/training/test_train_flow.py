@@ -27,7 +27,8 @@ def quick_schedule(path: Path, iterations: int = 6, **top) -> Path:
     raw = yaml.safe_load((SCHEDULES_DIR / "tiny.yaml").read_text())
     raw["stages"] = [st for st in raw["stages"] if st["name"] != "joint_32"]
     for st in raw["stages"]:
-        st.update(iterations=iterations, log_every=3, warmup_steps=min(st.get("warmup_steps", 0), 2), val_batches=1)
+        st.update(iterations=iterations, log_every=3, warmup_steps=min(st.get("warmup_steps", 0), 2), val_batches=1,
+                  global_batch_size=2)
     raw["eval"] = {"max_prompts": 2, "steps": 2}
     raw.update(top)
     path.write_text(yaml.safe_dump(raw))

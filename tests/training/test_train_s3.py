@@ -20,7 +20,8 @@ def test_stage_checkpoints_and_outputs_on_s3(ray_session, s3_server, shapes_data
     boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket="checkpoints")
     raw = yaml.safe_load((SCHEDULES_DIR / "tiny.yaml").read_text())
     t2i = raw["stages"][1]
-    t2i.update(iterations=4, log_every=2, checkpoint_every=2, warmup_steps=0, init="scratch", val_batches=1)
+    t2i.update(iterations=4, log_every=2, checkpoint_every=2, warmup_steps=0, init="scratch", val_batches=1,
+               global_batch_size=4)
     raw["stages"] = [t2i]
     schedule = schedule_from_dict(raw)
     output = "s3://checkpoints/runs/exp-1"
