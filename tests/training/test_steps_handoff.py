@@ -116,7 +116,7 @@ def test_the_latent_cache_encodes_each_fixed_window_sample_once_and_gives_the_sa
     first = cache.encode(["a", "b", "c"], pixels, encode)
     again = cache.encode(["c", "a", "d"], pixels[[2, 0, 1]], encode)  # "d" is new (pixels of "b")
     assert calls == [3, 1] and (cache.hits, cache.misses) == (2, 4)
-    assert torch.equal(again[0], first[2]) and torch.equal(again[1], first[0]) and torch.allclose(again[2], first[1])
+    assert torch.equal(again[0], first[2]) and torch.equal(again[1], first[0]) and torch.allclose(again[2], first[1], atol=1e-5)
     module = trainable_module(models, "video")
     hand_off_video(models, Grid(frames=3, height=8, width=8), fresh=True)
     fresh = video_step(module, models, pixels, ["x"] * 3, torch.Generator().manual_seed(1))
