@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -135,13 +136,15 @@ def summarize(rows: list[dict]) -> dict[str, float | None]:
 def evaluate(checkpoint, prompts: list[PromptSpec] | None = None, seeds: int = 1, out_dir: str | Path | None = None,
              steps: int | None = None, guidance_scale: float | None = None, seconds: float | None = None,
              progress=None, judge_audio: bool = True) -> EvalResult:
-    """Generate every prompt x seed, save the mp4s under ``out_dir/samples``, measure them."""
+    """Generate every prompt x seed, save the mp4s under ``out_dir/samples``, measure them. Without
+    ``out_dir`` the outputs go to a new temporary directory (``result.out_dir``), never into the
+    caller's working directory."""
     from training.checkpoint import GenerationModels, load_checkpoint
     from training.generate import generate
 
     models = checkpoint if isinstance(checkpoint, GenerationModels) else load_checkpoint(checkpoint)
     prompts = prompts or probe_prompts()
-    out = Path(out_dir) if out_dir else Path.cwd() / "eval"
+    out = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix="reelflow-eval-"))
     samples = out / "samples"
     rows: list[dict] = []
     total = len(prompts) * seeds

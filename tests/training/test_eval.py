@@ -5,6 +5,7 @@ the metric that missed."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -129,3 +130,16 @@ def test_reelflow_eval_end_to_end_on_a_tiny_checkpoint(tmp_path):
     assert "colour" in r.output and "tae_object_colour" in r.output
     r = CliRunner().invoke(app, ["eval", str(tmp_path / "missing.pt")])
     assert r.exit_code == 2
+
+
+def test_evaluate_without_an_output_directory_writes_nowhere_near_the_working_directory(tmp_path, monkeypatch):
+    from training.checkpoint import make_tiny_checkpoint
+    from training.eval import PromptSpec, evaluate
+
+    ckpt = make_tiny_checkpoint(tmp_path / "tiny.pt")
+    work = tmp_path / "cwd"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    result = evaluate(ckpt, [PromptSpec("A red circle moves right across a black background.", "red")], steps=1)
+    assert list(work.iterdir()) == []
+    assert Path(result.rows[0]["sample"]).is_file() and Path(result.rows[0]["sample"]).is_relative_to(result.out_dir)
