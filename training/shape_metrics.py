@@ -21,6 +21,8 @@ Definitions (each next to its code):
 - silence: the share of the audio energy that lies more than a frame from every visual bounce
   (where a bounce could be seen at all); the clip is silent where nothing bounces when that
   share is below ``SILENCE_MAX_SHARE``.
+- Sound is judged only for a present object: a sample without one fails sync and silence (and has
+  no sync error), as it fails every other metric it was asked for.
 """
 
 from __future__ import annotations
@@ -223,12 +225,15 @@ def judge(m: ShapeMeasure, fps: float, colour: str | None = None, shape: str | N
     def hit(got, want):
         return None if want is None else float(m.present and got == want)
 
-    sync_ok = silence_ok = None
-    if audio:
-        sync_ok = float(m.sync_error_ms is not None and m.sync_error_ms <= 1000.0 / fps + 1e-6) if m.bounce_frames else None
+    sync_ok = silence_ok = sync_error = None
+    if audio and not m.present:  # sound is asked: without the object there is nothing to sync to
+        sync_ok = silence_ok = 0.0
+    elif audio:
+        sync_error = m.sync_error_ms
+        sync_ok = float(sync_error is not None and sync_error <= 1000.0 / fps + 1e-6) if m.bounce_frames else None
         silence_ok = float(m.stray_audio_share is not None and m.stray_audio_share <= SILENCE_MAX_SHARE)
     return Verdict(present=float(m.present), colour=hit(m.colour, colour), shape=hit(m.shape, shape),
-                   direction=hit(m.direction, direction), sync_error_ms=m.sync_error_ms if audio else None,
+                   direction=hit(m.direction, direction), sync_error_ms=sync_error,
                    sync_ok=sync_ok, silence_ok=silence_ok)
 
 

@@ -63,6 +63,23 @@ def test_an_empty_frame_fails_every_asked_metric():
     v = sm.judge(sm.measure(np.zeros((9, 64, 64, 3), np.uint8), FPS, np.zeros(16000, np.float32), 16000), FPS,
                  "red", "circle", "right", audio=True)
     assert (v.present, v.colour, v.shape, v.direction) == (0.0, 0.0, 0.0, 0.0)
+    assert (v.sync_ok, v.silence_ok, v.sync_error_ms) == (0.0, 0.0, None)
+
+
+def test_a_bounce_in_sync_does_not_pass_when_the_object_is_not_present():
+    """An object seen in 6 of 9 frames (below the 80% that counts as present), bouncing on its
+    click: sound is judged only for a present object (the demo's blank samples scored 50% sync)."""
+    from training.synthetic_shapes import ShapeClip, render_clip
+
+    frames, audio, _ = render_clip(ShapeClip("red", "circle", "right", start=(0.75, 0.5)), 64, 64, FPS,
+                                   num_frames=9, sample_rate=16000)
+    whole = sm.judge(sm.measure(frames, FPS, audio, 16000), FPS, "red", audio=True)
+    assert (whole.present, whole.sync_ok, whole.silence_ok) == (1.0, 1.0, 1.0)  # the control
+    frames[6:] = 0
+    m = sm.measure(frames, FPS, audio, 16000)
+    assert not m.present and m.bounce_frames and m.sync_error_ms < 1000 / FPS  # the bounce is seen and in sync
+    v = sm.judge(m, FPS, "red", audio=True)
+    assert (v.sync_ok, v.silence_ok, v.sync_error_ms) == (0.0, 0.0, None)
 
 
 def test_prompt_sets(tmp_path):
