@@ -24,7 +24,7 @@ import logging
 import math
 import tarfile
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -106,7 +106,9 @@ class BatchSpec:
 
 @dataclass
 class Batch:
-    pixels: torch.Tensor  # (B, 3, T, H, W) float32 in [-1, 1]; T == spec.frames (1 for images)
+    # (B, 3, T, H, W) float32 in [-1, 1]; T == spec.frames (1 for images). None when the caller
+    # said it holds what it needs of these samples already (``decode_plan``'s ``have``).
+    pixels: torch.Tensor | None
     captions: list[str]
     keys: list[str]
     bucket: str  # the aspect bucket, e.g. "16x9"
@@ -506,17 +508,26 @@ class ShardDataset:
         planned = plan_batches(list(self.clips.values()), spec, rank, world_size)
         return itertools.islice(planned, start_batch, None)
 
-    def batches(self, spec: BatchSpec, rank: int = 0, world_size: int = 1, start_batch: int = 0) -> Iterator[Batch]:
+    def batches(self, spec: BatchSpec, rank: int = 0, world_size: int = 1, start_batch: int = 0,
+                have: Callable[[PlannedBatch, tuple[int, int]], bool] | None = None) -> Iterator[Batch]:
         """Decoded batches for ``rank``, from planned batch ``start_batch`` on (earlier ones are
         skipped without decoding). Raises DataError at once when no clip fits ``spec``."""
         planned = self.plan(spec, rank, world_size, start_batch)
-        return self.decode_plan(zip(itertools.count(start_batch), planned), spec)
+        return self.decode_plan(zip(itertools.count(start_batch), planned), spec, have)
 
-    def decode_plan(self, planned: Iterable[tuple[int, PlannedBatch]], spec: BatchSpec) -> Iterator[Batch]:
+    def decode_plan(self, planned: Iterable[tuple[int, PlannedBatch]], spec: BatchSpec,
+                    have: Callable[[PlannedBatch, tuple[int, int]], bool] | None = None) -> Iterator[Batch]:
         """Decode (position, planned batch) pairs; failed samples are dropped, an empty batch is
-        skipped."""
+        skipped. ``have(planned, (h, w))`` True: the caller already holds what it needs of these
+        samples (e.g. their latents), so the batch comes without pixels (``pixels`` None) and
+        nothing is decoded. Audio batches are always decoded."""
         for position, pb in planned:
-            batch = self._decode_batch(pb, spec)
+            if have is not None and not spec.audio_sample_rate and have(pb, bucket_size(pb.bucket, spec.resolution,
+                                                                                       spec.multiple)):
+                batch = Batch(pixels=None, captions=[self.clips[k].caption for k in pb.keys], keys=pb.keys,
+                              bucket=pb.bucket)
+            else:
+                batch = self._decode_batch(pb, spec)
             if batch is not None:
                 batch.position = position
                 self.stats.batches += 1

@@ -100,8 +100,14 @@ def render_clip(clip: ShapeClip, width: int = 64, height: int = 64, fps: int = 8
     return frames, np.clip(audio, -1, 1), bounces
 
 
-def random_clip(rng: np.random.Generator, size_range: tuple[float, float] = (0.12, 0.24)) -> ShapeClip:
-    return ShapeClip(
+def random_clip(rng: np.random.Generator, size_range: tuple[float, float] = (0.12, 0.24),
+                lead_in: float = 0.0) -> ShapeClip:
+    """A random clip. ``lead_in`` > 0 starts the shape that fraction of the frame *behind* the
+    centre, against its direction (with +-0.08 of jitter): it then travels the way its caption says
+    for most of a second before the first bounce. Started anywhere, most 64 px shapes bounce within
+    the first few frames, so the caption's direction holds for a fraction of the clip (measured on the
+    tiny model: direction 17% of probe samples with random starts, 54% with lead_in 0.15)."""
+    clip = ShapeClip(
         colour=str(rng.choice(list(COLOURS))),
         shape=str(rng.choice(SHAPES)),
         direction=str(rng.choice(list(DIRECTIONS))),
@@ -109,23 +115,31 @@ def random_clip(rng: np.random.Generator, size_range: tuple[float, float] = (0.1
         size=float(rng.uniform(*size_range)),
         start=(float(rng.uniform(0.3, 0.7)), float(rng.uniform(0.3, 0.7))),
     )
+    if lead_in:
+        dx, dy = DIRECTIONS[clip.direction]
+        norm = math.hypot(dx, dy)
+        # the jitter reuses the uniform start already drawn, so the rest of the stream is unchanged
+        clip.start = tuple(0.5 - lead_in * d / norm + (s - 0.5) * 0.4 for d, s in zip((dx, dy), clip.start))
+    return clip
 
 
 def write_synthetic_dataset(out_dir: str | Path, num_clips: int = 16, seed: int = 0, width: int = 1280,
                             height: int = 720, fps: int = 24, seconds: float = 5.0,
-                            sample_rate: int = 48000, size_range: tuple[float, float] = (0.12, 0.24)) -> Path:
+                            sample_rate: int = 48000, size_range: tuple[float, float] = (0.12, 0.24),
+                            lead_in: float = 0.0) -> Path:
     """Write `num_clips` CC0 clips and a source manifest; returns the manifest.csv path.
 
     Defaults (1280x720, 24 fps, 5 s) pass Movie Gen's curation floors (>= 720 px, 4-16 s
     clips, fps >= 16); pass smaller values for quick tests. ``size_range``: shape diameters as a
     fraction of the shorter side (larger shapes give an autoencoder more pixels to learn colour from).
+    ``lead_in``: see ``random_clip``.
     """
     out_dir = Path(out_dir)
     (out_dir / "clips").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     rows = []
     for i in range(num_clips):
-        clip = random_clip(rng, size_range)
+        clip = random_clip(rng, size_range, lead_in)
         frames, audio, _ = render_clip(clip, width, height, fps, seconds, sample_rate)
         path = out_dir / "clips" / f"shapes-{seed:04d}-{i:05d}.mp4"
         write_mp4(path, frames, fps, audio, sample_rate)

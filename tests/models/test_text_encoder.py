@@ -73,3 +73,15 @@ def test_char_only_encoder():
     enc = build_text_encoder(TextEncoderConfig(backbone="none", out_dim=16, char_dim=16, char_heads=2, char_layers=1))
     feats, mask = enc(['say "hi"', "nothing"])
     assert feats.shape == (2, 3, 16) and mask.tolist() == [[True, True, True], [True, False, False]]
+
+
+def test_backbone_cache_returns_what_the_encoder_computes(minilm_text_encoder):
+    bb = minilm_text_encoder.backbone
+    bb(["a red circle moves right"])  # seen before: served from the cache below
+    prompts = ["a red circle moves right", "a long prompt about a blue square that moves down slowly", "a red circle moves right"]
+    h, m = bb(prompts)
+    ref_h, ref_m = bb.encode(prompts)
+    assert torch.equal(m, ref_m)
+    assert torch.allclose(h[m], ref_h[ref_m], atol=1e-5)
+    assert (h[~m] == 0).all()
+    assert "a long prompt about a blue square that moves down slowly" in bb._cache

@@ -307,6 +307,30 @@ def test_start_batch_resumes_exactly_where_a_run_stopped(shapes_dataset):
 
 
 @pytest.mark.integration
+def test_batches_the_caller_already_holds_come_without_decoding(shapes_dataset):
+    spec = BatchSpec(kind="video", resolution=32, multiple=8, frames=5, fps=8, batch_size=2, window="start")
+    ds = ShardDataset(str(shapes_dataset.path))
+    held: set[str] = set()
+    sizes: set[tuple[int, int]] = set()
+
+    def have(pb, size):
+        sizes.add(size)
+        return all(k in held for k in pb.keys)
+
+    got = []
+    for b in itertools.islice(ds.batches(spec, have=have), 12):
+        got.append(b)
+        if b.pixels is not None:
+            held.update(b.keys)  # the caller now holds these samples (e.g. their latents)
+    skipped = [b for b in got if b.pixels is None]
+    assert skipped and all(set(b.keys) <= held and b.captions == [ds.clips[k].caption for k in b.keys] for b in skipped)
+    assert ds.stats.samples_decoded == 2 * (len(got) - len(skipped))
+    assert sizes == {bucket_size(b.bucket, 32, 8) for b in got}  # the size each batch would decode at
+    plain = list(itertools.islice(ShardDataset(str(shapes_dataset.path)).batches(spec), 12))
+    assert [b.keys for b in got] == [b.keys for b in plain] and [b.position for b in got] == list(range(12))
+
+
+@pytest.mark.integration
 def test_ranks_on_real_shards_are_disjoint_and_in_step(shapes_dataset):
     spec = BatchSpec(kind="image", resolution=32, multiple=8, batch_size=2, weighted=False)
     ds = ShardDataset(str(shapes_dataset.path))
@@ -398,6 +422,24 @@ def test_reads_a_dataset_on_s3_like_a_local_one(shapes_dataset, s3_server, tmp_p
     assert [b.keys for b in remote] == [b.keys for b in local]
     assert all(torch.equal(a.pixels, b.pixels) for a, b in zip(remote, local))
     assert len(list((tmp_path / "cache").glob("*.tar"))) == len(list((root / "shards").rglob("*.tar")))
+
+
+def test_batches_are_decoded_ahead_only_where_a_core_is_free():
+    import os
+
+    from training.loop import prefetch_depth
+
+    cores = len(os.sched_getaffinity(0))
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(cores)
+        assert prefetch_depth(torch.device("cpu"), 2) == 0  # torch uses every core: decode inline
+        assert prefetch_depth(torch.device("cuda"), 2) == 2  # the GPU computes: the CPU decodes ahead
+        if cores > 1:
+            torch.set_num_threads(cores - 1)
+            assert prefetch_depth(torch.device("cpu"), 2) == 2
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_prefetcher_keeps_order_and_raises_decoder_errors_in_the_consumer():

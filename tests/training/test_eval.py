@@ -160,3 +160,21 @@ def test_evaluate_without_an_output_directory_writes_nowhere_near_the_working_di
     result = evaluate(ckpt, [PromptSpec("A red circle moves right across a black background.", "red")], steps=1)
     assert list(work.iterdir()) == []
     assert Path(result.rows[0]["sample"]).is_file() and Path(result.rows[0]["sample"]).is_relative_to(result.out_dir)
+
+
+def test_a_lead_in_keeps_the_captioned_direction_longer_before_the_first_bounce():
+    def first_bounce_frames(lead_in: float) -> list[float]:
+        rng = np.random.default_rng(3)
+        out = []
+        for _ in range(120):
+            clip = random_clip(rng, (0.2, 0.35), lead_in)
+            _, _, bounces = render_clip(clip, 64, 64, 8, num_frames=9)
+            out.append(bounces[0] * 8 if bounces else 9.0)
+        return out
+
+    anywhere, lead = first_bounce_frames(0.0), first_bounce_frames(0.15)
+    assert np.median(lead) >= np.median(anywhere) + 1.5  # frames of travel the way the caption says
+    assert np.mean(np.array(lead) >= 3) >= 0.95  # the first frames (what the metric reads) hold the direction
+    rng_a, rng_b = np.random.default_rng(5), np.random.default_rng(5)
+    plain, led = random_clip(rng_a), random_clip(rng_b, lead_in=0.15)
+    assert (plain.colour, plain.shape, plain.direction, plain.speed) == (led.colour, led.shape, led.direction, led.speed)
