@@ -83,7 +83,8 @@ def test_report_has_schedule_charts_and_generate_hint(tmp_path, schedule):
         assert st.name in page
     assert 'id="schedule"' in page and "<table class=sched>" in page
     assert "global batch" in page and "final train loss" in page
-    assert "0.0006 → 0.0001" in page  # joint_64 decays (cosine) to its final_lr
+    decayed = next(st for st in schedule.stages if st.final_lr is not None)
+    assert f"{decayed.lr:g} → {decayed.final_lr:g}" in page  # joint_64 decays (cosine) to its final_lr
     assert "resumed" in page  # joint_32's outcome flag
     imgs = _pngs(page)
     assert len(imgs) >= 2
