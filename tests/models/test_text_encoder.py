@@ -85,3 +85,10 @@ def test_backbone_cache_returns_what_the_encoder_computes(minilm_text_encoder):
     assert torch.allclose(h[m], ref_h[ref_m], atol=1e-5)
     assert (h[~m] == 0).all()
     assert "a long prompt about a blue square that moves down slowly" in bb._cache
+    full, bb.cache_bytes = bb.cache_bytes, bb._cached_bytes  # no room left: new prompts are encoded, not kept
+    try:
+        h2, m2 = bb(["an unseen prompt", "a red circle moves right"])
+        ref2, _ = bb.encode(["an unseen prompt", "a red circle moves right"])
+        assert "an unseen prompt" not in bb._cache and torch.allclose(h2[m2], ref2[m2], atol=1e-5)
+    finally:
+        bb.cache_bytes = full
