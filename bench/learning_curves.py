@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 METRICS = {  # column -> heading
-    "eval_tae_psnr": "TAE PSNR dB", "eval_tae_object_colour": "TAE obj colour",
+    "eval_tae_psnr": "TAE PSNR dB", "eval_tae_object_colour": "TAE obj colour", "eval_tae_object_direction": "TAE obj direction",
     "eval_present": "present", "eval_colour": "colour", "eval_shape": "shape", "eval_direction": "direction",
     "eval_sync_ok": "sync ok", "eval_sync_error_ms": "sync err ms", "eval_silence_ok": "silence ok",
 }

@@ -77,4 +77,5 @@ TAE_HELP = {
     "tae_object_present": "object still there after encode -> decode",
     "tae_object_colour": "object keeps its colour after encode -> decode",
     "tae_object_shape": "object keeps its shape after encode -> decode",
+    "tae_object_direction": "object still moves the way the ground truth does after encode -> decode",
 }

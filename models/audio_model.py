@@ -45,6 +45,12 @@ class AudioConfig:
     ffn_dim: int = 18432  # = 4·dim: a plain GELU MLP ratio, unlike the video model's SwiGLU 8/3
     ffn_kind: str = "gelu"
     video_dim: int = 1024  # per-frame video feature width
+    # What the video condition is (video_conditioning): "latents" pools TAE latents per latent frame
+    # (C·grid² wide; one feature per 4-8 video frames); "frames" pools each decoded video frame and its
+    # change from the one before (6·grid² wide), resampled onto audio frames by time, so a sound can be
+    # placed to the video frame it belongs to.
+    video_features: str = "latents"
+    video_grid: int = 2
     text_dim: int = 4096
     window_frames: int = 750  # 30 s at 25 Hz (Movie Gen pre-trains on sequences up to 30 s)
     overlap_frames: int = 125  # 5 s of overlap between long-form windows
@@ -165,6 +171,52 @@ def video_features_from_latents(latents: torch.Tensor, grid: int = 2) -> torch.T
     to a grid x grid layout: cheap, needs no extra weights, keeps coarse 'where' information."""
     pooled = F.adaptive_avg_pool3d(latents, (latents.shape[2], grid, grid))
     return pooled.permute(0, 2, 1, 3, 4).flatten(2)
+
+
+def video_features_from_frames(frames: torch.Tensor, grid: int = 4) -> torch.Tensor:
+    """Video frames (B, 3, T, H, W) in [-1, 1] -> per-frame features (B, T, 6·grid²): each frame
+    average-pooled to grid x grid RGB (what is where), and the same pooling of its absolute change
+    from the frame before (what moved; zero for the first frame). Weight-free, like the latent
+    pooling, but one feature per video frame: a bounce seen in frame k can be heard at frame k."""
+    b, c, t, _, _ = frames.shape
+    diff = torch.cat([torch.zeros_like(frames[:, :, :1]), (frames[:, :, 1:] - frames[:, :, :-1]).abs()], dim=2)
+    pooled = F.adaptive_avg_pool3d(torch.cat([frames, diff], dim=1), (t, grid, grid))  # (B, 6, T, g, g)
+    return pooled.permute(0, 2, 1, 3, 4).flatten(2)
+
+
+def frames_to_audio_frames(feats: torch.Tensor, fps: float, num_frames: int, frame_rate: float) -> torch.Tensor:
+    """Per-video-frame features (B, T, D) -> (B, num_frames, D) on the audio frames, by time: audio
+    frame j is centred at j / frame_rate s (torch.stft, center=True), where video frame j·fps/frame_rate
+    shows (linear between frames, held at the ends). ``align_video`` instead stretches T features
+    over the span, which puts frame k of T up to a frame late."""
+    t = feats.shape[1]
+    pos = (torch.arange(num_frames, device=feats.device, dtype=torch.float32) * (fps / frame_rate)).clamp(0, t - 1)
+    lo = pos.floor().long()
+    hi = (lo + 1).clamp(max=t - 1)
+    w = (pos - lo).view(1, -1, 1).to(feats)
+    return feats[:, lo] * (1 - w) + feats[:, hi] * w
+
+
+def video_conditioning(cfg: AudioConfig, fps: float, num_frames: int, frames: torch.Tensor | None = None,
+                       latents: torch.Tensor | None = None) -> torch.Tensor:
+    """The audio model's video condition (B, Tv, video_dim) for a clip at ``fps`` whose audio has
+    ``num_frames`` frames: from its video frames (B, 3, T, H, W) or its TAE latents (B, C, t, h, w),
+    as ``cfg.video_features`` says. "frames" features come already on the audio frames."""
+    if cfg.video_features == "frames":
+        if frames is None:
+            raise ValueError("this audio model is conditioned on video frames; none were given")
+        feats = frames_to_audio_frames(video_features_from_frames(frames, cfg.video_grid), fps, num_frames,
+                                       cfg.frame_rate)
+    elif cfg.video_features == "latents":
+        if latents is None:
+            raise ValueError("this audio model is conditioned on TAE latents; none were given")
+        feats = video_features_from_latents(latents, cfg.video_grid)
+    else:
+        raise ValueError(f"unknown video_features {cfg.video_features!r}: 'frames' or 'latents'")
+    if feats.shape[-1] != cfg.video_dim:
+        raise ValueError(f"video features are {feats.shape[-1]} wide; the audio model takes {cfg.video_dim} "
+                         f"(video_dim; {cfg.video_features} at grid {cfg.video_grid})")
+    return feats
 
 
 def sample_audio_mask(b: int, n: int, generator: torch.Generator | None = None,

@@ -25,6 +25,9 @@ class SampleConfig:
     # Frames per clip the video model was trained on (a stage checkpoint records its own); None:
     # generation takes its length from the caller.
     frames: int | None = None
+    # The model was trained on captions that start with Movie Gen's ``FPS-<n>`` token (n = fps above),
+    # so generation prepends it to a prompt that has none; the trainer records it.
+    fps_token: bool = False
 
 
 @dataclass
@@ -79,9 +82,11 @@ def tiny(with_audio: bool = True) -> ModelConfig:
                              char_heads=2, max_length=48, char_max_length=32)
     video = VideoTransformerConfig(latent_channels=8, dim=64, n_layers=2, n_heads=4, ffn_dim=172,
                                    text_dim=text.out_dim, max_frames=16, max_height=16, max_width=16)
+    # The audio model sees every video frame (pooled 4x4, with its change from the last): per-latent-
+    # frame features span 4 frames (500 ms at 8 fps), too coarse to place a bounce within one frame.
     audio = AudioConfig(sample_rate=16000, n_fft=512, hop_length=256, n_mels=32, dim=64, n_layers=2,
-                        n_heads=4, ffn_dim=256, video_dim=tae.latent_channels * 4, text_dim=text.out_dim,
-                        window_frames=64, overlap_frames=16, num_steps=8)
+                        n_heads=4, ffn_dim=256, video_features="frames", video_grid=4, video_dim=6 * 4 * 4,
+                        text_dim=text.out_dim, window_frames=64, overlap_frames=16, num_steps=8)
     return ModelConfig(
         name="tiny", tae=tae, video=video, text=text,
         flow=FlowMatchingConfig(num_steps=8, guidance_scale=3.0),
@@ -98,7 +103,8 @@ def small(with_audio: bool = True) -> ModelConfig:
     video = VideoTransformerConfig(latent_channels=16, dim=512, n_layers=12, n_heads=8, ffn_dim=1408,
                                    text_dim=text.out_dim, max_frames=32, max_height=16, max_width=16)
     audio = AudioConfig(sample_rate=16000, n_fft=1024, hop_length=640, n_mels=80, dim=384, n_layers=8,
-                        n_heads=6, ffn_dim=1536, video_dim=tae.latent_channels * 4, text_dim=text.out_dim,
+                        n_heads=6, ffn_dim=1536, video_features="frames", video_grid=4, video_dim=6 * 4 * 4,
+                        text_dim=text.out_dim,
                         window_frames=250, overlap_frames=50)
     return ModelConfig(name="small", tae=tae, video=video, text=text,
                        sample=SampleConfig(height=256, width=256, fps=16),

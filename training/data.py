@@ -34,6 +34,7 @@ import pyarrow.parquet as pq
 import torch
 
 from curation.storage import Storage, join
+from training.captions import at_rate
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +103,12 @@ class BatchSpec:
         if self.buckets:
             parts.append(f"in bucket(s) {', '.join(self.buckets)}")
         return f"clips of {' '.join(parts)} in the {self.split} split (val_fraction={self.val_fraction:g})"
+
+
+def sample_caption(caption: str, spec: BatchSpec) -> str:
+    """The caption one training sample is trained with: its ``FPS-<n>`` token rewritten to the rate
+    the sample is resampled to (an image's dropped), see training/captions.py."""
+    return at_rate(caption, spec.fps if spec.kind == "video" else None)
 
 
 @dataclass
@@ -524,7 +531,8 @@ class ShardDataset:
         for position, pb in planned:
             if have is not None and not spec.audio_sample_rate and have(pb, bucket_size(pb.bucket, spec.resolution,
                                                                                        spec.multiple)):
-                batch = Batch(pixels=None, captions=[self.clips[k].caption for k in pb.keys], keys=pb.keys,
+                batch = Batch(pixels=None, captions=[sample_caption(self.clips[k].caption, spec) for k in pb.keys],
+                              keys=pb.keys,
                               bucket=pb.bucket)
             else:
                 batch = self._decode_batch(pb, spec)
@@ -542,7 +550,7 @@ class ShardDataset:
         pixels = np.stack([d[0] for _, d in got])  # (B, T, H, W, 3) uint8
         pixels = torch.from_numpy(np.ascontiguousarray(pixels.transpose(0, 4, 1, 2, 3))).float().div_(127.5).sub_(1.0)
         audio = torch.from_numpy(np.stack([d[1] for _, d in got])) if spec.audio_sample_rate else None
-        return Batch(pixels=pixels, captions=[self.clips[s.key].caption for s, _ in got],
+        return Batch(pixels=pixels, captions=[sample_caption(self.clips[s.key].caption, spec) for s, _ in got],
                      keys=[s.key for s, _ in got], bucket=pb.bucket, audio=audio)
 
     def _sample(self, s: PlannedSample, spec: BatchSpec,

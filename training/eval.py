@@ -190,7 +190,10 @@ def evaluate_tae(checkpoint, prompts: list[PromptSpec] | None = None, seeds: int
             ssim.append(float(np.mean([structural_similarity(a, b, channel_axis=-1, data_range=255)
                                        for a, b in zip(truth, rec)])))
             m = measure(rec, cfg.sample.fps)
-            v = judge(m, cfg.sample.fps, colour=clip.colour, shape=clip.shape)
+            # motion must survive too: the reconstruction moves the way the ground truth is measured to
+            # move (its own first frames; a bounce there can flip the rendered direction)
+            seen = measure(truth, cfg.sample.fps).direction if frames_n > 1 else None
+            v = judge(m, cfg.sample.fps, colour=clip.colour, shape=clip.shape, direction=seen)
             rows.append(v)
             if out_dir is not None:
                 from training.generate import write_mp4
@@ -204,7 +207,13 @@ def evaluate_tae(checkpoint, prompts: list[PromptSpec] | None = None, seeds: int
     return {"tae_psnr": float(np.mean(psnr)), "tae_ssim": float(np.mean(ssim)),
             "tae_object_present": float(np.mean([r.present for r in rows])),
             "tae_object_colour": float(np.mean([r.colour for r in rows])),
-            "tae_object_shape": float(np.mean([r.shape for r in rows]))}
+            "tae_object_shape": float(np.mean([r.shape for r in rows])),
+            "tae_object_direction": _mean_or_none([r.direction for r in rows])}
+
+
+def _mean_or_none(values: list[float | None]) -> float | None:
+    kept = [v for v in values if v is not None]
+    return float(np.mean(kept)) if kept else None
 
 
 def write_outputs(result: EvalResult, prompts: list[PromptSpec]) -> dict[str, str]:

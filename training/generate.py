@@ -14,13 +14,14 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
-import av
 import numpy as np
 import torch
 
-from models.audio_model import LogMel, generate_audio, video_features_from_latents
+from models.audio_model import LogMel, generate_audio, video_conditioning
 from models.flow_matching import euler_sample, guided_velocity, resolution_shift
+from models.configs import SampleConfig
 from training.checkpoint import GenerationModels, load_checkpoint
+from training.captions import with_rate
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 
@@ -35,6 +36,13 @@ class GenerationResult:
     duration_s: float
     has_audio: bool
     sample_rate: int | None
+
+
+def conditioning_prompt(prompt: str, sample: SampleConfig) -> str:
+    """The text the model is conditioned on: the prompt, behind the ``FPS-<n>`` token of the rate
+    the model samples at when it was trained with one (Movie Gen prepends it at inference too). A
+    prompt that brings its own token keeps it."""
+    return with_rate(prompt, sample.fps) if sample.fps_token else prompt
 
 
 def num_video_frames(seconds: float, fps: int, temporal_compression: int) -> int:
@@ -78,7 +86,7 @@ def generate(
     if lt // pt > cfg.video.max_frames // pt:
         raise ValueError(f"{seconds} s needs {lt} latent frames; this model has positions for "
                          f"{cfg.video.max_frames} (at most {cfg.tae.pixel_frames(cfg.video.max_frames) / fps:.2f} s)")
-    text, text_mask = models.text([prompt])
+    text, text_mask = models.text([conditioning_prompt(prompt, cfg.sample)])
     cond = dict(text=text, text_mask=text_mask)
     uncond = dict(text=torch.zeros_like(text[:, :1]), text_mask=None)  # zeroed text = the dropped condition
     x0 = torch.randn(1, cfg.tae.latent_channels, lt, lh, lw, generator=gen)
@@ -108,7 +116,7 @@ def generate(
         n_samples = round(duration * sample_rate)
         mel_fn = LogMel(acfg)
         n_audio_frames = mel_fn.num_frames(n_samples)
-        feats = video_features_from_latents(latents)
+        feats = video_conditioning(acfg, fps, n_audio_frames, frames=video.clamp(-1, 1), latents=latents)
         mel = generate_audio(models.audio, n_audio_frames, feats, text, text_mask, num_steps=steps,
                              generator=gen, callback=lambda i, n: report("audio", i, n))
         report("vocode", 0, 1)
@@ -135,6 +143,8 @@ def write_mp4(path: str | Path, frames: np.ndarray, fps: int, audio: np.ndarray 
     t, h, w, _ = frames.shape
     if h % 2 or w % 2:
         raise ValueError(f"H.264 yuv420p needs even width and height, got {w}x{h}")
+    import av  # imported here: the sampler itself needs no PyAV (GPU benchmarks run without it)
+
     with av.open(str(path), mode="w") as container:
         vstream = container.add_stream("libx264", rate=Fraction(fps, 1))
         vstream.width, vstream.height, vstream.pix_fmt = w, h, "yuv420p"

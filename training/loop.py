@@ -32,6 +32,7 @@ import torch.nn as nn
 
 from models.configs import ModelConfig
 from training.checkpoint import save_checkpoint
+from training.captions import FPS_TOKEN
 from training.data import Batch, BatchSpec, DataError, Prefetcher, ShardDataset, bucket_size, eligible_clips
 from training.handoff import Grid, initial_models, spatial_multiple
 from training.schedule import Schedule, StageSpec, schedule_from_dict
@@ -235,7 +236,7 @@ class StageRunner:
                 latents = self.latent_cache.encode(batch.keys, pixels, lambda x: encode_latents(self.models, x))
             return video_step(module, self.models, pixels, batch.captions, generator, latents=latents)
         audio = batch.audio.to(self.device)
-        return audio_step(module, self.models, pixels, batch.captions, audio, self.mel, generator)
+        return audio_step(module, self.models, pixels, batch.captions, audio, self.mel, generator, self.stage.fps)
 
     # -- validation ---------------------------------------------------------------------------
     @torch.no_grad()
@@ -316,6 +317,8 @@ class StageRunner:
         sample.height, sample.width = h, w
         sample.fps = int(round(self.stage.fps)) if spec.kind == "video" else sample.fps
         sample.frames = spec.frames
+        # Trained on ``FPS-<n>`` captions (rewritten to this stage's rate): generation prepends the token.
+        sample.fps_token = spec.kind == "video" and sum(bool(FPS_TOKEN.match(c.caption)) for c in clips) > len(clips) / 2
 
     @torch.no_grad()
     def measure_latent_scale(self) -> float:

@@ -427,7 +427,7 @@ def _throughput_chart(stages: list[StageView]) -> str:
 
 # Evaluation metrics drawn across the schedule (shares, 0..1) and the one in milliseconds.
 EVAL_SHARES = ("present", "colour", "shape", "direction", "sync_ok", "silence_ok", "tae_object_present",
-               "tae_object_colour", "tae_ssim")
+               "tae_object_colour", "tae_object_direction", "tae_ssim")
 
 
 def _eval_html(storage: Storage, output: str, schedule: Schedule, evals: list[dict]) -> str:

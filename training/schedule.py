@@ -28,7 +28,8 @@ class ScheduleError(ValueError):
 
 # Metrics a stage's evaluation reports (training/eval.py), which `expect` may bound.
 EVAL_METRICS = ("present", "colour", "shape", "direction", "sync_ok", "silence_ok", "sync_error_ms",
-                "tae_psnr", "tae_ssim", "tae_object_present", "tae_object_colour", "tae_object_shape")
+                "tae_psnr", "tae_ssim", "tae_object_present", "tae_object_colour", "tae_object_shape",
+                "tae_object_direction")
 
 
 class MetricBound(BaseModel):

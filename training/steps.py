@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from models.audio_model import AudioConfig, LogMel, audio_flow_loss, video_features_from_latents
+from models.audio_model import AudioConfig, LogMel, audio_flow_loss, video_conditioning
 from models.flow_matching import flow_matching_loss
 from models.tae import tae_loss
 from training.checkpoint import GenerationModels
@@ -91,11 +91,14 @@ def video_step(module: nn.Module, models: GenerationModels, pixels: torch.Tensor
 
 
 def audio_step(module: nn.Module, models: GenerationModels, pixels: torch.Tensor, captions: list[str],
-               audio: torch.Tensor, mel: LogMel, generator: torch.Generator) -> dict[str, torch.Tensor]:
+               audio: torch.Tensor, mel: LogMel, generator: torch.Generator, fps: float) -> dict[str, torch.Tensor]:
+    """``fps``: the rate ``pixels`` were sampled at (frame-level video features are placed by time)."""
+    acfg = models.config.audio
     with torch.no_grad():
-        feats = video_features_from_latents(encode_latents(models, pixels))
-        text, text_mask = models.text(captions)
         frames = mel(audio)
+        latents = encode_latents(models, pixels) if acfg.video_features == "latents" else None
+        feats = video_conditioning(acfg, fps, frames.shape[-1], frames=pixels, latents=latents)
+        text, text_mask = models.text(captions)
     loss = audio_flow_loss(module, frames, feats, text, text_mask, models.config.flow,
                            generator=generator)
     return {"loss": loss}

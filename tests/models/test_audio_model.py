@@ -10,6 +10,7 @@ from models.audio_model import (
     generate_audio,
     sample_audio_mask,
     triangular_weights,
+    video_conditioning,
     window_starts,
 )
 from models.configs import tiny
@@ -165,3 +166,27 @@ def test_long_form_with_the_tiny_model_runs_past_one_window():
     y = generate_audio(model, total, torch.randn(1, 5, cfg.video_dim), torch.randn(1, 3, cfg.text_dim),
                        num_steps=2, generator=torch.Generator().manual_seed(0))
     assert y.shape == (1, cfg.n_mels, total) and torch.isfinite(y).all()
+
+
+def test_frame_features_place_a_change_at_its_time_on_the_audio_frames():
+    """A frame that changes at video frame k shows in the audio-frame features at k / fps seconds, to
+    within one audio frame (the latent pooling could not: one feature per 4 video frames)."""
+    cfg = tiny().audio
+    fps, t = 8, 9
+    frames = -torch.ones(1, 3, t, 16, 16)
+    frames[:, :, 6:, :8, :8] = 1.0  # a square appears top left at frame 6 and stays
+    n = round(t / fps * cfg.sample_rate) // cfg.hop_length + 1
+    feats = video_conditioning(cfg, fps, n, frames=frames)
+    assert feats.shape == (1, n, cfg.video_dim)
+    motion = feats[0, :, 3 * cfg.video_grid ** 2:].abs().sum(-1)  # the frame-change half
+    peak_s = int(motion.argmax()) / cfg.frame_rate
+    assert abs(peak_s - 6 / fps) <= 1 / cfg.frame_rate + 1e-6
+    assert motion[: int(5 / fps * cfg.frame_rate)].max() == 0  # nothing moves before frame 5
+    latent_cfg = tiny().audio
+    latent_cfg.video_features = "latents"
+    try:
+        video_conditioning(latent_cfg, fps, n, frames=frames)
+    except ValueError as e:
+        assert "TAE latents" in str(e)
+    else:
+        raise AssertionError("a latent-conditioned model must not take frames silently")

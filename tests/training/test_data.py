@@ -31,6 +31,7 @@ from training.data import (
     decode_audio,
     decode_frames,
     plan_batches,
+    sample_caption,
     split_of,
 )
 
@@ -58,6 +59,23 @@ def by_epoch(planned, epochs: int) -> dict[int, list]:
 
 
 # -- sizes, splits ---------------------------------------------------------------------------------
+def test_a_sample_caption_carries_the_rate_it_was_resampled_to_and_generation_prepends_it():
+    from models.configs import SampleConfig
+    from training.generate import conditioning_prompt
+
+    video = BatchSpec(kind="video", resolution=64, multiple=8, frames=9, fps=8)
+    image = BatchSpec(kind="image", resolution=64, multiple=8)
+    caption = "FPS-24 Static shot. A red circle moves right."
+    assert sample_caption(caption, video) == "FPS-8 Static shot. A red circle moves right."
+    assert sample_caption(caption, image) == "Static shot. A red circle moves right."  # an image has no rate
+    assert sample_caption("A red circle moves right.", video) == "A red circle moves right."  # no token used
+    assert sample_caption("FPS-24x", video) == "FPS-24x"  # not a token
+    trained = SampleConfig(height=64, width=64, fps=8, fps_token=True)
+    assert conditioning_prompt("A red circle moves right.", trained) == "FPS-8 A red circle moves right."
+    assert conditioning_prompt("FPS-16 A red circle.", trained) == "FPS-16 A red circle."  # its own token stays
+    assert conditioning_prompt("A red circle.", SampleConfig(fps=8)) == "A red circle."  # trained without
+
+
 def test_bucket_size_keeps_aspect_and_area_on_the_multiple():
     assert bucket_size("16x9", 256, 16) == (192, 336)
     assert bucket_size("9x16", 256, 16) == (336, 192)
@@ -259,7 +277,13 @@ def check_batch(b: Batch, spec: BatchSpec, dataset: ShardDataset) -> None:
     assert b.pixels.shape == (len(b.keys), 3, spec.frames, h, w) and b.pixels.dtype == torch.float32
     assert -1.0 <= b.pixels.min() < b.pixels.max() <= 1.0
     assert {dataset.clips[k].bucket for k in b.keys} == {b.bucket}
-    assert b.captions == [dataset.clips[k].caption for k in b.keys] and all("moving" in c for c in b.captions)
+    assert all("moving" in c for c in b.captions)
+    # curation captions carry the source rate's token (FPS-24); a sample carries the rate it was
+    # resampled to, an image none (training/captions.py)
+    assert all(dataset.clips[k].caption.startswith("FPS-24 ") for k in b.keys)
+    sources = [dataset.clips[k].caption.removeprefix("FPS-24 ") for k in b.keys]
+    want = sources if spec.kind == "image" else [f"FPS-{spec.fps:g} {c}" for c in sources]
+    assert b.captions == want
 
 
 @pytest.mark.integration
@@ -323,7 +347,8 @@ def test_batches_the_caller_already_holds_come_without_decoding(shapes_dataset):
         if b.pixels is not None:
             held.update(b.keys)  # the caller now holds these samples (e.g. their latents)
     skipped = [b for b in got if b.pixels is None]
-    assert skipped and all(set(b.keys) <= held and b.captions == [ds.clips[k].caption for k in b.keys] for b in skipped)
+    assert skipped and all(set(b.keys) <= held and b.captions == [sample_caption(ds.clips[k].caption, spec) for k in b.keys]
+               for b in skipped)
     assert ds.stats.samples_decoded == 2 * (len(got) - len(skipped))
     assert sizes == {bucket_size(b.bucket, 32, 8) for b in got}  # the size each batch would decode at
     plain = list(itertools.islice(ShardDataset(str(shapes_dataset.path)).batches(spec), 12))

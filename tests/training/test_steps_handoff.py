@@ -42,7 +42,7 @@ def test_each_stage_trains_only_its_module(models):
         else:
             audio = torch.randn(2, 10000) * 0.1
             losses = audio_step(module, models, pixels[:, :, :5], ["a click", "two clicks"], audio,
-                                LogMel(models.config.audio), g)
+                                LogMel(models.config.audio), g, fps=8)
         losses["loss"].backward()
         assert torch.isfinite(losses["loss"])
         trained = {"tae": models.tae, "video": models.video, "audio": models.audio}[kind]

@@ -76,6 +76,8 @@ def test_every_stage_trains_gates_and_hands_off(trained):
     # Each stage's checkpoint records what it trained on, so it samples at a grid its positions cover.
     assert (t2i.config.sample.frames, t2i.config.sample.height, t2i.config.sample.width) == (1, 24, 40)
     assert (hi.config.sample.frames, hi.config.sample.fps) == (9, 8)
+    # trained on FPS-8 captions (curation's FPS-24 rewritten), images on none: generation prepends FPS-8
+    assert hi.config.sample.fps_token and not t2i.config.sample.fps_token
 
 
 def test_every_stage_is_evaluated_and_its_checkpoint_samples(trained, tmp_path):
