@@ -21,7 +21,10 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim)) if affine else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+        # Under bf16 autocast x arrives in bf16 and the weight is fp32: torch then skips its fused
+        # kernel ("Mismatch dtype between input and weight", seen on the H200, BENCHMARKS.md).
+        weight = self.weight.to(x.dtype) if self.weight is not None else None
+        return F.rms_norm(x, (x.shape[-1],), weight, self.eps)
 
 
 class FeedForward(nn.Module):

@@ -89,7 +89,9 @@ def generate(
     text, text_mask = models.text([conditioning_prompt(prompt, cfg.sample)])
     cond = dict(text=text, text_mask=text_mask)
     uncond = dict(text=torch.zeros_like(text[:, :1]), text_mask=None)  # zeroed text = the dropped condition
-    x0 = torch.randn(1, cfg.tae.latent_channels, lt, lh, lw, generator=gen)
+    # noise from a CPU generator, then moved: the same seed gives the same sample on any device
+    device = next(models.video.parameters()).device
+    x0 = torch.randn(1, cfg.tae.latent_channels, lt, lh, lw, generator=gen).to(device)
     n_steps = steps or cfg.flow.num_steps
     scale = cfg.flow.guidance_scale if guidance_scale is None else guidance_scale
     num_tokens = (lt // pt) * (lh // ph) * (lw // pw)
@@ -103,7 +105,7 @@ def generate(
     z = latents / cfg.tae.latent_scale
     video = models.tae.decode_tiled(z) if lt > cfg.tae.tile_latents else models.tae.decode(z)
     pixels = ((video[0].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)  # (3, T, H, W)
-    rgb = pixels.permute(1, 2, 3, 0).contiguous().numpy()
+    rgb = pixels.permute(1, 2, 3, 0).contiguous().cpu().numpy()
     report("decode", 1, 1)
 
     # --- audio ---
@@ -120,11 +122,11 @@ def generate(
         mel = generate_audio(models.audio, n_audio_frames, feats, text, text_mask, num_steps=steps,
                              generator=gen, callback=lambda i, n: report("audio", i, n))
         report("vocode", 0, 1)
-        wave = mel_fn.inverse(mel, n_samples, generator=gen)[0]
+        wave = mel_fn.inverse(mel.cpu(), n_samples, generator=gen)[0]  # vocoded on the CPU, with the CPU generator
         peak = wave.abs().max().item()
         if peak > 0.9:  # an untrained model can be arbitrarily loud; never clip
             wave = wave * (0.9 / peak)
-        wave = wave.numpy().astype(np.float32)
+        wave = wave.cpu().numpy().astype(np.float32)
         report("vocode", 1, 1)
 
     report("mux", 0, 1)
