@@ -1,7 +1,8 @@
 """`reelflow eval`: sample a checkpoint on a prompt set and measure the samples (registered by flows/cli.py).
 
 Exit codes: 0 evaluated (whatever the scores: a learning gate inside the schedule is what stops
-runs), 2 bad usage (missing checkpoint, unreadable prompt set).
+runs), 2 bad usage (missing checkpoint, unreadable prompt set, a CLIP checkpoint that is missing or
+does not load).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ METRIC_HELP = {
     "sync_ok": "bounce-sync error <= 1 video frame",
     "silence_ok": "no sound away from bounces",
     "sync_error_ms": "median |audio onset - visual bounce|",
+    "clip_score": "mean cosine(CLIP text of the prompt, mean CLIP image embedding of <= 8 frames)",
 }
 
 
@@ -34,24 +36,41 @@ def eval_command(
     out: Path = typer.Option(Path("eval"), "--out", help="Where samples, metrics.parquet and contact_sheet.png go."),
     seeds: int = typer.Option(1, "--seeds", min=1, help="Samples per prompt (seeds 0..N-1)."),
     steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Sampler steps (default: the model's)."),
+    clip_checkpoint: Optional[str] = typer.Option(
+        None, "--clip-checkpoint", metavar="PATH",
+        help="open_clip weights (state-dict file or open_clip model dir; path or s3://): adds clip_score, the "
+             "prompt-sample CLIP similarity. Default: none, and no clip_score."),
+    clip_model: Optional[str] = typer.Option(None, "--clip-model", metavar="NAME",
+                                             help="open_clip architecture of a --clip-checkpoint file (e.g. ViT-B-32)."),
+    clip_model_config: Optional[str] = typer.Option(
+        None, "--clip-model-config", metavar="JSON",
+        help="open_clip model-config JSON for an architecture open_clip does not build in (its stem = --clip-model)."),
 ) -> None:
     """Generate every prompt of a prompt set and measure whether each sample follows its prompt."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from training.checkpoint import CheckpointError, load_checkpoint
-    from training.eval import evaluate, evaluate_tae, load_prompts
+    from training.eval import ClipEvalConfig, ClipEvalError, evaluate, evaluate_tae, load_prompts
 
+    if (clip_model or clip_model_config) and not clip_checkpoint:
+        _console.print("[bold red]error:[/] --clip-model / --clip-model-config need --clip-checkpoint PATH")
+        raise typer.Exit(2)
+    clip = ClipEvalConfig(clip_checkpoint, clip_model, clip_model_config) if clip_checkpoint else None
     try:
         models = load_checkpoint(checkpoint)
         specs = load_prompts(prompts)
     except (CheckpointError, ValueError, OSError) as e:
         _console.print(f"[bold red]error:[/] {e}")
         raise typer.Exit(2) from None
-    with Progress(TextColumn("sampling"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=_console, transient=True) as bar:
-        task = bar.add_task("sampling", total=len(specs) * seeds)
-        result = evaluate(models, specs, seeds=seeds, out_dir=out, steps=steps,
-                          progress=lambda done, total: bar.update(task, completed=done))
+    try:
+        with Progress(TextColumn("sampling"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=_console, transient=True) as bar:
+            task = bar.add_task("sampling", total=len(specs) * seeds)
+            result = evaluate(models, specs, seeds=seeds, out_dir=out, steps=steps, clip=clip,
+                              progress=lambda done, total: bar.update(task, completed=done))
+    except ClipEvalError as e:  # raised before any sampling: the CLIP model loads first
+        _console.print(f"[bold red]error:[/] {e}")
+        raise typer.Exit(2) from None
     tae = evaluate_tae(models, specs)
     print_summary({**result.summary, **tae}, len(result.rows))
     for name, path in result.files.items():
@@ -59,15 +78,19 @@ def eval_command(
 
 
 def print_summary(summary: dict, n: int) -> None:
+    from training.eval import CLIP_DISABLED
+
     t = Table(title=f"evaluation on {n} sample(s)")
     t.add_column("metric")
     t.add_column("value", justify="right")
     t.add_column("meaning")
     for key, value in summary.items():
         shown = "-" if value is None else (f"{value:.0f} ms" if key.endswith("_ms") else
-                                           f"{value:.2f} dB" if key == "tae_psnr" else f"{value:.3f}" if key == "tae_ssim"
-                                           else f"{100 * value:.0f}%")
+                                           f"{value:.2f} dB" if key == "tae_psnr" else
+                                           f"{value:.3f}" if key in ("tae_ssim", "clip_score") else f"{100 * value:.0f}%")
         t.add_row(key, shown, METRIC_HELP.get(key, TAE_HELP.get(key, "")))
+    if "clip_score" not in summary:  # the evaluation had no CLIP model: say so, and how to get one
+        t.add_row("clip_score", "off", CLIP_DISABLED)
     _out.print(t)
 
 

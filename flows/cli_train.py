@@ -88,12 +88,14 @@ def run_train(shards: str, output: str, schedule: str = "tiny", ray_address: str
 
 
 def print_result(result: dict) -> None:
+    from training.val_metrics import format_val
+
     t = Table(title="training stages")
     for col in ("stage", "model", "steps", "seconds", "loss", "val loss", "samples/s", "note"):
         t.add_column(col, justify="left" if col in ("stage", "model", "val loss", "note") else "right",
                      no_wrap=col in ("stage", "note"))
     for o in result["stages"]:
-        val = ", ".join(f"{k.removeprefix('val_loss_')} {v:.4f}" for k, v in o["val"].items())
+        val = format_val(o["val"])  # e.g. "video 0.41 (16x9 0.40, 9x16 0.47)": per aspect bucket in brackets
         note = "skipped (done)" if o["skipped"] else "resumed" if o["resumed"] else ""
         loss = f"{o['final_loss']:.4f}" if o["final_loss"] is not None else "-"
         rate = f"{o['samples_per_s']:.1f}" if o["samples_per_s"] else "-"

@@ -25,8 +25,10 @@ from curation.dataset import OutputError, validate_output
 from curation.storage import S3Config, Storage, join
 from flows.curate_flow import STAGE_TASK, expand_date
 from training import gates
+from training.eval import check_clip_checkpoint
 from training.handoff import check_schedule_fits
 from training.schedule import Schedule, load_schedule
+from training.val_metrics import format_val
 
 RUN_FILE = "run.json"
 
@@ -51,7 +53,7 @@ def _stage_progress(name: str, iterations: int) -> Callable[[dict], None]:
         decile = 10 * step // max(iterations, 1)
         if decile != logged[0]:  # about ten lines per stage, however long it runs
             logged[0] = decile
-            val = " ".join(f"{k} {v:.4f}" for k, v in row.items() if k.startswith("val_loss") and v is not None)
+            val = format_val(row)  # each kind's val loss, its aspect buckets in brackets
             logger.info("%s: step %d/%d loss %.4f lr %.2e %.1f samples/s %s", name, step, iterations,
                         row.get("loss", float("nan")), row.get("lr", 0.0), row.get("samples_per_s") or 0.0, val)
 
@@ -197,6 +199,7 @@ def train(
     shards, output = expand_date(shards), expand_date(output)
     plan = load_schedule(schedule)
     check_schedule_fits(plan)
+    check_clip_checkpoint(plan.eval)  # a mistyped CLIP path fails now, not after the first stage trained
     storage = Storage(S3Config.from_env())
     prepare_run(plan, schedule, shards, output, storage)
     ensure_ray(ray_address)
@@ -231,7 +234,7 @@ def summary_markdown(schedule: str, shards: str, output: str, table: list[dict],
     lines = [f"# reelflow train: `{schedule}`", f"Shards: `{shards}`  ", f"Output: `{output}`", "",
              "| stage | model | steps | seconds | loss | val | samples/s |", "|---|---|---:|---:|---:|---|---:|"]
     for r in table:
-        val = ", ".join(f"{k.removeprefix('val_loss_')} {v}" for k, v in r.items() if k.startswith("val_loss"))
+        val = format_val(r)
         lines.append(f"| {r['stage']} | {r['model']} | {r['steps']} | {r['seconds']} | {r['final_loss']} | {val} | "
                      f"{r['samples_per_s']} |")
     lines += ["", f"Final checkpoint: `{result['model']}` (`reelflow generate --checkpoint ...`)",

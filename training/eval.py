@@ -11,6 +11,13 @@ A prompt set is YAML (a list, or ``{prompts: [...]}``) or JSONL. Each entry is a
 ``{prompt, colour?, shape?, direction?, audio?}``; expectations left out are read from the prompt
 when it names them (the shapes caption format). The bundled probe set is built from
 training/synthetic_shapes.py's vocabulary (``probe_prompts``).
+
+With a CLIP checkpoint configured (``ClipEvalConfig``: ``reelflow eval --clip-checkpoint``, or the
+schedule's ``eval.clip_checkpoint``), each sample also gets ``clip_score``: the cosine similarity
+between the CLIP text embedding of its prompt and the mean of the L2-normalised CLIP image
+embeddings of up to ``CLIP_FRAMES`` evenly spaced frames (open_clip weights loaded by path through
+curation's ``load_open_clip``, never downloaded). Without one there is no ``clip_score`` at all:
+not in the rows, not in the summary; a made-up number would read as a measurement.
 """
 
 from __future__ import annotations
@@ -31,7 +38,94 @@ from training.synthetic_shapes import COLOURS, SHAPES, ShapeClip, render_clip
 PROBE_DIRECTIONS = ("right", "left", "up", "down")
 # Metric -> how the summary aggregates it (mean of per-sample 0/1 verdicts, or the median).
 SUMMARY = {"present": "mean", "colour": "mean", "shape": "mean", "direction": "mean", "sync_ok": "mean",
-           "silence_ok": "mean", "sync_error_ms": "median"}
+           "silence_ok": "mean", "sync_error_ms": "median", "clip_score": "mean"}
+# Measured only when configured: left out of the summary (not None, "measured nothing") otherwise.
+OPTIONAL_METRICS = ("clip_score",)
+CLIP_FRAMES = 8  # frames of a sample embedded for its CLIP score (evenly spaced; every frame when fewer)
+CLIP_DISABLED = ("disabled: no CLIP checkpoint configured (reelflow eval --clip-checkpoint PATH --clip-model NAME; "
+                 "in a schedule: eval.clip_checkpoint and eval.clip_model)")
+
+
+class ClipEvalError(ValueError):
+    """The configured CLIP model for evaluation is missing or cannot be loaded (names the path)."""
+
+
+@dataclass(frozen=True)
+class ClipEvalConfig:
+    """open_clip weights to score text-video similarity with: a state-dict file for architecture
+    ``model`` (registered from ``model_config``, an open_clip model-config JSON, when it is not
+    built in), or a local open_clip model directory (``model`` then unused)."""
+
+    checkpoint: str
+    model: str | None = None
+    model_config: str | None = None
+    frames: int = CLIP_FRAMES
+
+    @classmethod
+    def from_spec(cls, spec) -> ClipEvalConfig | None:
+        """From a schedule's ``eval:`` block (training.schedule.EvalSpec); None when it names no checkpoint."""
+        checkpoint = getattr(spec, "clip_checkpoint", None)
+        return cls(checkpoint, spec.clip_model, spec.clip_model_config) if checkpoint else None
+
+
+class ClipScorer:
+    """A loaded CLIP model scoring samples against their prompts (one load per evaluation)."""
+
+    def __init__(self, embedder, frames: int = CLIP_FRAMES):
+        self.embedder = embedder  # curation.captioning.clip_model.ClipEmbedder, set up
+        self.frames = frames
+        self._text: dict[str, np.ndarray] = {}  # prompt -> unit text embedding (seeds share a prompt)
+
+    def text_embedding(self, prompt: str) -> np.ndarray:
+        if prompt not in self._text:
+            self._text[prompt] = self.embedder.embed_texts([prompt])[0]
+        return self._text[prompt]
+
+    def score(self, frames: np.ndarray, prompt: str) -> float:
+        """cos(text(prompt), mean of the unit image embeddings of up to ``frames`` evenly spaced
+        frames). ``embed_frames`` re-normalises that mean, so the dot product is the cosine."""
+        video = self.embedder.embed_frames(frames, self.frames)
+        return float(np.clip(self.text_embedding(prompt) @ video, -1.0, 1.0))  # rounding may pass |1| by an ulp
+
+    def score_file(self, path: str | Path, prompt: str) -> float:
+        frames, _, _, _ = read_mp4(path)
+        return self.score(frames, prompt)
+
+
+def load_clip_scorer(cfg: ClipEvalConfig) -> ClipScorer:
+    """Load the configured CLIP model once. Raises ClipEvalError naming the checkpoint when it is
+    missing or does not load (rather than a traceback from inside open_clip or torch)."""
+    from curation.captioning.clip_model import ClipConfig, ClipEmbedder
+
+    where = f"CLIP checkpoint {cfg.checkpoint}"
+    if not cfg.model and Path(cfg.checkpoint).is_file():
+        raise ClipEvalError(f"{where} is a weights file: name its open_clip architecture "
+                            "(--clip-model NAME, or eval.clip_model in a schedule)")
+    try:
+        embedder = ClipEmbedder(ClipConfig(model=cfg.model or "", checkpoint=cfg.checkpoint,
+                                           model_config=cfg.model_config, n_frames=cfg.frames)).setup()
+    except FileNotFoundError as e:  # names the missing path (the checkpoint or its model config)
+        raise ClipEvalError(f"CLIP score: {e}") from e
+    except Exception as e:  # noqa: BLE001 - whatever open_clip or torch raise, the cause is this configuration
+        detail = (str(e).strip().splitlines() or [""])[0][:300]
+        raise ClipEvalError(f"{where}: could not load it as open_clip model {cfg.model!r}: "
+                            f"{type(e).__name__}: {detail}") from e
+    return ClipScorer(embedder, cfg.frames)
+
+
+def check_clip_checkpoint(spec) -> None:
+    """Before training: the schedule's ``eval.clip_checkpoint`` (and model config) exist, so a
+    mistyped path stops the run now rather than at the first stage's evaluation, after its training."""
+    from curation.storage import Storage
+    from training.schedule import ScheduleError
+
+    if not (spec.enabled and spec.clip_checkpoint):
+        return
+    storage = Storage()
+    for field_name in ("clip_checkpoint", "clip_model_config"):
+        uri = getattr(spec, field_name)
+        if uri and not storage.exists(uri):
+            raise ScheduleError(f"eval.{field_name}: not found: {uri}")
 
 
 @dataclass
@@ -126,6 +220,8 @@ def score_sample(path: str | Path, spec: PromptSpec, judge_audio: bool = True) -
 def summarize(rows: list[dict]) -> dict[str, float | None]:
     out: dict[str, float | None] = {}
     for key, how in SUMMARY.items():
+        if key in OPTIONAL_METRICS and not any(key in r for r in rows):
+            continue  # not configured (e.g. no CLIP checkpoint): absent, not "measured as None"
         vals = [r[key] for r in rows if r.get(key) is not None and not (isinstance(r[key], float) and math.isnan(r[key]))]
         vals = [v for v in vals if math.isfinite(v)] if how == "median" else vals
         out[key] = (float(np.median(vals)) if how == "median" else float(np.mean(vals))) if vals else None
@@ -135,14 +231,16 @@ def summarize(rows: list[dict]) -> dict[str, float | None]:
 @torch.no_grad()
 def evaluate(checkpoint, prompts: list[PromptSpec] | None = None, seeds: int = 1, out_dir: str | Path | None = None,
              steps: int | None = None, guidance_scale: float | None = None, seconds: float | None = None,
-             progress=None, judge_audio: bool = True) -> EvalResult:
+             progress=None, judge_audio: bool = True, clip: ClipEvalConfig | None = None) -> EvalResult:
     """Generate every prompt x seed, save the mp4s under ``out_dir/samples``, measure them. Without
     ``out_dir`` the outputs go to a new temporary directory (``result.out_dir``), never into the
-    caller's working directory."""
+    caller's working directory. With ``clip`` each sample also gets its ``clip_score``."""
     from training.checkpoint import GenerationModels, load_checkpoint
     from training.generate import generate
 
     models = checkpoint if isinstance(checkpoint, GenerationModels) else load_checkpoint(checkpoint)
+    # Once per evaluation, and before any sampling: a bad CLIP path fails before minutes of generation.
+    scorer = load_clip_scorer(clip) if clip is not None else None
     prompts = prompts or probe_prompts()
     out = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix="reelflow-eval-"))
     samples = out / "samples"
@@ -155,6 +253,8 @@ def evaluate(checkpoint, prompts: list[PromptSpec] | None = None, seeds: int = 1
             rows.append({"prompt_index": i, "prompt": spec.prompt, "seed": seed, "sample": str(path),
                          "want_colour": spec.colour, "want_shape": spec.shape, "want_direction": spec.direction,
                          **score_sample(path, spec, judge_audio)})
+            if scorer is not None:
+                rows[-1]["clip_score"] = scorer.score_file(path, spec.prompt)
             if progress:
                 progress(len(rows), total)
     result = EvalResult(rows=rows, summary=summarize(rows), out_dir=out)
@@ -281,7 +381,7 @@ def evaluate_stage(checkpoint: str | Path, model_kind: str, spec, out_dir: str |
         summary: dict[str, float | None] = dict(evaluate_tae(models, prompts, out_dir=out))
     else:
         result = evaluate(models, prompts, seeds=spec.seeds, out_dir=out, steps=spec.steps,
-                          judge_audio=model_kind == "audio")
+                          judge_audio=model_kind == "audio", clip=ClipEvalConfig.from_spec(spec))
         summary = dict(result.summary)
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary

@@ -37,6 +37,7 @@ from training.data import Batch, BatchSpec, DataError, Prefetcher, ShardDataset,
 from training.handoff import Grid, initial_models, spatial_multiple
 from training.schedule import Schedule, StageSpec, schedule_from_dict
 from training.steps import audio_step, check_audio_span, encode_latents, tae_step, trainable_module, video_step
+from training.val_metrics import ValSums, format_val
 
 log = logging.getLogger(__name__)
 
@@ -249,13 +250,15 @@ class StageRunner:
         out: dict[str, float] = {}
         specs = batch_specs(self.schedule, self.stage, self.models.config, "val")
         for kind, spec in specs.items():
-            total, count = 0.0, 0
             batches = iter(())
+            buckets: list[str] = []
             if self.stage.val_batches and self.schedule.val_fraction > 0:
+                buckets = val_buckets(self.val_data, spec)
                 try:
                     batches = self.val_data.batches(spec, self.rank, self.world_size)
                 except DataError as e:  # no held-out clip fits this spec: no val loss of this kind
                     log.warning("stage %s: no validation for %s batches: %s", self.stage.name, kind, e)
+            sums = ValSums(buckets)
             # Errors in the loss itself propagate: a broken validation must not pass silently.
             for i, batch in enumerate(batches):
                 if i >= self.stage.val_batches:
@@ -264,11 +267,10 @@ class StageRunner:
                 torch.manual_seed(self.schedule.seed + i)  # TAE sampling noise
                 losses = self.loss(module, batch, g)
                 key = "recon" if self.stage.model == "tae" else "loss"
-                total += float(losses[key]) * len(batch.keys)
-                count += len(batch.keys)
-            total, count = _all_reduce_sum(total, count, self.device)
-            if count:
-                out[f"val_loss_{kind}"] = total / count
+                sums.add(batch.bucket, float(losses[key]), len(batch.keys))
+            # One collective per kind on every worker, its length fixed by `buckets` (the same on all).
+            sums = sums.reduce(lambda v: _all_reduce_vector(v, self.device))
+            out.update(sums.row(kind))
         module.train()
         return out
 
@@ -434,7 +436,7 @@ def run_stage_loop(runner: StageRunner, module: nn.Module, optimizer: torch.opti
                     row.update(val)
             st.metrics.append(row)
             if runner.rank == 0:
-                vals = " ".join(f"{k} {v:.4f}" for k, v in val.items())
+                vals = f"val {format_val(val)}" if val else ""
                 print(f"[{stage.name}] step {st.step}/{stage.iterations} loss {row['loss']:.4f} "
                       f"lr {row['lr']:.2e} {row['samples_per_s']:.1f} samples/s {vals}".rstrip(), flush=True)
             save = last or (stage.checkpoint_every and st.step % stage.checkpoint_every == 0)
@@ -471,6 +473,23 @@ def read_metrics(directory: str | Path) -> list[dict]:
 
 def _unwrap(module: nn.Module) -> nn.Module:
     return module.module if hasattr(module, "module") and isinstance(module.module, nn.Module) else module
+
+
+def val_buckets(data: ShardDataset, spec: BatchSpec) -> list[str]:
+    """The aspect buckets of ``spec``'s held-out clips, sorted: read from the index with the spec
+    alone, so every worker gets the same list whatever batches it is dealt (see ValSums)."""
+    return sorted({c.bucket for c in eligible_clips(data.clips.values(), spec)})
+
+
+def _all_reduce_vector(values: list[float], device: torch.device) -> list[float]:
+    """Element-wise sum of ``values`` over the workers (one all-reduce); as is with one worker."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()
 
 
 def _all_reduce_sum(total: float, count: int, device: torch.device) -> tuple[float, int]:

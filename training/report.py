@@ -27,6 +27,7 @@ from curation.report import CSS as CURATION_CSS
 from curation.report import _e, _png
 from curation.storage import Storage, join
 from training.schedule import Schedule, StageSpec
+from training.val_metrics import LOSS_PREFIX, bucket_losses, is_bucket_key
 
 MODEL_FILE = "model.pt"  # OUTPUT/model.pt: the last stage's checkpoint (training.trainer.copy_final)
 INPUT_BOUND = 0.3  # mean share of a stage's time spent waiting for data above which it is input-bound
@@ -71,7 +72,9 @@ class StageView:
         return [r for r in self.rows if r.get("split", "train") == "train" and _f(r.get("loss")) is not None]
 
     def val_keys(self) -> list[str]:
-        keys = {k for r in self.rows for k, v in r.items() if k.startswith("val_loss") and _f(v) is not None}
+        """The pooled validation losses (one per kind); the per-bucket ones have their own table."""
+        keys = {k for r in self.rows for k, v in r.items()
+                if k.startswith("val_loss") and not is_bucket_key(k) and _f(v) is not None}
         return sorted(keys, key=lambda k: (k not in C_VAL, k))
 
     def last(self, key: str) -> float | None:
@@ -91,7 +94,7 @@ def write_training_report(storage: Storage, output: str, schedule: Schedule, out
     if evals and any(evals):
         sections.append(_eval_html(storage, output, schedule, evals))
     if any(s.train for s in stages):
-        sections += [_loss_html(stages), _whole_html(stages), _throughput_html(stages)]
+        sections += [_loss_html(stages), _bucket_html(stages), _whole_html(stages), _throughput_html(stages)]
     else:
         sections.append('<h2 id="loss">Loss curves</h2><p class=note>No metrics: there are no metric rows for this '
                         "run (no stage logged a step yet, or metrics.jsonl is missing), so there are no loss curves "
@@ -177,7 +180,8 @@ def _wait(s: StageView) -> tuple[float | None, float | None]:
 
 def _val(s: StageView) -> dict[str, float]:
     """The stage's final validation losses: from its outcome, else from its last rows."""
-    val = {k: x for k, v in ((s.outcome or {}).get("val") or {}).items() if (x := _f(v)) is not None}
+    val = {k: x for k, v in ((s.outcome or {}).get("val") or {}).items()
+           if not is_bucket_key(k) and (x := _f(v)) is not None}
     for k in s.val_keys():
         if k not in val and (x := s.last(k)) is not None:
             val[k] = x
@@ -436,7 +440,8 @@ def _eval_html(storage: Storage, output: str, schedule: Schedule, evals: list[di
     import base64
 
     names = [s.name for s in schedule.stages]
-    keys = [k for k in (*EVAL_SHARES, "sync_error_ms", "tae_psnr") if any(e.get(k) is not None for e in evals)]
+    # clip_score (a cosine in [-1, 1], only with a CLIP checkpoint configured) is tabled, not drawn as a share
+    keys = [k for k in (*EVAL_SHARES, "sync_error_ms", "tae_psnr", "clip_score") if any(e.get(k) is not None for e in evals)]
     head = "".join(f"<th>{_e(k)}</th>" for k in keys)
     body = ""
     for name, e in zip(names, evals):
@@ -472,7 +477,8 @@ def _eval_html(storage: Storage, output: str, schedule: Schedule, evals: list[di
 
 def _page(schedule: Schedule, sections: list[str]) -> str:
     nav = " · ".join(f'<a href="#{k}">{t}</a>' for k, t in (
-        ("schedule", "schedule"), ("eval", "evaluation"), ("loss", "loss per stage"), ("whole", "whole schedule"),
+        ("schedule", "schedule"), ("eval", "evaluation"), ("loss", "loss per stage"), ("buckets", "val per bucket"),
+        ("whole", "whole schedule"),
         ("throughput", "throughput")))
     title = f"reelflow training report ({schedule.model_size}, {len(schedule.stages)} stages)"
     return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>'
@@ -554,6 +560,53 @@ def _loss_html(stages: list[StageView]) -> str:
             "rate as planned (red crosses: logged values off the plan). A loss axis spanning more than "
             f"{LOG_SPAN:g}× is log-scaled.</p>{note}"
             f'<img class=chart alt="loss per stage" src="{_stages_chart(stages)}">')
+
+
+def _val_passes(s: StageView) -> list[dict]:
+    """The stage's rows that carry a validation pass (a pooled val loss), by step."""
+    return [r for r in s.rows if any(k.startswith(LOSS_PREFIX) and not is_bucket_key(k) and _f(v) is not None
+                                     for k, v in r.items())]
+
+
+def _bucket_cell(first: tuple[float, int | None] | None, last: tuple[float, int | None] | None, passes: int) -> str:
+    """The last pass's loss with its sample count, and where the first pass stood when there were more."""
+    if last is None:
+        return "<td>—</td>"
+    n = f" <span class=muted>n={last[1]}</span>" if last[1] is not None else ""
+    before = f"<br><span class=muted>first pass {_num(first[0])}</span>" if first is not None and passes > 1 else ""
+    return f"<td>{_num(last[0])}{n}{before}</td>"
+
+
+def _bucket_html(stages: list[StageView]) -> str:
+    """Final validation loss per aspect bucket: one row per stage and kind, one column per bucket.
+    The pooled val loss is their count-weighted mean, so a bucket the model has not learned (a
+    rarely seen aspect, a position table grown at a hand-off) shows here while the pooled figure
+    hides it. Empty when no row carries per-bucket losses (runs from before they were logged)."""
+    # (stage, kind, {bucket: (loss, n)} of its first pass, of its last pass, number of passes)
+    lines: list[tuple[StageView, str, dict, dict, int]] = []
+    for s in stages:
+        passes = _val_passes(s)
+        if not passes:
+            continue
+        kinds = sorted({k[len(LOSS_PREFIX):] for k in passes[-1] if k.startswith(LOSS_PREFIX) and not is_bucket_key(k)})
+        for kind in kinds:
+            last = bucket_losses(passes[-1], kind)
+            if last:
+                lines.append((s, kind, bucket_losses(passes[0], kind), last, len(passes)))
+    if not lines:
+        return ""
+    buckets = sorted({b for *_, last, _ in lines for b in last})
+    head = "<tr><th class=l>stage</th><th class=l>kind</th><th>pooled</th>" + "".join(
+        f"<th>{_e(b)}</th>" for b in buckets) + "</tr>"
+    body = []
+    for s, kind, first, last, passes in lines:
+        pooled = _val_passes(s)[-1].get(LOSS_PREFIX + kind)
+        cells = "".join(_bucket_cell(first.get(b), last.get(b), passes) for b in buckets)
+        body.append(f"<tr><td class=l>{_e(s.spec.name)}</td><td class=l>{_e(kind)}</td><td>{_num(pooled)}</td>{cells}</tr>")
+    return ('<h2 id="buckets">Validation loss per aspect bucket</h2><p class=muted>The last validation pass of each '
+            "stage, split by aspect bucket (n: held-out samples scored; the pooled loss is the n-weighted mean). "
+            "Below each: the stage's first pass. —: the pass did not reach that bucket (<code>val_batches</code> "
+            f"caps it) or the stage's data has none.</p><div class=wide><table>{head}{''.join(body)}</table></div>")
 
 
 def _whole_html(stages: list[StageView]) -> str:

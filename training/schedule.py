@@ -29,7 +29,7 @@ class ScheduleError(ValueError):
 # Metrics a stage's evaluation reports (training/eval.py), which `expect` may bound.
 EVAL_METRICS = ("present", "colour", "shape", "direction", "sync_ok", "silence_ok", "sync_error_ms",
                 "tae_psnr", "tae_ssim", "tae_object_present", "tae_object_colour", "tae_object_shape",
-                "tae_object_direction")
+                "tae_object_direction", "clip_score")
 
 
 class MetricBound(BaseModel):
@@ -51,6 +51,19 @@ class EvalSpec(BaseModel):
     max_prompts: int | None = Field(None, ge=1, description="Evaluate the first N prompts only (CPU-sized runs).")
     seeds: int = Field(1, ge=1)
     steps: int | None = Field(None, ge=1, description="Sampler steps; default: the model's.")
+    clip_checkpoint: str | None = Field(None, description=(
+        "open_clip weights (a state-dict file or a local open_clip model directory; path or s3://): each "
+        "sample then gets clip_score, its prompt-frames CLIP similarity. Unset: no clip_score at all."))
+    clip_model: str | None = Field(None, description="open_clip architecture of a clip_checkpoint file, e.g. ViT-B-32.")
+    clip_model_config: str | None = Field(None, description="open_clip model-config JSON for an architecture "
+                                                            "open_clip does not build in (its file stem is clip_model).")
+
+    @model_validator(mode="after")
+    def _clip(self) -> EvalSpec:
+        if not self.clip_checkpoint and (self.clip_model or self.clip_model_config):
+            # a half-configured CLIP would otherwise be silently off
+            raise ValueError("eval: clip_model / clip_model_config are set but clip_checkpoint is not")
+        return self
 
 
 class StageSpec(BaseModel):
@@ -161,6 +174,10 @@ class Schedule(BaseModel):
                                  f"num_workers {self.num_workers}")
             if s.model == "audio" and not self.with_audio:
                 raise ValueError(f"stage {s.name} trains the audio model but with_audio is false")
+        clip_gated = [s.name for s in self.stages if "clip_score" in s.expect]
+        if clip_gated and not (self.eval.enabled and self.eval.clip_checkpoint):
+            raise ValueError(f"stage(s) {clip_gated} expect clip_score, which needs eval.clip_checkpoint "
+                             "(and evaluation enabled)")
         if self.model_size == "moviegen" and not self.text_path:
             raise ValueError("the moviegen size needs text_path (a local T5/UL2 encoder)")
         return self

@@ -1,6 +1,6 @@
 """Evaluation: the metrics can fail (ground truth ~100%, noise 0, prompt-ignoring clips at chance),
-prompt sets load or fail clearly, `reelflow eval` runs end to end, and the learning gate names
-the metric that missed."""
+prompt sets load or fail clearly, `reelflow eval` runs end to end (with a CLIP score only when a
+CLIP checkpoint is configured), and the learning gate names the metric that missed."""
 
 from __future__ import annotations
 
@@ -111,6 +111,8 @@ def test_summary_aggregates_shares_and_the_median_sync():
     s = summarize(rows)
     assert s["present"] == pytest.approx(2 / 3) and s["colour"] == 0.5 and s["sync_error_ms"] == 20.0
     assert s["direction"] is None
+    assert "clip_score" not in s  # no CLIP model configured: no score at all, not a None "measurement"
+    assert summarize([{"clip_score": 0.5}, {"clip_score": -0.25}])["clip_score"] == 0.125
 
 
 def test_learning_gate_names_the_metric_and_the_miss():
@@ -145,8 +147,129 @@ def test_reelflow_eval_end_to_end_on_a_tiny_checkpoint(tmp_path):
     # A random model draws noise: nothing it generates passes.
     assert rows["present"].sum() == 0 and rows["colour"].sum() == 0
     assert "colour" in r.output and "tae_object_colour" in r.output
+    # No CLIP checkpoint: no clip_score anywhere, and the table says it is off and how to turn it on.
+    assert "clip_score" not in rows.columns
+    assert "clip_score" not in json.loads((tmp_path / "ev" / "summary.json").read_text())
+    line = next(x for x in r.output.splitlines() if "clip_score" in x)
+    assert "off" in line and "disabled" in line and "--clip-checkpoint" in " ".join(r.output.split())
     r = CliRunner().invoke(app, ["eval", str(tmp_path / "missing.pt")])
     assert r.exit_code == 2
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory) -> dict:
+    """A tiny random open_clip model on disk (curation's test checkpoint): file + model config."""
+    from curation.captioning.clip_model import make_tiny_clip_checkpoint
+
+    return make_tiny_clip_checkpoint(tmp_path_factory.mktemp("clip"))
+
+
+def _mp4_frames(mp4: Path) -> list[np.ndarray]:
+    import av
+
+    with av.open(str(mp4)) as c:
+        return [f.to_ndarray(format="rgb24") for f in c.decode(c.streams.video[0])]
+
+
+def _independent_clip_score(clip: dict, frames: list[np.ndarray], prompt: str) -> float:
+    """The score recomputed here with open_clip alone: the text embedding of the prompt against the
+    mean of the unit image embeddings of 8 frames, the centres of 8 equal spans."""
+    import open_clip
+    import torch
+    from PIL import Image
+
+    model, _, preprocess = open_clip.create_model_and_transforms(clip["model"], pretrained=str(clip["checkpoint"]))
+    model.eval()
+    picked = [frames[int((k + 0.5) * len(frames) / 8)] for k in range(8)] if len(frames) > 8 else frames
+    with torch.no_grad():
+        img = model.encode_image(torch.stack([preprocess(Image.fromarray(f)) for f in picked]))
+        txt = model.encode_text(open_clip.get_tokenizer(clip["model"])([prompt]))
+    img = img / img.norm(dim=-1, keepdim=True)
+    return float(torch.nn.functional.cosine_similarity(txt, img.mean(dim=0, keepdim=True))[0])
+
+
+def test_clip_score_is_the_prompt_against_the_mean_frame_embedding(tiny_clip):
+    """On a rendered clip whose frames differ (a shape crossing the frame), so which frames are
+    embedded, and how, shows in the score."""
+    from training.eval import ClipEvalConfig, load_clip_scorer
+    from training.synthetic_shapes import ShapeClip
+
+    frames, _, _ = render_clip(ShapeClip("red", "circle", "right", speed=0.9), 64, 64, FPS, num_frames=21)
+    scorer = load_clip_scorer(ClipEvalConfig(str(tiny_clip["checkpoint"]), tiny_clip["model"], str(tiny_clip["config"])))
+    prompt = "A red circle moves right across a black background."
+    got = scorer.score(frames, prompt)
+    assert got == pytest.approx(_independent_clip_score(tiny_clip, list(frames), prompt), abs=1e-6)
+    # a different choice of frames or another prompt would read differently: the check can fail
+    assert abs(got - _independent_clip_score(tiny_clip, list(frames[:8]), prompt)) > 1e-4
+    assert abs(got - scorer.score(frames, "A blue square moves up.")) > 1e-4
+
+
+@pytest.mark.integration
+def test_reelflow_eval_scores_prompt_video_similarity_with_a_configured_clip_checkpoint(tmp_path, tiny_clip):
+    from flows.cli import app
+    from training.checkpoint import make_tiny_checkpoint
+    from training.eval import ClipEvalConfig, ClipEvalError, PromptSpec, evaluate
+
+    ckpt = make_tiny_checkpoint(tmp_path / "tiny.pt")
+    prompt = "A red circle moves right across a black background, bouncing off the walls."
+    prompts = tmp_path / "prompts.yaml"
+    prompts.write_text(f"- {prompt}\n")
+    clip_args = ["--clip-checkpoint", str(tiny_clip["checkpoint"]), "--clip-model", tiny_clip["model"],
+                 "--clip-model-config", str(tiny_clip["config"])]
+    out = tmp_path / "ev"
+    r = CliRunner().invoke(app, ["eval", str(ckpt), "--prompts", str(prompts), "--out", str(out), "--steps", "2",
+                                 *clip_args])
+    assert r.exit_code == 0, r.output
+    rows = pd.read_parquet(out / "metrics.parquet")
+    score = rows["clip_score"].tolist()
+    assert len(score) == 1 and np.isfinite(score[0]) and -1.0 <= score[0] <= 1.0
+    assert score[0] == pytest.approx(_independent_clip_score(tiny_clip, _mp4_frames(Path(rows["sample"][0])), prompt),
+                                     abs=1e-5)
+    assert json.loads((out / "summary.json").read_text())["clip_score"] == pytest.approx(score[0])
+    line = next(x for x in r.output.splitlines() if "clip_score" in x)
+    assert f"{score[0]:.3f}" in line and "disabled" not in r.output
+    # The schedule's eval block configures the same thing for the evaluation after each stage.
+    from training.eval import evaluate_stage
+    from training.schedule import EvalSpec
+
+    spec = EvalSpec(prompts=str(prompts), steps=1, clip_checkpoint=str(tiny_clip["checkpoint"]),
+                    clip_model=tiny_clip["model"], clip_model_config=str(tiny_clip["config"]))
+    stage_summary = evaluate_stage(ckpt, "video", spec, tmp_path / "stage_eval")
+    assert -1.0 <= stage_summary["clip_score"] <= 1.0
+    assert "clip_score" in pd.read_parquet(tmp_path / "stage_eval" / "metrics.parquet").columns
+    assert ClipEvalConfig.from_spec(EvalSpec()) is None
+
+    # A bad path is a usage error naming it, before any sampling, never a traceback from torch.
+    missing = tmp_path / "nowhere" / "clip.pt"
+    junk = tmp_path / "junk.pt"
+    junk.write_text("not a checkpoint")
+    for path, what in ((missing, "not found"), (junk, "could not load")):
+        bad = tmp_path / f"bad_{path.stem}"
+        r = CliRunner().invoke(app, ["eval", str(ckpt), "--prompts", str(prompts), "--out", str(bad),
+                                     "--clip-checkpoint", str(path), "--clip-model", tiny_clip["model"],
+                                     "--clip-model-config", str(tiny_clip["config"])])
+        text = " ".join(r.output.split())
+        assert r.exit_code == 2 and str(path) in text and what in text, r.output
+        assert "Traceback" not in r.output and not (bad / "samples").exists()
+    r = CliRunner().invoke(app, ["eval", str(ckpt), "--clip-checkpoint", str(tiny_clip["checkpoint"])])
+    assert r.exit_code == 2 and "--clip-model" in " ".join(r.output.split())  # a weights file needs its architecture
+    with pytest.raises(ClipEvalError, match=str(missing)):
+        evaluate(ckpt, [PromptSpec(prompt)], steps=1, out_dir=tmp_path / "api", clip=ClipEvalConfig(str(missing), "x"))
+
+
+def test_a_missing_clip_checkpoint_in_the_schedule_stops_training_before_it_starts(tmp_path):
+    from training.eval import check_clip_checkpoint
+    from training.schedule import EvalSpec, ScheduleError
+
+    weights = tmp_path / "clip.pt"
+    with pytest.raises(ScheduleError, match=f"eval.clip_checkpoint: not found: {weights}"):
+        check_clip_checkpoint(EvalSpec(clip_checkpoint=str(weights), clip_model="ViT-B-32"))
+    weights.write_bytes(b"weights")
+    check_clip_checkpoint(EvalSpec(clip_checkpoint=str(weights), clip_model="ViT-B-32"))
+    with pytest.raises(ScheduleError, match="eval.clip_model_config: not found"):
+        check_clip_checkpoint(EvalSpec(clip_checkpoint=str(weights), clip_model="x", clip_model_config=str(tmp_path / "x.json")))
+    check_clip_checkpoint(EvalSpec(enabled=False, clip_checkpoint=str(tmp_path / "gone.pt")))  # no evaluation: unused
+    check_clip_checkpoint(EvalSpec())  # no CLIP score configured: nothing to check
 
 
 def test_evaluate_without_an_output_directory_writes_nowhere_near_the_working_directory(tmp_path, monkeypatch):

@@ -52,12 +52,26 @@ def _tiny_raw() -> dict:
     (lambda r: r["stages"][1].update(lr_typo=1), "lr_typo"),
     (lambda r: r["stages"][1].update(name="a/b"), "becomes a directory"),
     (lambda r: r.update(with_audio=False), "with_audio is false"),
+    # a CLIP score gate needs a CLIP model to measure it; half a CLIP configuration is not silently off
+    (lambda r: r["stages"][1].update(expect={"clip_score": {"min": 0.2}}), "expect clip_score, which needs eval.clip_checkpoint"),
+    (lambda r: r["eval"].update(clip_checkpoint="clip.pt", enabled=False) or r["stages"][1].update(
+        expect={"clip_score": {"min": 0.2}}), "needs eval.clip_checkpoint"),
+    (lambda r: r["eval"].update(clip_model="ViT-B-32"), "clip_checkpoint is not"),
 ])
 def test_bad_schedules_are_clear_errors(mutate, message):
     raw = _tiny_raw()
     mutate(raw)
     with pytest.raises(ScheduleError, match=message):
         schedule_from_dict(raw)
+
+
+def test_a_clip_score_gate_with_a_clip_checkpoint_is_valid():
+    raw = _tiny_raw()
+    raw["eval"].update(clip_checkpoint="s3://models/clip.pt", clip_model="ViT-B-32")
+    raw["stages"][1]["expect"] = {"clip_score": {"min": 0.2}}
+    s = schedule_from_dict(raw)
+    assert (s.eval.clip_checkpoint, s.eval.clip_model, s.eval.clip_model_config) == ("s3://models/clip.pt", "ViT-B-32", None)
+    assert load_schedule("tiny").eval.clip_checkpoint is None  # off unless configured
 
 
 def test_missing_or_broken_file(tmp_path):
