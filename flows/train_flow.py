@@ -60,6 +60,15 @@ def _stage_progress(name: str, iterations: int) -> Callable[[dict], None]:
     return report
 
 
+def _as_today(stored: dict) -> dict | None:
+    """A run.json schedule read through today's Schedule model: fields added since it was written
+    take their defaults, so an older run still resumes; None if it no longer validates."""
+    try:
+        return Schedule.model_validate(stored).model_dump(mode="json")
+    except ValueError:
+        return None
+
+
 def prepare_run(schedule: Schedule, schedule_ref: str, shards: str, output: str, storage: Storage) -> dict:
     """OUTPUT/run.json: a rerun must name the same shards and an equal schedule to resume."""
     uri = join(output, RUN_FILE)
@@ -68,7 +77,7 @@ def prepare_run(schedule: Schedule, schedule_ref: str, shards: str, output: str,
         info = json.loads(storage.read_bytes(uri))
         if info["shards"] != shards:
             raise OutputError(f"{output} holds training on {info['shards']!r}; use a new OUTPUT for {shards!r}")
-        if info["schedule"] != wanted["schedule"]:
+        if _as_today(info["schedule"]) != wanted["schedule"]:
             raise OutputError(f"{output} was trained with a different schedule; resume with the same schedule "
                               "or use a new OUTPUT")
         return info

@@ -136,6 +136,11 @@ def test_trained_checkpoint_generates_video_with_audio(trained, tmp_path):
 def test_rerun_skips_finished_stages_and_other_schedules_are_refused(trained, shapes_dataset, tmp_path):
     out = trained["out"]
     before = {p: p.stat().st_mtime_ns for p in (out / "stages").rglob("model.pt")}
+    # a run.json written before the eval block had its CLIP fields still resumes (they take defaults)
+    run = json.loads((out / "run.json").read_text())
+    for key in ("clip_checkpoint", "clip_model", "clip_model_config"):
+        assert run["schedule"]["eval"].pop(key, "absent") is None
+    (out / "run.json").write_text(json.dumps(run))
     r = runner.invoke(app, ["train", str(shapes_dataset.path), str(out), "--schedule", str(trained["schedule"])])
     assert r.exit_code == 0, r.output
     assert r.output.count("skipped (done)") == 4
