@@ -39,7 +39,9 @@ def main() -> None:
     print("| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))
     for stage, row in table.iterrows():
-        cells = [stage] + ["" if pd.isna(v) else f"{v:.2f}" if isinstance(v, float) else str(v) for v in row]
+        # iterrows upcasts a row with any float to float: step counts print as integers again
+        cells = [stage] + ["" if pd.isna(v) else str(int(v)) if k in ("steps", "cum_steps") else
+                           f"{v:.2f}" if isinstance(v, float) else str(v) for k, v in row.items()]
         print("| " + " | ".join(cells) + " |")
 
 
