@@ -87,10 +87,6 @@ class ClipScorer:
         video = self.embedder.embed_frames(frames, self.frames)
         return float(np.clip(self.text_embedding(prompt) @ video, -1.0, 1.0))  # rounding may pass |1| by an ulp
 
-    def score_file(self, path: str | Path, prompt: str) -> float:
-        frames, _, _, _ = read_mp4(path)
-        return self.score(frames, prompt)
-
 
 def load_clip_scorer(cfg: ClipEvalConfig) -> ClipScorer:
     """Load the configured CLIP model once. Raises ClipEvalError naming the checkpoint when it is
@@ -206,15 +202,18 @@ def read_mp4(path: str | Path) -> tuple[np.ndarray, float, np.ndarray | None, in
     return frames, fps, audio, rate
 
 
-def score_sample(path: str | Path, spec: PromptSpec, judge_audio: bool = True) -> dict:
+def score_sample(path: str | Path, spec: PromptSpec, judge_audio: bool = True,
+                 scorer: ClipScorer | None = None) -> dict:
     """Measure one generated mp4 against its prompt spec; a row of verdicts and measurements.
-    Direction needs motion (3+ frames); sound is judged only when asked and present."""
+    Direction needs motion (3+ frames); sound is judged only when asked and present. With a CLIP
+    ``scorer`` the row gets ``clip_score``, from the same decoded frames."""
     frames, fps, audio, rate = read_mp4(path)
+    clip = {"clip_score": scorer.score(frames, spec.prompt)} if scorer is not None else {}
     m = measure(frames, fps, audio, rate)
     direction = spec.direction if len(frames) >= 3 else None
     v = judge(m, fps, spec.colour, spec.shape, direction, audio=judge_audio and spec.audio and audio is not None)
     return {**v.to_dict(), "seen_colour": m.colour, "seen_shape": m.shape, "seen_direction": m.direction,
-            "bounces": len(m.bounce_frames), "frames": len(frames), "fps": fps}
+            "bounces": len(m.bounce_frames), "frames": len(frames), "fps": fps, **clip}
 
 
 def summarize(rows: list[dict]) -> dict[str, float | None]:
@@ -252,9 +251,7 @@ def evaluate(checkpoint, prompts: list[PromptSpec] | None = None, seeds: int = 1
             generate(models, spec.prompt, path, seconds=seconds, seed=seed, steps=steps, guidance_scale=guidance_scale)
             rows.append({"prompt_index": i, "prompt": spec.prompt, "seed": seed, "sample": str(path),
                          "want_colour": spec.colour, "want_shape": spec.shape, "want_direction": spec.direction,
-                         **score_sample(path, spec, judge_audio)})
-            if scorer is not None:
-                rows[-1]["clip_score"] = scorer.score_file(path, spec.prompt)
+                         **score_sample(path, spec, judge_audio, scorer)})
             if progress:
                 progress(len(rows), total)
     result = EvalResult(rows=rows, summary=summarize(rows), out_dir=out)
