@@ -17,6 +17,7 @@ METRICS = {  # column -> heading
     "eval_tae_psnr": "TAE PSNR dB", "eval_tae_object_colour": "TAE obj colour", "eval_tae_object_direction": "TAE obj direction",
     "eval_present": "present", "eval_colour": "colour", "eval_shape": "shape", "eval_direction": "direction",
     "eval_sync_ok": "sync ok", "eval_sync_error_ms": "sync err ms", "eval_silence_ok": "silence ok",
+    "eval_v2a_sync_ok": "v2a sync ok", "eval_v2a_sync_error_ms": "v2a sync err ms", "eval_v2a_silence_ok": "v2a silence ok",
     "eval_clip_score": "CLIP score",  # only when the schedule's eval names a CLIP checkpoint
 }
 

@@ -151,7 +151,7 @@ STAGE_SCHEMAS: dict[str, pa.Schema] = {
 
 # Column order of index.parquet: the clip record of the data contract (one row per accepted clip).
 INDEX_COLUMNS = [
-    "key", "source_id", "source_uri", "license", "title", "start_s", "end_s", "duration_s",
+    "key", "source_id", "source_uri", "license", "title", "description", "start_s", "end_s", "duration_s",
     "width", "height", "fps", "frames", "has_audio", "aspect_bucket", "duration_bucket", "bucket",
     "caption", "camera_motion", "tags", "transcript", "transcript_language", "shard", "cluster_id",
     "cluster_size", "sampling_weight", "run_id", *SCORE_COLUMNS, "clip_embedding", "caption_embedding",

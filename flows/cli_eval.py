@@ -26,6 +26,9 @@ METRIC_HELP = {
     "sync_ok": "bounce-sync error <= 1 video frame",
     "silence_ok": "no sound away from bounces",
     "sync_error_ms": "median |audio onset - visual bounce|",
+    "v2a_sync_ok": "audio for rendered ground-truth video: bounce-sync error <= 1 frame",
+    "v2a_silence_ok": "audio for rendered ground-truth video: no sound away from bounces",
+    "v2a_sync_error_ms": "audio for rendered ground-truth video: median sync error",
     "clip_score": "mean cosine(CLIP text of the prompt, mean CLIP image embedding of <= 8 frames)",
 }
 

@@ -34,13 +34,13 @@ import pyarrow.parquet as pq
 import torch
 
 from curation.storage import Storage, join
-from training.captions import at_rate
+from training.captions import FPS_TOKEN, at_rate
 
 log = logging.getLogger(__name__)
 
 INDEX_FILE = "index.parquet"
 INDEX_COLUMNS = ("key", "shard", "duration_s", "fps", "aspect_bucket", "has_audio")
-OPTIONAL_COLUMNS = ("caption", "sampling_weight")
+OPTIONAL_COLUMNS = ("caption", "sampling_weight", "title", "description")
 DEFAULT_DECODE_CACHE_BYTES = 512 << 20
 MAX_RECORDED_FAILURES = 1000
 # Split by shard only when the shards share out this evenly; otherwise padding the short ranks
@@ -69,6 +69,9 @@ class BatchSpec:
     weighted: bool = True  # train: a sample appears floor(w) + Bernoulli(frac(w)) times per epoch
     window: Literal["random", "start"] = "random"  # video: where the frames start (val always at the start)
     buckets: tuple[str, ...] | None = None  # aspect buckets to use; None: all
+    # train: the share of samples captioned with their source's own text instead of the assembled
+    # caption (StageSpec.source_caption_ratio); val always uses the caption
+    source_caption_ratio: float = 0.0
 
     def __post_init__(self) -> None:
         if self.kind not in ("image", "video"):
@@ -83,6 +86,8 @@ class BatchSpec:
             raise ValueError(f"resolution, multiple, frames, batch_size and fps must be positive: {self}")
         if not 0.0 <= self.val_fraction <= 1.0:
             raise ValueError(f"val_fraction must be in [0, 1], not {self.val_fraction}")
+        if not 0.0 <= self.source_caption_ratio <= 1.0:
+            raise ValueError(f"source_caption_ratio must be in [0, 1], not {self.source_caption_ratio}")
         if self.audio_sample_rate is not None and self.audio_sample_rate < 1:
             raise ValueError(f"audio_sample_rate must be positive, not {self.audio_sample_rate}")
 
@@ -105,9 +110,22 @@ class BatchSpec:
         return f"clips of {' '.join(parts)} in the {self.split} split (val_fraction={self.val_fraction:g})"
 
 
-def sample_caption(caption: str, spec: BatchSpec) -> str:
+def _unit_draw(text: str) -> float:
+    """A uniform draw in [0, 1) fixed by ``text`` (blake2b: crc32's linearity correlates near keys)."""
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big") / 2**64
+
+
+def sample_caption(caption: str, spec: BatchSpec, source_text: str = "", position: int = 0, key: str = "") -> str:
     """The caption one training sample is trained with: its ``FPS-<n>`` token rewritten to the rate
-    the sample is resampled to (an image's dropped), see training/captions.py."""
+    the sample is resampled to (an image's dropped), see training/captions.py.
+
+    With ``spec.source_caption_ratio`` > 0, that share of training samples that have source text
+    is captioned with it instead (behind the same token): a draw per (seed, batch position, key),
+    so a resumed run trains on the same captions."""
+    ratio = spec.source_caption_ratio if spec.split == "train" else 0.0
+    if ratio > 0 and source_text and _unit_draw(f"{spec.seed}:{position}:{key}") < ratio:
+        token = FPS_TOKEN.match(caption)
+        caption = (token.group(0) if token else "") + source_text
     return at_rate(caption, spec.fps if spec.kind == "video" else None)
 
 
@@ -153,6 +171,9 @@ class ClipInfo:
     has_audio: bool
     weight: float = 1.0
     caption: str = ""
+    # the source's own words (manifest description, else title): the "original caption" that
+    # source_caption_ratio blends with the assembled one
+    source_text: str = ""
 
     @classmethod
     def from_row(cls, row: Mapping) -> ClipInfo:
@@ -162,7 +183,8 @@ class ClipInfo:
         return cls(key=str(row["key"]), shard=str(row["shard"]), bucket=str(row["aspect_bucket"]),
                    duration_s=float(row["duration_s"]), fps=float(row.get("fps") or 0.0),
                    has_audio=bool(row["has_audio"]), weight=max(0.0, float(weight)),
-                   caption=str(row.get("caption") or ""))
+                   caption=str(row.get("caption") or ""),
+                   source_text=str(row.get("description") or row.get("title") or "").strip())
 
 
 @dataclass(frozen=True)
@@ -531,18 +553,22 @@ class ShardDataset:
         for position, pb in planned:
             if have is not None and not spec.audio_sample_rate and have(pb, bucket_size(pb.bucket, spec.resolution,
                                                                                        spec.multiple)):
-                batch = Batch(pixels=None, captions=[sample_caption(self.clips[k].caption, spec) for k in pb.keys],
+                batch = Batch(pixels=None, captions=[self._caption(k, spec, position) for k in pb.keys],
                               keys=pb.keys,
                               bucket=pb.bucket)
             else:
-                batch = self._decode_batch(pb, spec)
+                batch = self._decode_batch(pb, spec, position)
             if batch is not None:
                 batch.position = position
                 self.stats.batches += 1
                 yield batch
 
     # -- one batch / one sample ------------------------------------------------------------------
-    def _decode_batch(self, pb: PlannedBatch, spec: BatchSpec) -> Batch | None:
+    def _caption(self, key: str, spec: BatchSpec, position: int) -> str:
+        clip = self.clips[key]
+        return sample_caption(clip.caption, spec, clip.source_text, position, key)
+
+    def _decode_batch(self, pb: PlannedBatch, spec: BatchSpec, position: int = 0) -> Batch | None:
         size = bucket_size(pb.bucket, spec.resolution, spec.multiple)
         got = [(s, d) for s in pb.samples if (d := self._sample(s, spec, size)) is not None]
         if not got:
@@ -550,7 +576,7 @@ class ShardDataset:
         pixels = np.stack([d[0] for _, d in got])  # (B, T, H, W, 3) uint8
         pixels = torch.from_numpy(np.ascontiguousarray(pixels.transpose(0, 4, 1, 2, 3))).float().div_(127.5).sub_(1.0)
         audio = torch.from_numpy(np.stack([d[1] for _, d in got])) if spec.audio_sample_rate else None
-        return Batch(pixels=pixels, captions=[sample_caption(self.clips[s.key].caption, spec) for s, _ in got],
+        return Batch(pixels=pixels, captions=[self._caption(s.key, spec, position) for s, _ in got],
                      keys=[s.key for s, _ in got], bucket=pb.bucket, audio=audio)
 
     def _sample(self, s: PlannedSample, spec: BatchSpec,

@@ -7,6 +7,12 @@ untrained can still be judged on its TAE: ``evaluate_tae`` renders each probe pr
 truth, encodes and decodes it, and measures the reconstruction (PSNR, SSIM, and whether the
 object keeps its colour: a TAE that returns background fails loudly).
 
+The audio model is also judged on its own, as a video-to-audio model (Movie Gen Audio's setting):
+``evaluate_soundtrack`` renders each prompt's ground truth (moving so that it bounces within the
+clip), generates the audio for that video, and measures bounce sync and silence against the
+rendered bounces (``v2a_*``). A joint sample can only be judged on sound where the generated video
+shows a bounce; this measures the audio model whatever the video model draws.
+
 A prompt set is YAML (a list, or ``{prompts: [...]}``) or JSONL. Each entry is a prompt string or
 ``{prompt, colour?, shape?, direction?, audio?}``; expectations left out are read from the prompt
 when it names them (the shapes caption format). The bundled probe set is built from
@@ -39,6 +45,8 @@ PROBE_DIRECTIONS = ("right", "left", "up", "down")
 # Metric -> how the summary aggregates it (mean of per-sample 0/1 verdicts, or the median).
 SUMMARY = {"present": "mean", "colour": "mean", "shape": "mean", "direction": "mean", "sync_ok": "mean",
            "silence_ok": "mean", "sync_error_ms": "median", "clip_score": "mean"}
+# The audio model on rendered ground-truth video (evaluate_soundtrack), aggregated the same way.
+V2A_SUMMARY = {"v2a_sync_ok": "mean", "v2a_silence_ok": "mean", "v2a_sync_error_ms": "median"}
 # Measured only when configured: left out of the summary (not None, "measured nothing") otherwise.
 OPTIONAL_METRICS = ("clip_score",)
 CLIP_FRAMES = 8  # frames of a sample embedded for its CLIP score (evenly spaced; every frame when fewer)
@@ -216,9 +224,9 @@ def score_sample(path: str | Path, spec: PromptSpec, judge_audio: bool = True,
             "bounces": len(m.bounce_frames), "frames": len(frames), "fps": fps, **clip}
 
 
-def summarize(rows: list[dict]) -> dict[str, float | None]:
+def summarize(rows: list[dict], metrics: dict[str, str] | None = None) -> dict[str, float | None]:
     out: dict[str, float | None] = {}
-    for key, how in SUMMARY.items():
+    for key, how in (metrics or SUMMARY).items():
         if key in OPTIONAL_METRICS and not any(key in r for r in rows):
             continue  # not configured (e.g. no CLIP checkpoint): absent, not "measured as None"
         vals = [r[key] for r in rows if r.get(key) is not None and not (isinstance(r[key], float) and math.isnan(r[key]))]
@@ -254,9 +262,49 @@ def evaluate(checkpoint, prompts: list[PromptSpec] | None = None, seeds: int = 1
                          **score_sample(path, spec, judge_audio, scorer)})
             if progress:
                 progress(len(rows), total)
-    result = EvalResult(rows=rows, summary=summarize(rows), out_dir=out)
+    summary = summarize(rows)
+    if judge_audio and models.audio is not None and any(p.audio for p in prompts):
+        summary.update(evaluate_soundtrack(models, [p for p in prompts if p.audio], seeds))
+    result = EvalResult(rows=rows, summary=summary, out_dir=out)
     result.files = write_outputs(result, prompts)
     return result
+
+
+def reference_clip(spec: PromptSpec, index: int, seed: int, speed: tuple[float, float] = (0.3, 0.8),
+                   size: tuple[float, float] = (0.14, 0.24)) -> ShapeClip:
+    """The ground-truth clip a probe prompt describes (colour, shape, direction as asked, red circle
+    moving right where it asks nothing), with speed, size and start drawn per (prompt, seed)."""
+    rng = np.random.default_rng(1000 * index + seed)
+    return ShapeClip(colour=spec.colour or "red", shape=spec.shape or "circle", direction=spec.direction or "right",
+                     speed=float(rng.uniform(*speed)), size=float(rng.uniform(*size)),
+                     start=(float(rng.uniform(0.3, 0.7)), float(rng.uniform(0.3, 0.7))))
+
+
+@torch.no_grad()
+def evaluate_soundtrack(models, prompts: list[PromptSpec], seeds: int = 1) -> dict[str, float | None]:
+    """The audio model as a video-to-audio model: for each prompt and seed, render its ground truth
+    at the model's size, rate and length, fast enough (0.5-0.8 frame widths a second) that most clips
+    bounce within the frames, generate the audio for that video and the prompt
+    (``training.generate.soundtrack``), and measure sync and silence against the rendered bounces
+    (training/shape_metrics.py). ``v2a_sync_error_ms`` is the median over clips with a bounce."""
+    from training.generate import conditioning_prompt, soundtrack
+
+    models.eval()
+    cfg = models.config
+    frames_n = cfg.sample.frames or cfg.tae.pixel_frames(3)
+    device = next(models.audio.parameters()).device
+    rows = []
+    for i, spec in enumerate(prompts):
+        for seed in range(seeds):
+            clip = reference_clip(spec, i, seed, speed=(0.5, 0.8), size=(0.2, 0.3))
+            truth, _, _ = render_clip(clip, cfg.sample.width, cfg.sample.height, cfg.sample.fps, num_frames=frames_n)
+            video = (torch.from_numpy(truth).permute(3, 0, 1, 2)[None].float() / 127.5 - 1).to(device)
+            text, text_mask = models.text([conditioning_prompt(spec.prompt, cfg.sample)])
+            wave = soundtrack(models, video, cfg.sample.fps, text, text_mask, torch.Generator().manual_seed(seed))
+            m = measure(truth, cfg.sample.fps, wave, models.audio.cfg.sample_rate)
+            v = judge(m, cfg.sample.fps, audio=True)
+            rows.append({"v2a_sync_ok": v.sync_ok, "v2a_silence_ok": v.silence_ok, "v2a_sync_error_ms": v.sync_error_ms})
+    return summarize(rows, V2A_SUMMARY)
 
 
 @torch.no_grad()
@@ -275,10 +323,7 @@ def evaluate_tae(checkpoint, prompts: list[PromptSpec] | None = None, seeds: int
     psnr, ssim, rows, sheet_rows = [], [], [], []
     for i, spec in enumerate(prompts or probe_prompts()):
         for seed in range(seeds):
-            rng = np.random.default_rng(1000 * i + seed)
-            clip = ShapeClip(colour=spec.colour or "red", shape=spec.shape or "circle",
-                             direction=spec.direction or "right", speed=float(rng.uniform(0.3, 0.8)),
-                             size=float(rng.uniform(0.14, 0.24)), start=(float(rng.uniform(0.3, 0.7)), float(rng.uniform(0.3, 0.7))))
+            clip = reference_clip(spec, i, seed)
             truth, _, _ = render_clip(clip, cfg.sample.width, cfg.sample.height, cfg.sample.fps, num_frames=frames_n)
             x = torch.from_numpy(truth).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
             recon = models.tae.decode(models.tae.encode(x))

@@ -113,27 +113,43 @@ def generate(
     wave = None
     sample_rate = None
     if models.audio is not None:
-        acfg = models.audio.cfg
-        sample_rate = acfg.sample_rate
-        n_samples = round(duration * sample_rate)
-        mel_fn = LogMel(acfg)
-        n_audio_frames = mel_fn.num_frames(n_samples)
-        feats = video_conditioning(acfg, fps, n_audio_frames, frames=video.clamp(-1, 1), latents=latents)
-        mel = generate_audio(models.audio, n_audio_frames, feats, text, text_mask, num_steps=steps,
-                             generator=gen, callback=lambda i, n: report("audio", i, n))
-        report("vocode", 0, 1)
-        wave = mel_fn.inverse(mel.cpu(), n_samples, generator=gen)[0]  # vocoded on the CPU, with the CPU generator
-        peak = wave.abs().max().item()
-        if peak > 0.9:  # an untrained model can be arbitrarily loud; never clip
-            wave = wave * (0.9 / peak)
-        wave = wave.cpu().numpy().astype(np.float32)
-        report("vocode", 1, 1)
+        sample_rate = models.audio.cfg.sample_rate
+        wave = soundtrack(models, video.clamp(-1, 1), fps, text, text_mask, gen, steps=steps, latents=latents,
+                          progress=report)
 
     report("mux", 0, 1)
     path = write_mp4(out, rgb, fps, wave, sample_rate)
     report("mux", 1, 1)
     return GenerationResult(path=path, num_frames=frames, fps=fps, width=width, height=height,
                             duration_s=duration, has_audio=wave is not None, sample_rate=sample_rate)
+
+
+@torch.no_grad()
+def soundtrack(models: GenerationModels, video: torch.Tensor, fps: float, text: torch.Tensor,
+               text_mask: torch.Tensor | None, gen: torch.Generator, steps: int | None = None,
+               guidance_scale: float | None = None, latents: torch.Tensor | None = None,
+               progress: Progress | None = None) -> np.ndarray:
+    """Mono audio (N,) float32 for ``video`` (1, 3, T, H, W) in [-1, 1] at ``fps``: the audio model's
+    log-mel frames conditioned on the video and the text, vocoded by Griffin-Lim, peak capped at 0.9
+    (never raised: a quiet result stays quiet). ``latents``: the video's scaled TAE latents, for an
+    audio model conditioned on them (encoded here when not given)."""
+    report = progress or (lambda stage, done, total: None)
+    acfg = models.audio.cfg
+    n_samples = round(video.shape[2] / fps * acfg.sample_rate)
+    mel_fn = LogMel(acfg)
+    n_audio_frames = mel_fn.num_frames(n_samples)
+    if acfg.video_features == "latents" and latents is None:
+        latents = models.tae.encode(video) * models.config.tae.latent_scale
+    feats = video_conditioning(acfg, fps, n_audio_frames, frames=video, latents=latents)
+    mel = generate_audio(models.audio, n_audio_frames, feats, text, text_mask, num_steps=steps,
+                         guidance_scale=guidance_scale, generator=gen, callback=lambda i, n: report("audio", i, n))
+    report("vocode", 0, 1)
+    wave = mel_fn.inverse(mel.cpu(), n_samples, generator=gen)[0]  # vocoded on the CPU, with the CPU generator
+    peak = wave.abs().max().item()
+    if peak > 0.9:  # an untrained model can be arbitrarily loud; never clip
+        wave = wave * (0.9 / peak)
+    report("vocode", 1, 1)
+    return wave.cpu().numpy().astype(np.float32)
 
 
 def write_mp4(path: str | Path, frames: np.ndarray, fps: int, audio: np.ndarray | None = None,

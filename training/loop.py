@@ -104,6 +104,7 @@ def batch_specs(schedule: Schedule, stage: StageSpec, config: ModelConfig, split
             frames=1 if kind == "image" else stage.frames, fps=stage.fps, batch_size=bs,
             audio_sample_rate=audio_rate, split=split, val_fraction=schedule.val_fraction,
             seed=schedule.seed, weighted=split == "train", window=stage.window,
+            source_caption_ratio=stage.source_caption_ratio,
             buckets=tuple(schedule.buckets) if schedule.buckets else None,
         )
         for kind in kinds

@@ -28,7 +28,7 @@ class ScheduleError(ValueError):
 
 # Metrics a stage's evaluation reports (training/eval.py), which `expect` may bound.
 EVAL_METRICS = ("present", "colour", "shape", "direction", "sync_ok", "silence_ok", "sync_error_ms",
-                "tae_psnr", "tae_ssim", "tae_object_present", "tae_object_colour", "tae_object_shape",
+                "v2a_sync_ok", "v2a_silence_ok", "v2a_sync_error_ms", "tae_psnr", "tae_ssim", "tae_object_present", "tae_object_colour", "tae_object_shape",
                 "tae_object_direction", "clip_score")
 
 
@@ -85,6 +85,11 @@ class StageSpec(BaseModel):
         "Where a video sample's frames start in its clip: 'random' (a fresh offset per epoch, the usual "
         "temporal crop) or 'start' (the first frame: for captions that say how a clip begins, e.g. the "
         "shapes' 'moves right', which a crop after the first bounce contradicts)."))
+    source_caption_ratio: float = Field(0.0, ge=0.0, le=1.0, description=(
+        "Share of training samples captioned with their source's own words (manifest description, else "
+        "title) instead of the assembled caption. DALL-E 3 and SD3 blend original with synthetic captions "
+        "so the model follows short human prompts as well as the captioner's long ones; validation always "
+        "uses the caption."))
     global_batch_size: int = Field(gt=0, description="Samples per step across all workers.")
     lr: float = Field(gt=0, description="Peak learning rate (AdamW).")
     final_lr: float | None = Field(None, ge=0, description="Cosine-decay target; default: lr (constant after warm-up).")

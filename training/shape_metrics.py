@@ -14,13 +14,17 @@ Definitions (each next to its code):
   median over frames where the blob does not touch the border; nearest of the three.
 - direction: the centroid's displacement over the first frames (before any bounce can flip it),
   nearest of the 8 directions by angle.
-- bounce sync: visual bounces are the peaks of the centroid's x or y track (motion reverses),
-  timed to a fraction of a frame from the triangle the bounce leaves (``_reversals``); audio
-  onsets are where the short-time energy jumps above a threshold. The error of each visual bounce
-  is its distance (ms) to the nearest onset; the clip's is the median.
-- silence: the share of the audio energy that lies more than a frame from every visual bounce
-  (where a bounce could be seen at all); the clip is silent where nothing bounces when that
-  share is below ``SILENCE_MAX_SHARE``.
+- bounce sync: visual bounces are the peaks of the centroid's x or y track (motion reverses)
+  with the object at the wall it reverses from (its edge within one frame's travel plus
+  ``WALL_SLACK`` px of that wall: the world's objects bounce off the walls, so a wobble of a drawn
+  object in mid-frame is not a bounce), timed to a fraction of a frame from the triangle the
+  bounce leaves (``_reversals``); audio onsets are where the short-time energy jumps above a
+  threshold. The error of each visual bounce is its distance (ms) to the nearest onset; the
+  clip's is the median.
+- silence: the share of the *audible* audio energy (5 ms hops above ``AUDIBLE_ENERGY``, the floor
+  below which an onset is not a sound either) that lies more than a frame from every visual bounce
+  (where a bounce could be seen at all); the clip is silent where nothing bounces when that share
+  is below ``SILENCE_MAX_SHARE``. Hiss below the floor (-40 dBFS) is silence.
 - Sound is judged only for a present object: a sample without one fails sync and silence (and has
   no sync error), as it fails every other metric it was asked for.
 """
@@ -42,6 +46,8 @@ PRESENT_FRAMES = 0.8
 FILL_RATIO = {"square": 1.0, "circle": math.pi / 4, "triangle": 0.5}
 PALETTE = {**COLOURS, "black": (0, 0, 0)}
 SILENCE_MAX_SHARE = 0.2
+AUDIBLE_ENERGY = 1e-4  # mean square of a 5 ms hop (RMS 0.01, -40 dBFS): quieter is not a sound
+WALL_SLACK = 2.0  # px beyond one frame's travel that an object bouncing off a wall may be from it
 
 
 @dataclass
@@ -112,7 +118,7 @@ def audio_onsets(audio: np.ndarray, sample_rate: int, hop_s: float = 0.005) -> l
     if n < 2:
         return []
     energy = (audio[: n * hop].reshape(n, hop).astype(np.float64) ** 2).mean(axis=1)
-    thr = max(0.1 * energy.max(), 1e-4)
+    thr = max(0.1 * energy.max(), AUDIBLE_ENERGY)
     above = energy > thr
     starts = np.flatnonzero(above[1:] & ~above[:-1]) + 1
     if above[0]:
@@ -139,12 +145,15 @@ def measure(frames: np.ndarray, fps: float, audio: np.ndarray | None = None, sam
     h, w = frames.shape[1:3]
     fills = []
     centroids: list[tuple[float, float] | None] = []
+    extents: list[tuple[tuple[int, int], tuple[int, int]] | None] = []  # per frame: (x0, x1), (y0, y1)
     for m in masks:
         if m is None:
             centroids.append(None)
+            extents.append(None)
             continue
         ys, xs = np.nonzero(m)
         centroids.append((float(xs.mean()), float(ys.mean())))
+        extents.append(((int(xs.min()), int(xs.max())), (int(ys.min()), int(ys.max()))))
         if ys.min() > 0 and xs.min() > 0 and ys.max() < h - 1 and xs.max() < w - 1:
             box = (ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1)
             fills.append(len(ys) / box)
@@ -155,7 +164,7 @@ def measure(frames: np.ndarray, fps: float, audio: np.ndarray | None = None, sam
     if len(track) >= 2:
         (i0, c0), (i1, c1) = track[0], track[min(2, len(track) - 1)]
         direction = direction_of(c1[0] - c0[0], c1[1] - c0[1])
-    bounce_frames = _reversals(centroids)
+    bounce_frames = _reversals(centroids, extents=extents, size=(w, h))
     sync, stray = None, None
     if audio is not None and sample_rate:
         onsets = audio_onsets(audio, sample_rate)
@@ -166,13 +175,17 @@ def measure(frames: np.ndarray, fps: float, audio: np.ndarray | None = None, sam
     return ShapeMeasure(present, present_frames, colour, shape, direction, bounce_frames, sync, stray)
 
 
-def _reversals(centroids: list[tuple[float, float] | None], min_speed: float = 1.0) -> list[float]:
+def _reversals(centroids: list[tuple[float, float] | None], min_speed: float = 1.0,
+               extents: list | None = None, size: tuple[int, int] | None = None) -> list[float]:
     """Bounce times, in frames (sub-frame), where the x or y position peaks (motion reverses).
 
     At constant speed s a bounce at time e + f between frames leaves a triangle in the position
     track whose peak is recovered from the peak frame e and its neighbours:
     f = +-(x[e+1] - x[e-1]) / (2 s) (+ for a maximum, - for a minimum). Peaks of a track moving
-    slower than ``min_speed`` px per frame (jitter of a still blob) are ignored."""
+    slower than ``min_speed`` px per frame (jitter of a still blob) are ignored. With the blobs'
+    ``extents`` and the frame ``size`` (w, h), a peak counts only with the object at the wall it
+    turns from: at a maximum its far edge, at a minimum its near edge, within s + ``WALL_SLACK``
+    px of the frame's edge (the object is at most one frame's travel from the wall it hit)."""
     n = len(centroids)
     times: list[float] = []
     flat = 0.3  # px: steps smaller than this are a plateau (the object at the wall for two frames)
@@ -191,8 +204,8 @@ def _reversals(centroids: list[tuple[float, float] | None], min_speed: float = 1
                 before = x[e - 1] - x[e - 2] if e >= 2 and x[e - 2] is not None else d_prev
                 after = x[j + 2] - x[j + 1] if j + 2 < n and x[j + 2] is not None else d_next
                 speed = (abs(before) + abs(after)) / 2
-                if speed >= min_speed:
-                    sign = 1.0 if d_prev > 0 else -1.0  # a maximum or a minimum
+                sign = 1.0 if d_prev > 0 else -1.0  # a maximum or a minimum
+                if speed >= min_speed and _at_wall(extents, size, k, e, j, sign, speed):
                     frac = sign * (x[j + 1] - x[e - 1]) / (2 * speed)
                     times.append((e + j) / 2 + min(max(frac, -1.0), 1.0))
             e = j + 1
@@ -203,12 +216,33 @@ def _reversals(centroids: list[tuple[float, float] | None], min_speed: float = 1
     return merged
 
 
+def _at_wall(extents: list | None, size: tuple[int, int] | None, axis: int, e: int, j: int, sign: float,
+             speed: float) -> bool:
+    """Whether the object touches (within ``speed`` + ``WALL_SLACK`` px) the wall a peak at frames
+    e..j on ``axis`` turns from; True when extents are not given (a bare centroid track)."""
+    if extents is None or size is None:
+        return True
+    margin = speed + WALL_SLACK
+    for i in range(e, j + 1):
+        if extents[i] is None:
+            continue
+        lo, hi = extents[i][axis]
+        if (sign > 0 and hi >= size[axis] - 1 - margin) or (sign < 0 and lo <= margin):
+            return True
+    return False
+
+
 def _stray_share(audio: np.ndarray, sample_rate: int, bounce_s: list[float], frame_s: float, frames: int) -> float:
-    """Share of the audio energy more than one frame away from every visual bounce, over the
-    span where a bounce can be seen (a reversal needs a frame on each side)."""
+    """Share of the audible energy (hops above ``AUDIBLE_ENERGY``) more than one frame away from
+    every visual bounce, over the span where a bounce can be seen (a reversal needs a frame on each
+    side). 0 when nothing in the span is audible."""
     lo_s, hi_s = frame_s, (frames - 2) * frame_s
     span = audio[int(lo_s * sample_rate): int(hi_s * sample_rate)].astype(np.float64)
-    energy = span ** 2
+    hop = max(1, int(0.005 * sample_rate))
+    n = span.size // hop * hop
+    loud = np.repeat((span[:n].reshape(-1, hop) ** 2).mean(axis=1) > AUDIBLE_ENERGY, hop)
+    energy = np.zeros(span.size)
+    energy[:n] = np.where(loud, span[:n] ** 2, 0.0)  # only what can be heard counts as sound
     total = energy.sum()
     if total <= 1e-8:
         return 0.0

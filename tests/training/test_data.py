@@ -76,6 +76,24 @@ def test_a_sample_caption_carries_the_rate_it_was_resampled_to_and_generation_pr
     assert conditioning_prompt("A red circle.", SampleConfig(fps=8)) == "A red circle."  # trained without
 
 
+def test_a_share_of_training_samples_is_captioned_with_the_source_s_own_words():
+    caption = "FPS-24 Static shot. Red circle moving right. A red circle moves right."
+    source = "A red circle moves right."
+    spec = BatchSpec(kind="video", resolution=64, multiple=8, frames=9, fps=8, seed=3, source_caption_ratio=0.25)
+    got = [sample_caption(caption, spec, source, position, f"k{i}") for position in range(100) for i in range(8)]
+    assert set(got) == {"FPS-8 Static shot. Red circle moving right. A red circle moves right.", f"FPS-8 {source}"}
+    assert 0.2 < got.count(f"FPS-8 {source}") / len(got) < 0.3  # the ratio, drawn per (position, key)
+    again = [sample_caption(caption, spec, source, position, f"k{i}") for position in range(100) for i in range(8)]
+    assert again == got  # the same draw on a resumed run
+    image = BatchSpec(kind="image", resolution=64, multiple=8, source_caption_ratio=1.0)
+    assert sample_caption(caption, image, source) == source  # an image: no rate token either way
+    assert sample_caption(caption, image, "") == "Static shot. Red circle moving right. A red circle moves right."
+    val = BatchSpec(kind="video", resolution=64, multiple=8, frames=9, fps=8, split="val", source_caption_ratio=1.0)
+    assert sample_caption(caption, val, source) == "FPS-8 Static shot. Red circle moving right. A red circle moves right."
+    with pytest.raises(ValueError, match="source_caption_ratio"):
+        BatchSpec(kind="image", resolution=64, multiple=8, source_caption_ratio=1.5)
+
+
 def test_bucket_size_keeps_aspect_and_area_on_the_multiple():
     assert bucket_size("16x9", 256, 16) == (192, 336)
     assert bucket_size("9x16", 256, 16) == (336, 192)
@@ -299,6 +317,11 @@ def test_image_batches_from_real_shards(shapes_dataset):
     portrait = next(b for b in seen if b.bucket == "9x16")
     assert portrait.pixels.shape[-2] > portrait.pixels.shape[-1]
     assert ds.stats.samples_failed == 0 and ds.stats.batches == 8
+    # the index carries the manifest's description: a stage with source_caption_ratio 1 trains on it
+    own = BatchSpec(kind="image", resolution=64, multiple=8, batch_size=3, seed=1, source_caption_ratio=1.0)
+    b = next(iter(ds.batches(own)))
+    assert b.captions == [ds.clips[k].source_text for k in b.keys]
+    assert all(c.startswith("A ") and " moves " in c and "moving" not in c for c in b.captions)
 
 
 @pytest.mark.integration

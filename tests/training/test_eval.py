@@ -82,6 +82,70 @@ def test_a_bounce_in_sync_does_not_pass_when_the_object_is_not_present():
     assert (v.sync_ok, v.silence_ok, v.sync_error_ms) == (0.0, 0.0, None)
 
 
+def _disc_track(centres: list[tuple[float, float]], radius: float = 6.0) -> np.ndarray:
+    """A red disc at each (x, y) centre, 64x64 frames."""
+    yy, xx = np.mgrid[0:64, 0:64]
+    frames = np.zeros((len(centres), 64, 64, 3), np.uint8)
+    for f, (cx, cy) in zip(frames, centres):
+        f[(xx + 0.5 - cx) ** 2 + (yy + 0.5 - cy) ** 2 <= radius ** 2] = COLOURS["red"]
+    return frames
+
+
+def test_a_wobble_in_mid_frame_is_not_a_bounce_and_a_turn_at_the_wall_is():
+    """Seen in the demo's samples: an object drawn moving right whose y track bumps by ~3 px where
+    one latent frame hands over to the next. Its y track peaks, but nothing bounced: no wall is near."""
+    xs = [25.5, 26.2, 26.8, 32.9, 34.3, 37.7, 39.3, 45.4, 47.0]
+    ys = [28.3, 29.0, 30.6, 31.5, 31.7, 30.6, 30.2, 30.0, 30.2]
+    wobble = sm.measure(_disc_track(list(zip(xs, ys))), FPS)
+    assert wobble.bounce_frames == []
+    # the same bump against the bottom wall (disc edge at y = 63): a bounce, timed at the peak
+    at_wall = sm.measure(_disc_track([(x, y + 26.0) for x, y in zip(xs, ys)]), FPS)
+    assert len(at_wall.bounce_frames) == 1 and 3 <= at_wall.bounce_frames[0] <= 4.5
+
+
+def test_sound_below_the_audible_floor_is_silence_and_above_it_is_not():
+    frames = _disc_track([(20.0 + 3 * i, 32.0) for i in range(9)])  # moving right, no bounce
+    rng = np.random.default_rng(0)
+    hiss = rng.normal(0, 0.002, 18000).astype(np.float32)  # -54 dBFS: what an untrained vocoder leaves
+    quiet = sm.judge(sm.measure(frames, FPS, hiss, 16000), FPS, "red", audio=True)
+    assert quiet.silence_ok == 1.0 and quiet.sync_ok is None  # nothing bounced, nothing heard
+    click = hiss.copy()
+    click[8000:8960] += (0.5 * np.sin(np.arange(960) * 2 * np.pi * 880 / 16000)).astype(np.float32)
+    loud = sm.judge(sm.measure(frames, FPS, click, 16000), FPS, "red", audio=True)
+    assert loud.silence_ok == 0.0  # a click where nothing bounces
+
+
+def test_the_reference_clips_for_sound_bounce_within_the_frames_a_model_generates():
+    """evaluate_soundtrack judges the audio model on rendered video: that video must show bounces
+    within the tiny model's 9 frames (1.1 s at 8 fps), or sync would go unmeasured."""
+    from training.eval import reference_clip
+
+    bounced = []
+    for i, spec in enumerate(probe_prompts()):
+        clip = reference_clip(spec, i, 0, speed=(0.5, 0.8), size=(0.2, 0.3))
+        assert (clip.colour, clip.shape, clip.direction) == (spec.colour, spec.shape, spec.direction)
+        frames, _, bounces = render_clip(clip, 64, 64, FPS, num_frames=9)
+        seen = sm.measure(frames, FPS).bounce_frames
+        bounced.append(bool(seen) and bool(bounces))
+    assert np.mean(bounced) >= 0.75
+
+
+@pytest.mark.integration
+def test_an_untrained_audio_model_fails_the_soundtrack_evaluation():
+    import torch
+
+    from models.configs import tiny
+    from training.checkpoint import build_models
+    from training.eval import evaluate_soundtrack
+
+    torch.manual_seed(0)
+    models = build_models(tiny(with_audio=True))
+    models.config.sample.frames = 9
+    got = evaluate_soundtrack(models, probe_prompts()[:6])
+    assert set(got) == {"v2a_sync_ok", "v2a_silence_ok", "v2a_sync_error_ms"}
+    assert got["v2a_sync_ok"] is not None and got["v2a_sync_ok"] <= 0.5  # noise is not a click on the bounce
+
+
 def test_prompt_sets(tmp_path):
     probe = probe_prompts()
     assert len(probe) == 24 and {p.colour for p in probe} == set(COLOURS)
