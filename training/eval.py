@@ -264,7 +264,7 @@ def evaluate(checkpoint, prompts: list[PromptSpec] | None = None, seeds: int = 1
                 progress(len(rows), total)
     summary = summarize(rows)
     if judge_audio and models.audio is not None and any(p.audio for p in prompts):
-        summary.update(evaluate_soundtrack(models, [p for p in prompts if p.audio], seeds))
+        summary.update(evaluate_soundtrack(models, [p for p in prompts if p.audio], seeds, steps=steps))
     result = EvalResult(rows=rows, summary=summary, out_dir=out)
     result.files = write_outputs(result, prompts)
     return result
@@ -281,12 +281,14 @@ def reference_clip(spec: PromptSpec, index: int, seed: int, speed: tuple[float, 
 
 
 @torch.no_grad()
-def evaluate_soundtrack(models, prompts: list[PromptSpec], seeds: int = 1) -> dict[str, float | None]:
+def evaluate_soundtrack(models, prompts: list[PromptSpec], seeds: int = 1,
+                        steps: int | None = None) -> dict[str, float | None]:
     """The audio model as a video-to-audio model: for each prompt and seed, render its ground truth
     at the model's size, rate and length, fast enough (0.5-0.8 frame widths a second) that most clips
     bounce within the frames, generate the audio for that video and the prompt
     (``training.generate.soundtrack``), and measure sync and silence against the rendered bounces
-    (training/shape_metrics.py). ``v2a_sync_error_ms`` is the median over clips with a bounce."""
+    (training/shape_metrics.py). ``v2a_sync_error_ms`` is the median over clips with a bounce.
+    ``steps``: sampler steps, as ``generate`` takes them (default: the audio model's)."""
     from training.generate import conditioning_prompt, soundtrack
 
     models.eval()
@@ -295,12 +297,13 @@ def evaluate_soundtrack(models, prompts: list[PromptSpec], seeds: int = 1) -> di
     device = next(models.audio.parameters()).device
     rows = []
     for i, spec in enumerate(prompts):
+        text, text_mask = models.text([conditioning_prompt(spec.prompt, cfg.sample)])  # once per prompt
         for seed in range(seeds):
             clip = reference_clip(spec, i, seed, speed=(0.5, 0.8), size=(0.2, 0.3))
             truth, _, _ = render_clip(clip, cfg.sample.width, cfg.sample.height, cfg.sample.fps, num_frames=frames_n)
             video = (torch.from_numpy(truth).permute(3, 0, 1, 2)[None].float() / 127.5 - 1).to(device)
-            text, text_mask = models.text([conditioning_prompt(spec.prompt, cfg.sample)])
-            wave = soundtrack(models, video, cfg.sample.fps, text, text_mask, torch.Generator().manual_seed(seed))
+            wave = soundtrack(models, video, cfg.sample.fps, text, text_mask, torch.Generator().manual_seed(seed),
+                              steps=steps)
             m = measure(truth, cfg.sample.fps, wave, models.audio.cfg.sample_rate)
             v = judge(m, cfg.sample.fps, audio=True)
             rows.append({"v2a_sync_ok": v.sync_ok, "v2a_silence_ok": v.silence_ok, "v2a_sync_error_ms": v.sync_error_ms})

@@ -431,8 +431,7 @@ def _throughput_chart(stages: list[StageView]) -> str:
 
 # Evaluation metrics drawn across the schedule (shares, 0..1) and the one in milliseconds.
 EVAL_SHARES = ("present", "colour", "shape", "direction", "sync_ok", "silence_ok", "v2a_sync_ok", "v2a_silence_ok",
-               "tae_object_present",
-               "tae_object_colour", "tae_object_direction", "tae_ssim")
+               "tae_object_present", "tae_object_colour", "tae_object_direction", "tae_ssim")
 
 
 def _eval_html(storage: Storage, output: str, schedule: Schedule, evals: list[dict]) -> str:
@@ -442,7 +441,8 @@ def _eval_html(storage: Storage, output: str, schedule: Schedule, evals: list[di
 
     names = [s.name for s in schedule.stages]
     # clip_score (a cosine in [-1, 1], only with a CLIP checkpoint configured) is tabled, not drawn as a share
-    keys = [k for k in (*EVAL_SHARES, "sync_error_ms", "v2a_sync_error_ms", "tae_psnr", "clip_score") if any(e.get(k) is not None for e in evals)]
+    keys = [k for k in (*EVAL_SHARES, "sync_error_ms", "v2a_sync_error_ms", "tae_psnr", "clip_score")
+            if any(e.get(k) is not None for e in evals)]
     head = "".join(f"<th>{_e(k)}</th>" for k in keys)
     body = ""
     for name, e in zip(names, evals):

@@ -28,8 +28,9 @@ class ScheduleError(ValueError):
 
 # Metrics a stage's evaluation reports (training/eval.py), which `expect` may bound.
 EVAL_METRICS = ("present", "colour", "shape", "direction", "sync_ok", "silence_ok", "sync_error_ms",
-                "v2a_sync_ok", "v2a_silence_ok", "v2a_sync_error_ms", "tae_psnr", "tae_ssim", "tae_object_present", "tae_object_colour", "tae_object_shape",
-                "tae_object_direction", "clip_score")
+                "v2a_sync_ok", "v2a_silence_ok", "v2a_sync_error_ms", "tae_psnr", "tae_ssim",
+                "tae_object_present", "tae_object_colour", "tae_object_shape", "tae_object_direction",
+                "clip_score")
 
 
 class MetricBound(BaseModel):

@@ -19,8 +19,8 @@ Definitions (each next to its code):
   ``WALL_SLACK`` px of that wall: the world's objects bounce off the walls, so a wobble of a drawn
   object in mid-frame is not a bounce), timed to a fraction of a frame from the triangle the
   bounce leaves (``_reversals``); audio onsets are where the short-time energy jumps above a
-  threshold. The error of each visual bounce is its distance (ms) to the nearest onset; the
-  clip's is the median.
+  threshold. The error of each visual bounce is its distance (ms) to the nearest onset (the
+  clip's length when it has none); the clip's is the median.
 - silence: the share of the *audible* audio energy (5 ms hops above ``AUDIBLE_ENERGY``, the floor
   below which an onset is not a sound either) that lies more than a frame from every visual bounce
   (where a bounce could be seen at all); the clip is silent where nothing bounces when that share
@@ -169,7 +169,9 @@ def measure(frames: np.ndarray, fps: float, audio: np.ndarray | None = None, sam
     if audio is not None and sample_rate:
         onsets = audio_onsets(audio, sample_rate)
         if bounce_frames:
-            errs = [min((abs(o - b / fps) for o in onsets), default=math.inf) * 1000 for b in bounce_frames]
+            # a bounce with no onset anywhere in the clip misses by the clip's length: finite, so a
+            # median over clips counts it (an infinite error was dropped from the median as "unmeasured")
+            errs = [min((abs(o - b / fps) for o in onsets), default=t / fps) * 1000 for b in bounce_frames]
             sync = float(np.median(errs))
         stray = _stray_share(audio, sample_rate, [b / fps for b in bounce_frames], 1.0 / fps, t)
     return ShapeMeasure(present, present_frames, colour, shape, direction, bounce_frames, sync, stray)

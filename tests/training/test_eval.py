@@ -103,6 +103,22 @@ def test_a_wobble_in_mid_frame_is_not_a_bounce_and_a_turn_at_the_wall_is():
     assert len(at_wall.bounce_frames) == 1 and 3 <= at_wall.bounce_frames[0] <= 4.5
 
 
+def test_a_bounce_nobody_hears_misses_by_the_clip_s_length_and_counts_in_the_median():
+    """A silent soundtrack under a bouncing clip: its error is finite (the clip's length), so the
+    summary's median counts it; an infinite one was dropped and left the few heard bounces to speak
+    for all (a demo reported a 97 ms median with 24% of bounces within a frame)."""
+    from training.synthetic_shapes import ShapeClip, render_clip
+
+    frames, audio, _ = render_clip(ShapeClip("red", "circle", "right", start=(0.75, 0.5)), 64, 64, FPS,
+                                   num_frames=9, sample_rate=16000)
+    heard = sm.judge(sm.measure(frames, FPS, audio, 16000), FPS, "red", audio=True)
+    silent = sm.judge(sm.measure(frames, FPS, np.zeros_like(audio), 16000), FPS, "red", audio=True)
+    assert heard.sync_ok == 1.0 and heard.sync_error_ms < 1000 / FPS
+    assert silent.sync_ok == 0.0 and silent.sync_error_ms == pytest.approx(9 / FPS * 1000)
+    rows = [heard.to_dict(), silent.to_dict(), silent.to_dict()]
+    assert summarize(rows)["sync_error_ms"] == pytest.approx(9 / FPS * 1000)
+
+
 def test_sound_below_the_audible_floor_is_silence_and_above_it_is_not():
     frames = _disc_track([(20.0 + 3 * i, 32.0) for i in range(9)])  # moving right, no bounce
     rng = np.random.default_rng(0)
