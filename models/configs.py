@@ -86,7 +86,8 @@ def tiny(with_audio: bool = True) -> ModelConfig:
     # frame features span 4 frames (500 ms at 8 fps), too coarse to place a bounce within one frame.
     audio = AudioConfig(sample_rate=16000, n_fft=512, hop_length=256, n_mels=32, dim=64, n_layers=2,
                         n_heads=4, ffn_dim=256, video_features="frames", video_grid=4, video_dim=6 * 4 * 4,
-                        text_dim=text.out_dim, window_frames=64, overlap_frames=16, num_steps=8,
+                        # 80 frames (1.28 s): a whole 9-frame, 8 fps sample (71 audio frames) in one window
+                        text_dim=text.out_dim, window_frames=80, overlap_frames=16, num_steps=8,
                         # Unguided: on rendered ground-truth video (24 probe clips) guidance 3 put the click
                         # within a frame of the bounce in 67% of clips (some 70 dB too quiet to hear), 1.0
                         # in 92% (BENCHMARKS.md). The sparse clicks overshoot or vanish under guidance.

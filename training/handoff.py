@@ -57,8 +57,31 @@ def check_schedule_fits(schedule: Schedule) -> None:
                 problems.append(f"{st.name}: {st.frames} frames at {st.fps} fps make {n} audio frames; the "
                                 f"{schedule.model_size} audio model's window is {config.audio.window_frames} "
                                 "(use fewer frames or a higher fps)")
+    problems += _audio_span_problems(schedule, config)
     if problems:
         raise ScheduleError("schedule does not fit the models:\n  " + "\n  ".join(problems))
+
+
+def _audio_span_problems(schedule: Schedule, config: ModelConfig) -> list[str]:
+    """The final audio stage must train on as many audio frames as ``generate`` samples in one
+    window (the final video stage's frames at its fps, capped at the audio window): positions past
+    the trained span keep their random initialisation. Measured on the demo: trained on 40 audio
+    frames and sampled on 71, the tiny audio model made the same clicks for every video, at the end
+    of its trained span and of its window, and put 35% of bounces' clicks within a frame."""
+    from training.steps import audio_frames
+
+    audio = [st for st in schedule.stages if st.model == "audio"]
+    video = [st for st in schedule.stages if st.model == "video" and st.data != "image"]
+    if not audio or not video or config.audio is None:
+        return []
+    st, vs = audio[-1], video[-1]
+    trained = audio_frames(config.audio, st.frames, st.fps)
+    sampled = min(audio_frames(config.audio, vs.frames, vs.fps), config.audio.window_frames)
+    if trained >= sampled:
+        return []
+    return [f"{st.name}: trains on {trained} audio frames ({st.frames} frames at {st.fps} fps), but samples of "
+            f"{vs.name} ({vs.frames} frames at {vs.fps} fps) take {sampled}: the audio model's positions past "
+            f"{trained} would never train (give {st.name} at least {vs.frames} frames at {vs.fps} fps)"]
 
 
 def spatial_multiple(config: ModelConfig) -> int:

@@ -119,6 +119,32 @@ def test_a_bounce_nobody_hears_misses_by_the_clip_s_length_and_counts_in_the_med
     assert summarize(rows)["sync_error_ms"] == pytest.approx(9 / FPS * 1000)
 
 
+def test_clicks_all_over_the_clip_are_not_in_sync_with_its_one_bounce():
+    """The sync error is symmetric: a click on every frame puts one near the bounce too, but every
+    other click misses it (nearest-onset alone scored an untrained, noisy audio model at 79 ms)."""
+    from training.synthetic_shapes import ShapeClip, render_clip
+
+    frames, audio, bounces = render_clip(ShapeClip("red", "circle", "right", start=(0.75, 0.5)), 64, 64, FPS,
+                                         num_frames=9, sample_rate=16000)
+    assert len(bounces) == 1
+    click = audio[int(bounces[0] * 16000):][:960].copy()  # the rendered click, 60 ms
+    everywhere = np.zeros_like(audio)
+    for i in range(9):
+        everywhere[i * 2000:i * 2000 + click.size] += click
+    v = sm.judge(sm.measure(frames, FPS, everywhere, 16000), FPS, "red", audio=True)
+    assert v.sync_ok == 0.0 and v.sync_error_ms > 1000 / FPS
+    # Noise in bursts (log-normal loudness per 16 ms, like a vocoded untrained model): near chance
+    ok = []
+    for seed in range(20):
+        rng = np.random.default_rng(seed)
+        env = np.exp(1.5 * rng.normal(0, 1, audio.size // 256 + 1)).repeat(256)[:audio.size]
+        noise = rng.normal(0, 1, audio.size) * env
+        ok.append(sm.judge(sm.measure(frames, FPS, (0.9 * noise / np.abs(noise).max()).astype(np.float32), 16000),
+                           FPS, "red", audio=True).sync_ok)
+    assert np.mean(ok) <= 0.4  # 35%; the nearest-onset error passed 55% of these
+    assert sm.judge(sm.measure(frames, FPS, audio, 16000), FPS, "red", audio=True).sync_ok == 1.0
+
+
 def test_sound_below_the_audible_floor_is_silence_and_above_it_is_not():
     frames = _disc_track([(20.0 + 3 * i, 32.0) for i in range(9)])  # moving right, no bounce
     rng = np.random.default_rng(0)

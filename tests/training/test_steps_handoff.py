@@ -83,7 +83,7 @@ def test_video_hand_off_t2i_to_joint_to_high_res(models):
 
 def test_audio_span_must_fit_the_window(models):
     assert check_audio_span(models, 5, 8) == 40
-    with pytest.raises(ValueError, match="window is 64"):
+    with pytest.raises(ValueError, match="window is 80"):
         check_audio_span(models, 17, 8)
 
 
@@ -95,10 +95,31 @@ def test_schedules_that_do_not_fit_the_models_fail_before_training():
     check_schedule_fits(s)
     bad = s.model_copy(deep=True)
     bad.stages[2].frames = 8  # not 1 + 4k
-    bad.stages[4].frames = 17  # 2.1 s of audio: 134 frames > 64
+    bad.stages[4].frames = 17  # 2.1 s of audio: 134 frames > 80
     with pytest.raises(ScheduleError) as e:
         check_schedule_fits(bad)
     assert "joint_32: frame count must be 1 + 4·k" in str(e.value) and "audio: 17 frames" in str(e.value)
+
+
+def test_an_audio_stage_shorter_than_the_samples_fails_before_training():
+    """The audio model's positions past its training span never train: sampled longer, it made the
+    same clicks whatever the video (the demo before tiny.yaml's audio stage took 9 frames)."""
+    from training.handoff import check_schedule_fits
+    from training.schedule import ScheduleError
+
+    s = load_schedule("tiny")
+    short = s.model_copy(deep=True)
+    short.stages[4].frames = 5  # 40 audio frames; joint_64's 9 frames at 8 fps take 71
+    with pytest.raises(ScheduleError, match="audio: trains on 40 audio frames .* samples of joint_64 .* take 71"):
+        check_schedule_fits(short)
+    longer = s.model_copy(deep=True)
+    longer.stages[3].frames = 13  # 102 audio frames: a sample takes two windows; the first must be trained whole
+    longer.stages[4].frames = 9
+    with pytest.raises(ScheduleError, match="take 80"):
+        check_schedule_fits(longer)
+    longer.stages[4].frames = 13
+    with pytest.raises(ScheduleError, match="13 frames at 8"):  # the window itself is too short for it
+        check_schedule_fits(longer)
 
 
 def test_the_latent_cache_encodes_each_fixed_window_sample_once_and_gives_the_same_loss(models):
