@@ -139,7 +139,7 @@ def run_media_stage(
     ensure_ray()
     _quiet_ray_data()
     in_schema = STAGE_SCHEMAS[stage.input_stage]
-    bs = ctx.policy.runtime.batch_size
+    bs = stage.rows_per_task or ctx.policy.runtime.batch_size
     blocks = [to_table(pending[i : i + bs], in_schema) for i in range(0, len(pending), bs)]
     ds = ray.data.from_arrow(blocks)
     common = dict(batch_size=bs, batch_format="pyarrow", zero_copy_batch=True, num_cpus=stage.num_cpus)
