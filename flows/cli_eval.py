@@ -91,7 +91,11 @@ def print_summary(summary: dict, n: int) -> None:
         shown = "-" if value is None else (f"{value:.0f} ms" if key.endswith("_ms") else
                                            f"{value:.2f} dB" if key == "tae_psnr" else
                                            f"{value:.3f}" if key in ("tae_ssim", "clip_score") else f"{100 * value:.0f}%")
-        t.add_row(key, shown, METRIC_HELP.get(key, TAE_HELP.get(key, "")))
+        meaning = METRIC_HELP.get(key, TAE_HELP.get(key, ""))
+        if value is None:  # say why there is no number rather than leave a bare dash
+            meaning += (" (not measured: no sample drew a bounce at a wall)" if key.startswith("sync")
+                        else " (not measured on these samples)")
+        t.add_row(key, shown, meaning)
     if "clip_score" not in summary:  # the evaluation had no CLIP model: say so, and how to get one
         t.add_row("clip_score", "off", CLIP_DISABLED)
     _out.print(t)

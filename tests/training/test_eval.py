@@ -221,6 +221,24 @@ def test_summary_aggregates_shares_and_the_median_sync():
     assert summarize([{"clip_score": 0.5}, {"clip_score": -0.25}])["clip_score"] == 0.125
 
 
+def test_the_printed_table_says_why_a_metric_has_no_value():
+    from rich.console import Console
+
+    import flows.cli_eval as cli_eval
+
+    console = Console(record=True, width=200)
+    original, cli_eval._out = cli_eval._out, console
+    try:
+        cli_eval.print_summary({"present": 1.0, "direction": None, "sync_ok": None, "sync_error_ms": None}, 3)
+    finally:
+        cli_eval._out = original
+    lines = {line.split("│")[1].strip(): line for line in console.export_text().splitlines() if line.count("│") > 2}
+    assert "100%" in lines["present"] and "not measured" not in lines["present"]
+    assert "not measured: no sample drew a bounce at a wall" in lines["sync_ok"]
+    assert "not measured: no sample drew a bounce" in lines["sync_error_ms"]
+    assert "not measured on these samples" in lines["direction"]
+
+
 def test_learning_gate_names_the_metric_and_the_miss():
     stage = StageSpec(name="t2i", model="video", data="image", resolution=32, global_batch_size=2, lr=1e-3,
                       iterations=1, expect={"colour": {"min": 0.9}, "sync_error_ms": {"max": 125}})
