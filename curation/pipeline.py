@@ -138,9 +138,30 @@ def run_media_stage(
         return StageRun(stage.name, n_ok, skipped, 0, 0)
     ensure_ray()
     _quiet_ray_data()
-    in_schema = STAGE_SCHEMAS[stage.input_stage]
     bs = stage.rows_per_task or ctx.policy.runtime.batch_size
-    blocks = [to_table(pending[i : i + bs], in_schema) for i in range(0, len(pending), bs)]
+    seen: set[str] = set()
+    _stream(stage, store, pending, bs, seen, progress, actors)
+    crashed = [r for r in pending if r["item_id"] not in seen]
+    if crashed and bs > 1:
+        # A task of many rows died with its worker: run those rows again one a task, so only the
+        # row that kills its worker is recorded as crashed, not the rows that shared its task.
+        log.warning("%s: a task of %d rows lost its worker; retrying its rows one a task", stage.name, len(crashed))
+        _stream(stage, store, crashed, 1, seen, progress, actors, total=len(pending))
+        crashed = [r for r in crashed if r["item_id"] not in seen]
+    if crashed:
+        log.warning("%s: %d item(s) lost their worker; recording them as failed", stage.name, len(crashed))
+        store.write_part(stage.name, [_crashed_row(stage, r) for r in crashed])
+    if progress:
+        progress(len(pending), len(pending))
+    return StageRun(stage.name, n_ok, skipped, len(pending), len(crashed), time.perf_counter() - t0)
+
+
+def _stream(stage: Stage, store: StageStore, rows: list[dict], bs: int, seen: set[str],
+            progress: Progress | None, actors: int | None, total: int | None = None) -> None:
+    """Run ``stage`` over ``rows`` (``bs`` a Ray task) and commit what comes back as it streams in;
+    the input ids answered are added to ``seen``."""
+    ctx = stage.ctx
+    blocks = [to_table(rows[i : i + bs], STAGE_SCHEMAS[stage.input_stage]) for i in range(0, len(rows), bs)]
     ds = ray.data.from_arrow(blocks)
     common = dict(batch_size=bs, batch_format="pyarrow", zero_copy_batch=True, num_cpus=stage.num_cpus)
     if stage.num_gpus:
@@ -163,26 +184,17 @@ def run_media_stage(
 
     id_col = stage.input_id_column
     buffer: list[dict] = []
-    seen_inputs: set[str] = set()
     part_rows = ctx.policy.runtime.part_rows
     for block in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-        rows = block.to_pylist()
-        buffer.extend(rows)
-        seen_inputs.update(r[id_col] for r in rows)
+        out = block.to_pylist()
+        buffer.extend(out)
+        seen.update(r[id_col] for r in out)
         if len(buffer) >= part_rows:
             store.write_part(stage.name, buffer)
             buffer = []
         if progress:
-            progress(len(seen_inputs), len(pending))
+            progress(len(seen), total or len(rows))
     store.write_part(stage.name, buffer)
-
-    crashed = [r for r in pending if r["item_id"] not in seen_inputs]
-    if crashed:
-        log.warning("%s: %d item(s) lost their worker; recording them as failed", stage.name, len(crashed))
-        store.write_part(stage.name, [_crashed_row(stage, r) for r in crashed])
-    if progress:
-        progress(len(pending), len(pending))
-    return StageRun(stage.name, n_ok, skipped, len(pending), len(crashed), time.perf_counter() - t0)
 
 
 def _crashed_row(stage: Stage, row: dict) -> dict:

@@ -73,6 +73,22 @@ def test_a_crashing_worker_fails_its_item_and_the_stage_goes_on(ray_session, tmp
     assert rows["/data/crash.mp4"]["status"] == "failed" and "crashed" in rows["/data/crash.mp4"]["reason"]
 
 
+class CrashOnMarkedItemInBatches(CrashOnMarkedItem):
+    rows_per_task = 8  # as the probe stage: many rows share a task, and a crash kills them all
+
+
+def test_a_crash_in_a_task_of_many_rows_fails_only_the_row_that_crashes(ray_session, tmp_path):
+    ctx = _ctx(tmp_path)
+    store = StageStore(Storage(), str(tmp_path))
+    uris = [f"/data/{i}.mp4" for i in range(5)] + ["/data/crash.mp4"]
+    _ingest(store, uris)
+    run = run_media_stage(CrashOnMarkedItemInBatches(ctx), store)
+    assert run.crashed == 1 and run.processed == 6
+    rows = {r["source_uri"]: r for r in store.read("probe").to_pylist()}
+    assert len(rows) == 6 and all(rows[u]["status"] == OK for u in uris[:-1])
+    assert rows["/data/crash.mp4"]["status"] == "failed" and "crashed" in rows["/data/crash.mp4"]["reason"]
+
+
 class CrashWhilePlanningClips(Stage):
     """A 1:N stage (video -> clips) whose worker dies on one video."""
 
