@@ -67,7 +67,7 @@ def _audio_span_problems(schedule: Schedule, config: ModelConfig) -> list[str]:
     window (the final video stage's frames at its fps, capped at the audio window): positions past
     the trained span keep their random initialisation. Measured on the demo: trained on 40 audio
     frames and sampled on 71, the tiny audio model made the same clicks for every video, at the end
-    of its trained span and of its window, and put 35% of bounces' clicks within a frame."""
+    of its trained span and of its window (38% of bounces heard within a frame, by coincidence)."""
     from training.steps import audio_frames
 
     audio = [st for st in schedule.stages if st.model == "audio"]

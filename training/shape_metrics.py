@@ -179,8 +179,8 @@ def measure(frames: np.ndarray, fps: float, audio: np.ndarray | None = None, sam
     sync, stray = None, None
     if audio is not None and sample_rate:
         onsets = audio_onsets(audio, sample_rate)
-        if bounce_frames:
-            bounce_s = [b / fps for b in bounce_frames]
+        bounce_s = [b / fps for b in bounce_frames]
+        if bounce_s:
             # a bounce with no onset anywhere in the clip misses by the clip's length: finite, so a
             # median over clips counts it (an infinite error was dropped from the median as "unmeasured")
             errs = [min((abs(o - b) for o in onsets), default=t / fps) for b in bounce_s]
@@ -188,7 +188,7 @@ def measure(frames: np.ndarray, fps: float, audio: np.ndarray | None = None, sam
             # over the clip (noise, or a click on every frame) is not in sync with one bounce
             errs += [min(abs(o - b) for b in bounce_s) for o in onsets if 1 / fps <= o <= (t - 1) / fps]
             sync = float(np.median(errs)) * 1000
-        stray = _stray_share(audio, sample_rate, [b / fps for b in bounce_frames], 1.0 / fps, t)
+        stray = _stray_share(audio, sample_rate, bounce_s, 1.0 / fps, t)
     return ShapeMeasure(present, present_frames, colour, shape, direction, bounce_frames, sync, stray)
 
 
