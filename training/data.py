@@ -42,6 +42,10 @@ INDEX_FILE = "index.parquet"
 INDEX_COLUMNS = ("key", "shard", "duration_s", "fps", "aspect_bucket", "has_audio")
 OPTIONAL_COLUMNS = ("caption", "sampling_weight", "title", "description")
 DEFAULT_DECODE_CACHE_BYTES = 512 << 20
+# A clip whose every frame at the sample size (plus its audio) fits in this is decoded whole, once
+# per size, and each training window is cut from it: random windows of one clip (the TAE and audio
+# stages) then decode it once instead of once a window. Larger clips decode window by window.
+WHOLE_CLIP_MAX_BYTES = 16 << 20
 MAX_RECORDED_FAILURES = 1000
 # Split by shard only when the shards share out this evenly; otherwise padding the short ranks
 # would repeat too much data, and splitting by sample is better.
@@ -450,6 +454,49 @@ def decode_frames(data: bytes, times: Sequence[float], size: tuple[int, int]) ->
     return np.stack(out)
 
 
+def decode_all_frames(data: bytes, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Every frame of the stream, cover-cropped to ``size``: (times (N,), frames (N, h, w, 3))."""
+    h, w = size
+    times, frames = [], []
+    with av.open(io.BytesIO(data)) as container:
+        stream = container.streams.video[0]
+        base = float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
+        for n, frame in enumerate(container.decode(stream)):
+            times.append((frame.time if frame.time is not None else n / float(stream.average_rate or 1)) - base)
+            frames.append(_cover_crop(frame, h, w))
+    if not frames:
+        raise ValueError("no video frames")
+    return np.asarray(times, dtype=np.float64), np.stack(frames)
+
+
+def pick_frames(frame_times: np.ndarray, frames: np.ndarray, times: Sequence[float]) -> np.ndarray:
+    """The frame nearest to each time, as ``decode_frames`` picks it: frame k covers the times from
+    the midpoint with the frame before to the midpoint with the next; before the first frame the
+    first, past the last the last."""
+    midpoints = (frame_times[:-1] + frame_times[1:]) / 2
+    return frames[np.searchsorted(midpoints, np.asarray(times, dtype=np.float64), side="right")]
+
+
+def decode_all_audio(data: bytes, rate: int) -> np.ndarray:
+    """The whole audio stream as mono float32 at ``rate``."""
+    chunks: list[np.ndarray] = []
+    with av.open(io.BytesIO(data)) as container:
+        if not container.streams.audio:
+            raise ValueError("no audio stream")
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
+        for frame in container.decode(container.streams.audio[0]):
+            chunks.extend(o.to_ndarray().reshape(-1) for o in resampler.resample(frame))
+        chunks.extend(o.to_ndarray().reshape(-1) for o in resampler.resample(None))
+    return np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, np.float32)
+
+
+def cut_audio(pcm: np.ndarray, start_s: float, num_samples: int, rate: int) -> np.ndarray:
+    """``num_samples`` of ``pcm`` from ``start_s``, zero-padded past its end (as ``decode_audio``)."""
+    skip = max(0, round(start_s * rate))
+    seg = pcm[skip:skip + num_samples]
+    return seg if seg.size == num_samples else np.concatenate([seg, np.zeros(num_samples - seg.size, np.float32)])
+
+
 def decode_audio(data: bytes, start_s: float, num_samples: int, rate: int) -> np.ndarray:
     """``num_samples`` of mono float32 audio from ``start_s``, resampled to ``rate``; zero-padded
     when the audio is shorter."""
@@ -590,14 +637,27 @@ class ShardDataset:
             self.stats.cache_hits += 1
             self.stats.samples_decoded += 1
             return hit
+        clip = self.clips[s.key]
         try:
-            value = self._decode_sample(self.clips[s.key], s.start_s, spec, size)
+            whole = self._whole_clip(clip, size, spec.audio_sample_rate)
+            if whole is not None:  # cut from the clip decoded whole (cached as such, not per window)
+                self.stats.samples_decoded += 1
+                return self._cut(whole, s.start_s, spec)
+            value = self._decode_sample(clip, s.start_s, spec, size)
         except Exception as e:  # a bad sample must never stop training
             self._fail(s.key, f"{type(e).__name__}: {e}")
             return None
         self._cache.put(ck, value, value[0].nbytes + (value[1].nbytes if value[1] is not None else 0))
         self.stats.samples_decoded += 1
         return value
+
+    @staticmethod
+    def _cut(whole: tuple[np.ndarray, np.ndarray, np.ndarray | None], start_s: float,
+             spec: BatchSpec) -> tuple[np.ndarray, np.ndarray | None]:
+        frame_times, frames, pcm = whole
+        times = [start_s + i / spec.fps for i in range(spec.frames)]
+        audio = cut_audio(pcm, start_s, spec.audio_samples, spec.audio_sample_rate) if pcm is not None else None
+        return pick_frames(frame_times, frames, times), audio
 
     def _decode_sample(self, clip: ClipInfo, start_s: float, spec: BatchSpec,
                        size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray | None]:
@@ -607,6 +667,27 @@ class ShardDataset:
         if spec.audio_sample_rate:
             audio = decode_audio(self._member(clip, "flac"), start_s, spec.audio_samples, spec.audio_sample_rate)
         return frames, audio
+
+    def _whole_clip(self, clip: ClipInfo, size: tuple[int, int],
+                    rate: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None] | None:
+        """Every frame of a small clip at ``size`` (and its audio at ``rate``), each decoded once
+        and kept in the decode cache; None for a clip too large for that (WHOLE_CLIP_MAX_BYTES)."""
+        fps = clip.fps if clip.fps > 0 else 30.0
+        estimate = (clip.duration_s * fps + 2) * size[0] * size[1] * 3 + (clip.duration_s * (rate or 0) + 1) * 4
+        if estimate > min(WHOLE_CLIP_MAX_BYTES, self._cache.max_bytes):  # too big, or no cache to keep it in
+            return None
+        frames = self._cached(("frames", clip.key, size), lambda: decode_all_frames(self._member(clip, "mp4"), size))
+        pcm = None
+        if rate:
+            pcm = self._cached(("audio", clip.key, rate), lambda: decode_all_audio(self._member(clip, "flac"), rate))
+        return (*frames, pcm)
+
+    def _cached(self, key: tuple, decode: Callable[[], object]):
+        hit = self._cache.get(key)
+        if hit is None:
+            hit = decode()
+            self._cache.put(key, hit, sum(a.nbytes for a in (hit if isinstance(hit, tuple) else (hit,))))
+        return hit
 
     def _fail(self, key: str, reason: str) -> None:
         self._bad[key] = reason

@@ -28,8 +28,12 @@ from training.data import (
     ShardDataset,
     assign_ranks,
     bucket_size,
+    cut_audio,
+    decode_all_audio,
+    decode_all_frames,
     decode_audio,
     decode_frames,
+    pick_frames,
     plan_batches,
     sample_caption,
     split_of,
@@ -266,6 +270,42 @@ def test_decode_frames_picks_the_nearest_frame(tmp_path):
     assert np.abs(held - 235).max() < 4
 
 
+def test_a_window_cut_from_the_whole_decoded_clip_is_the_window_decoded_alone(tmp_path):
+    from training.generate import write_mp4
+
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (40, 24, 40, 3), dtype=np.uint8)  # every frame distinct
+    data = write_mp4(tmp_path / "noise.mp4", frames, fps=24, crf=0).read_bytes()
+    frame_times, whole = decode_all_frames(data, (16, 16))
+    assert whole.shape == (40, 16, 16, 3) and len(frame_times) == 40
+    for t0 in (0.0, 0.02, 0.5, 1.2, 1.6):  # 1.2 s and on seek; 1.6 s runs past the end
+        times = [t0 + i / 8 for i in range(5)]
+        assert np.array_equal(pick_frames(frame_times, whole, times), decode_frames(data, times, (16, 16)))
+
+
+def flac_tone(rate: int = 48000, seconds: float = 2.0) -> bytes:
+    import av
+
+    tone = (0.5 * np.sin(2 * np.pi * 440 * np.arange(int(rate * seconds)) / rate)).astype(np.float32)
+    buf = io.BytesIO()
+    with av.open(buf, mode="w", format="flac") as c:
+        s = c.add_stream("flac", rate=rate, layout="mono")
+        frame = av.AudioFrame.from_ndarray((tone * 32767).astype(np.int16).reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = rate
+        for p in s.encode(frame):
+            c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    return buf.getvalue()
+
+
+def test_audio_cut_from_the_whole_stream_is_the_span_decoded_alone():
+    data = flac_tone()
+    pcm = decode_all_audio(data, 16000)
+    for start, n in ((0.0, 32000), (0.5, 8000), (1.5, 16000), (1.99, 4000)):
+        assert np.array_equal(cut_audio(pcm, start, n, 16000), decode_audio(data, start, n, 16000))
+
+
 def test_decode_audio_cuts_the_span_and_pads(tmp_path):
     import av
 
@@ -339,6 +379,28 @@ def test_video_batches_with_audio_from_real_shards(shapes_dataset):
     too_long = BatchSpec(kind="video", resolution=64, multiple=16, frames=64, fps=16)
     with pytest.raises(DataError, match="at least 4 s"):
         ds.batches(too_long)
+
+
+@pytest.mark.integration
+def test_random_windows_cut_from_clips_decoded_once_match_window_decodes(shapes_dataset, monkeypatch):
+    import training.data as data
+
+    spec = BatchSpec(kind="video", resolution=32, multiple=8, frames=5, fps=8, batch_size=4, audio_sample_rate=16000)
+    images = BatchSpec(kind="image", resolution=32, multiple=8, batch_size=4)
+    decodes = []
+    whole_decode = data.decode_all_frames
+    monkeypatch.setattr(data, "decode_all_frames", lambda *a: decodes.append(1) or whole_decode(*a))
+    ds = ShardDataset(str(shapes_dataset.path))
+    cut = [list(itertools.islice(ds.batches(s), 12)) for s in (spec, images)]
+    # two epochs of each kind: every clip decoded once per size, however many windows it gave
+    assert len(decodes) == len(ds.clips) and sum(len(b.keys) for b in cut[0]) > 1.5 * len(ds.clips)
+    monkeypatch.setattr(data, "WHOLE_CLIP_MAX_BYTES", 0)  # every window decoded on its own
+    alone = [list(itertools.islice(ShardDataset(str(shapes_dataset.path)).batches(s), 12)) for s in (spec, images)]
+    assert len(decodes) == len(ds.clips)
+    for mine, theirs in zip(cut, alone):
+        assert [b.keys for b in mine] == [b.keys for b in theirs]
+        assert all(torch.equal(a.pixels, b.pixels) for a, b in zip(mine, theirs))
+    assert all(torch.equal(a.audio, b.audio) for a, b in zip(cut[0], alone[0]))
 
 
 @pytest.mark.integration
