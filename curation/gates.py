@@ -168,7 +168,7 @@ def stage_expectations(stage: str, expected_inputs: set[str], id_column: str, po
             gxe.ExpectColumnValuesToBeBetween(column="start_s", min_value=0),
             gxe.ExpectColumnPairValuesAToBeGreaterThanB(column_A="end_s", column_B="start_s", or_equal=False),
         ]
-    if stage in CLIP_TABLES[1:]:
+    if stage in item_rules.ENCODED_TABLES:
         ex += [
             gxe.ExpectColumnValuesToNotBeNull(column="clip_uri", **_ok(OK_ROWS)),
         ]

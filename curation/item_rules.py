@@ -14,11 +14,14 @@ from dataclasses import dataclass
 
 from curation.captioning.camera_motion import CAMERA_LABELS
 from curation.policy import Policy
+from curation.records import CLIP_STAGES, ENCODED_STAGES, SCORED_STAGES
 
-# Clip tables, in pipeline order (clips .. shard).
-CLIP_TABLES = ("clips", "extract", "score", "dedup", "caption", "balance", "shard")
+# Clip tables, in pipeline order (clips .. shard); those whose rows carry scores; those whose ok
+# rows have an encoded clip (extract onwards: judge before encode).
+CLIP_TABLES = CLIP_STAGES
 VIDEO_TABLES = ("probe", "filter", "shots", *CLIP_TABLES)
-SCORED_TABLES = ("score", "dedup", "caption", "balance", "shard")
+SCORED_TABLES = SCORED_STAGES
+ENCODED_TABLES = ENCODED_STAGES
 
 # Valid range of each score (units: curation/scoring/*). NaN (not computed) is not judged.
 SCORE_RANGES = {
@@ -92,7 +95,7 @@ def ok_row_rules(stage: str, policy: Policy) -> list[Rule]:
     if stage in CLIP_TABLES:
         c = policy.clips
         rules.append(Range("duration_s", "clip_duration_s", c.min_seconds - 1e-3, c.max_seconds + 1e-3))
-    if stage in CLIP_TABLES[1:]:
+    if stage in ENCODED_TABLES:
         rules += [
             Range("width", "clip_width", 2, lim.max_width),
             Range("height", "clip_height", 2, lim.max_height),

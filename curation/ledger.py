@@ -14,12 +14,13 @@ from collections import Counter, defaultdict
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from curation import records
 from curation.records import ACCEPTED, CLIP, FAILED, INDEX_COLUMNS, INDEX_SCHEMA, LEDGER_SCHEMA, OK, REJECTED, VIDEO
 from curation.stage_store import StageStore
 from curation.storage import join
 
-VIDEO_STAGES = ["ingest", "probe", "filter", "shots"]
-CLIP_STAGES = ["clips", "extract", "score", "dedup", "caption", "balance", "shard"]
+VIDEO_STAGES = list(records.VIDEO_STAGES)
+CLIP_STAGES = list(records.CLIP_STAGES)
 FUNNEL_STAGES = VIDEO_STAGES + CLIP_STAGES
 
 

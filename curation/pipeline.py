@@ -20,7 +20,7 @@ import pyarrow as pa
 import ray
 
 from curation import shard as shard_mod
-from curation.records import CLIP, FAILED, OK, SCORE_ANALYSIS_SCHEMA, STAGE_SCHEMAS, clip_key, to_table
+from curation.records import CLIP, FAILED, OK, SCORE_ANALYSIS_SCHEMA, STAGE_ORDER, STAGE_SCHEMAS, clip_key, to_table
 from curation.stage_store import StageStore
 from curation.stages import (CaptionStage, ClipPlanStage, ExtractStage, FilterStage, ProbeStage, ScoreStage,
                              ShotsStage, Stage, StageContext)
@@ -230,12 +230,14 @@ def run_table_stage(stage: TableStage, store: StageStore, progress: Progress | N
     return StageRun(stage.name, len(inputs), 0, len(inputs), 0, time.perf_counter() - t0)
 
 
-# Every stage between ingest and shard, in order: per-item stages run as Ray Data operators,
-# whole-table stages (dedup, balance) over the persisted table.
+# Every stage between ingest and shard, in order (records.STAGE_ORDER): per-item stages run as Ray
+# Data operators, whole-table stages (dedup, balance) over the persisted table. Score and dedup run
+# before extract: only the clips they keep are encoded.
 STAGES: list[type[Stage] | type[TableStage]] = [
-    ProbeStage, FilterStage, ShotsStage, ClipPlanStage, ExtractStage, ScoreStage,
-    DedupStage, CaptionStage, BalanceStage,
+    ProbeStage, FilterStage, ShotsStage, ClipPlanStage, ScoreStage, DedupStage,
+    ExtractStage, CaptionStage, BalanceStage,
 ]
+assert [s.name for s in STAGES] == list(STAGE_ORDER[1:-1]), "pipeline.STAGES and records.STAGE_ORDER disagree"
 
 
 def run_stage(stage_cls: type[Stage] | type[TableStage], ctx: StageContext, store: StageStore,

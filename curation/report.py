@@ -34,11 +34,11 @@ from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
 from curation.ledger import build_ledger
-from curation.records import CLIP, FAILED, OK, REJECTED, SCORE_COLUMNS, STAGE_SCHEMAS, VIDEO
+from curation.records import CLIP, FAILED, OK, REJECTED, SCORE_COLUMNS, STAGE_ORDER, STAGE_SCHEMAS, VIDEO
 from curation.stage_store import StageStore
 from curation.storage import Storage, join
 
-REPORT_STAGES = ["ingest", "probe", "filter", "shots", "clips", "extract", "score", "dedup", "caption", "balance", "shard"]
+REPORT_STAGES = list(STAGE_ORDER)
 SCORE_STAGE = "score"
 SAMPLE_PER_GROUP = 12  # kept clips, and rejected clips, shown in the contact sheet
 DUP_GROUPS = 8  # duplicate groups shown in the Duplicates section
@@ -90,11 +90,22 @@ class ReportData:
     score: pa.Table | None
     shard: pa.Table | None  # the clips accepted at the end (status ok)
     dedup: pa.Table | None = None
+    extract: pa.Table | None = None
     caption: pa.Table | None = None
     balance: pa.Table | None = None
     rules: list[RuleStat] = field(default_factory=list)
     first_rule: list[str | None] = field(default_factory=list)  # per score row: the rule that rejected it
     thumbs: dict[str, str] = field(default_factory=dict)  # clip URI -> thumbnail strip (a clip can show twice)
+    _encoded: dict[str, dict] | None = None
+
+    def encoded(self, item_id: str) -> dict | None:
+        """The extract row of a clip that was encoded (its file, width and height), else None."""
+        if self._encoded is None:
+            cols = ["item_id", "status", "clip_uri", "width", "height"]
+            rows = (self.extract.select([c for c in cols if c in self.extract.column_names]).to_pylist()
+                    if self.extract is not None and "clip_uri" in self.extract.column_names else [])
+            self._encoded = {r["item_id"]: r for r in rows if r.get("status") == "ok" and r.get("clip_uri")}
+        return self._encoded.get(item_id)
 
 
 def write_report(storage: Storage, output: str, store: StageStore, policy_rules: list[dict], run_id: str) -> str:
@@ -102,7 +113,7 @@ def write_report(storage: Storage, output: str, store: StageStore, policy_rules:
     tables = {st: _read_stage(store, st) for st in REPORT_STAGES}
     data = ReportData(
         run_id=run_id, output=output, funnel=_funnel(tables), score=tables[SCORE_STAGE], shard=tables["shard"],
-        dedup=tables["dedup"], caption=tables["caption"], balance=tables["balance"],
+        dedup=tables["dedup"], extract=tables["extract"], caption=tables["caption"], balance=tables["balance"],
         **_summary(storage, output, store, tables),
     )
     if data.score is not None:
@@ -393,24 +404,40 @@ def _hist_chart(data: ReportData, col: str, values: np.ndarray, groups: list[str
 # -- thumbnails -------------------------------------------------------------------------------
 
 
-def _thumb(storage: Storage, data: ReportData, uri: str) -> str:
-    """``_thumb_strip``, decoded once per clip (a kept clip can show in Duplicates and the contact sheet)."""
-    if uri not in data.thumbs:
-        data.thumbs[uri] = _thumb_strip(storage, uri)
-    return data.thumbs[uri]
+def _thumb(storage: Storage, data: ReportData, r: dict) -> str:
+    """``_thumb_strip`` of a clip, decoded once (a kept clip can show in Duplicates and the contact
+    sheet): from its encoded file, or, for a candidate that was judged and never encoded, from its
+    span of the source."""
+    if r.get("clip_uri"):
+        key, uri, span = r["clip_uri"], r["clip_uri"], None
+    else:
+        span = (float(r["start_s"]), float(r["end_s"]), int(r.get("rotation") or 0))
+        key, uri = f"{r['source_uri']}#{span}", r["source_uri"]
+    if key not in data.thumbs:
+        data.thumbs[key] = _thumb_strip(storage, uri, span)
+    return data.thumbs[key]
 
 
-def _thumb_strip(storage: Storage, uri: str) -> str:
-    """THUMB_FRAMES frames at the centres of equal segments of the clip, side by side, as a JPEG data URI."""
+def _thumb_strip(storage: Storage, uri: str, span: tuple[float, float, int] | None = None) -> str:
+    """THUMB_FRAMES frames at the centres of equal segments of the clip (or of ``span``: start,
+    end and display rotation in a source), side by side, as a JPEG data URI."""
     path = storage.localize(uri)
     with av.open(str(path)) as c:
         s = c.streams.video[0]
         s.thread_type = "AUTO"
-        dur = float(s.duration * s.time_base) if s.duration else (c.duration or 0) / av.time_base
-        targets = [(i + 0.5) / THUMB_FRAMES * dur for i in range(THUMB_FRAMES)]
+        if span is None:
+            start, dur = 0.0, float(s.duration * s.time_base) if s.duration else (c.duration or 0) / av.time_base
+        else:
+            start, dur = span[0], span[1] - span[0]
+            if start > 0:
+                c.seek(int(start / s.time_base), stream=s, backward=True)
+        targets = [start + (i + 0.5) / THUMB_FRAMES * dur for i in range(THUMB_FRAMES)]
         frames = _frames_at(c.decode(s), targets)
     if not frames:
         raise ValueError("no video frame decoded")
+    if span is not None and span[2] % 360:  # upright, as the extracted clip would be
+        frames = [np.ascontiguousarray(np.rot90(f, k=(span[2] // 90) % 4)) for f in frames]
+        frames = [_fit_height(f) for f in frames]
     gap = np.full((THUMB_HEIGHT, 3, 3), 255, np.uint8)
     strip = np.concatenate([x for f in frames for x in (f, gap)][:-1], axis=1)
     buf = io.BytesIO()
@@ -432,6 +459,14 @@ def _frames_at(decoded, targets: list[float]) -> list[np.ndarray]:
     while last is not None and len(out) < len(targets):  # stream shorter than its stated duration
         out.append(_small(last))
     return out
+
+
+def _fit_height(img: np.ndarray) -> np.ndarray:
+    """A turned thumbnail back to THUMB_HEIGHT rows."""
+    if img.shape[0] == THUMB_HEIGHT:
+        return img
+    w = max(2, round(THUMB_HEIGHT * img.shape[1] / img.shape[0]))
+    return np.asarray(Image.fromarray(img).resize((w, THUMB_HEIGHT)))
 
 
 def _small(frame) -> np.ndarray:
@@ -493,7 +528,27 @@ def _header_html(data: ReportData) -> str:
     boxes = "".join(f"<div class=kpi><b>{_e(v)}</b><span>{_e(k)}</span></div>" for k, v in kpis)
     return (f"<h1>reelflow curation report — run <code>{_e(data.run_id)}</code></h1>"
             f"<div class=muted>output <code>{_e(data.output)}</code>; figures from {_e(data.summary_source)}</div>"
-            f"<div class=kpis>{boxes}</div>")
+            f"<div class=kpis>{boxes}</div>{_encode_saving_html(data)}")
+
+
+def encode_saving(score: pa.Table | None, extract: pa.Table | None) -> tuple[float, float]:
+    """(seconds of candidate clips analysed, seconds encoded): clips are judged from the source and
+    only those the rules and dedup keep are encoded (judge before encode)."""
+    def total(t: pa.Table | None) -> float:
+        if t is None or not t.num_rows:
+            return 0.0
+        return float(sum(d or 0.0 for d, st in zip(t.column("duration_s").to_pylist(), t.column("status").to_pylist())
+                         if st != FAILED))
+    return total(score), total(extract)
+
+
+def _encode_saving_html(data: ReportData) -> str:
+    if data.score is None:
+        return ""
+    analysed, encoded = encode_saving(data.score, data.extract)
+    share = f" ({100 * encoded / analysed:.0f}%)" if analysed else ""
+    return (f"<p class=muted>Judged before encoding: {analysed:.1f} s of candidate clips analysed from their "
+            f"sources, {encoded:.1f} s encoded{share}. Rejected and duplicate clips were never encoded.</p>")
 
 
 def _funnel_html(data: ReportData) -> str:
@@ -627,7 +682,8 @@ def _lost_after_scoring(data: ReportData, score_rows: list[dict]) -> list[dict]:
     if data.shard is None:
         return []
     later = [(st, _by_key(t)) for st, t in (("shard", data.shard), ("balance", data.balance),
-                                            ("caption", data.caption), ("dedup", data.dedup)) if t is not None]
+                                            ("caption", data.caption), ("extract", data.extract),
+                                            ("dedup", data.dedup)) if t is not None]
     out = []
     for r in score_rows:
         if r["status"] != OK:
@@ -684,11 +740,16 @@ def _clip_card(storage: Storage, data: ReportData, r: dict, *, reason: bool = Fa
     """One clip: its thumbnail strip, key and size, then ``head`` (HTML), the reason it was rejected
     (``reason``), what later stages said about it (``info``: caption, camera, cluster, weight) and the
     rules it broke (``fails``)."""
+    if not r.get("clip_uri") and (enc := data.encoded(r["item_id"])):  # judged, kept, then encoded
+        r = {**r, "clip_uri": enc["clip_uri"], "width": enc.get("width"), "height": enc.get("height")}
     try:
-        img = f'<img alt="{_e(r["item_id"])}" src="{_thumb(storage, data, r["clip_uri"])}">'
+        img = f'<img alt="{_e(r["item_id"])}" src="{_thumb(storage, data, r)}">'
     except Exception as e:  # a missing or broken clip must not lose the whole report
         img = f"<div class=why>thumbnail unavailable: {_e(type(e).__name__)}: {_e(e)}</div>"
-    meta = f"{_fmt(r.get('duration_s'))} s, {_fmt(r.get('width'))}×{_fmt(r.get('height'))}"
+    if r.get("clip_uri"):
+        meta = f"{_fmt(r.get('duration_s'))} s, {_fmt(r.get('width'))}×{_fmt(r.get('height'))}"
+    else:  # judged from the source, never encoded
+        meta = f"{_fmt(r.get('duration_s'))} s of a {_fmt(r.get('src_width'))}×{_fmt(r.get('src_height'))} source, not encoded"
     text = f"<div class=key>{_e(r['item_id'])} <span class=muted>({_e(meta)})</span></div>{head}"
     if reason:
         text += f"<div class=why>{_e(r.get('reason') or r.get('rule_failures') or 'no reason recorded')}</div>"

@@ -230,8 +230,11 @@ class ClipPlanStage(Stage):
 
 
 class ExtractStage(Stage):
+    """Encode the clips that passed the quality rules and dedup (judge before encode): a rejected
+    or duplicate candidate never gets an mp4."""
+
     name = "extract"
-    input_stage = "clips"
+    input_stage = "dedup"
 
     def process(self, row: dict) -> list[dict]:
         storage = self.ctx.storage
@@ -274,7 +277,9 @@ def clip_embedder(policy: Policy):
 
 
 class ScoreStage(Stage):
-    """Score each extracted clip from one analysis decode, then apply the policy's quality rules.
+    """Score each candidate clip from one analysis decode of its span of the source, then apply the
+    policy's quality rules. It runs before anything is encoded (judge before encode): only the
+    clips it and dedup keep are extracted.
 
     Two Ray Data operators (issue #3, item 4):
 
@@ -288,7 +293,7 @@ class ScoreStage(Stage):
     """
 
     name = "score"
-    input_stage = "extract"
+    input_stage = "clips"
     has_cpu_operator: ClassVar[bool] = True
 
     def __init__(self, ctx: StageContext):
@@ -330,10 +335,21 @@ class ScoreStage(Stage):
 
         cfg = self.ctx.policy.scoring
         storage = self.ctx.storage
-        video = storage.localize(row["clip_uri"], self.ctx.cache_dir)
-        audio = storage.localize(row["audio_uri"], self.ctx.cache_dir) if row.get("audio_uri") else None
-        clip = decode_for_analysis(video, short_side=cfg.analysis.short_side, fps=cfg.analysis.fps,
-                                   audio_path=audio)
+        if row.get("clip_uri"):  # an already encoded clip (scored on its own, e.g. by a test)
+            video = storage.localize(row["clip_uri"], self.ctx.cache_dir)
+            audio = storage.localize(row["audio_uri"], self.ctx.cache_dir) if row.get("audio_uri") else None
+            planned = (float(row["end_s"]) - float(row["start_s"])
+                       if row.get("end_s") is not None and row.get("start_s") is not None else None)
+            clip = decode_for_analysis(video, 0.0, planned,
+                                       short_side=cfg.analysis.short_side, fps=cfg.analysis.fps,
+                                       audio_path=audio)
+        else:  # the candidate's span of the source, upright as the extracted clip will be
+            source = storage.localize(row["source_uri"], self.ctx.cache_dir)
+            clip = decode_for_analysis(source, float(row["start_s"]), float(row["end_s"]),
+                                       short_side=cfg.analysis.short_side, fps=cfg.analysis.fps,
+                                       rotation=int(row.get("rotation") or 0),
+                                       clip_fps=self.ctx.policy.output.fps,
+                                       source_audio_rate=self.ctx.policy.output.audio_sample_rate)
         scores: dict[str, float] = {}
         pairs, flows = motion.pair_flows(clip.gray)
         scores.update(motion.score(clip, flows=flows))
@@ -415,13 +431,13 @@ class CaptionStage(Stage):
     title/description, zero-shot CLIP tags and the whisper transcript, or a VLM by path); and
     embed the caption with MiniLM for concept balancing.
 
-    Runs after dedup, so the costly models (whisper, a VLM) see each clip once. An actor pool:
+    Runs after dedup and extract, so the costly models (whisper, a VLM) see each kept clip once. An actor pool:
     whisper, CLIP's text tower, MiniLM and a VLM load once per actor. The camera label and the CLIP
     image embedding come from the score stage's decode; only a VLM captioner decodes frames again.
     """
 
     name = "caption"
-    input_stage = "dedup"
+    input_stage = "extract"
     uses_actor = True
 
     def __init__(self, ctx: StageContext):

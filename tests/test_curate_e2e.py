@@ -216,7 +216,10 @@ def test_sigkill_mid_run_then_resume_gives_identical_results(curated, source, en
     assert proc.returncode == -signal.SIGKILL, "the run finished (or failed) before it could be killed"
     assert not (out / "index.parquet").exists()
     n_parts = len(list(extract_dir.glob("part-*.parquet")))
-    total = len([r for r in read(curated, "ledger.parquet") if r["kind"] == "clip" and r["stage"] != "clips"])
+    # Judge before encode: only the clips that passed score and dedup reach extract.
+    from curation.records import ENCODED_STAGES
+
+    total = len([r for r in read(curated, "ledger.parquet") if r["kind"] == "clip" and r["stage"] in ENCODED_STAGES])
     assert 1 <= n_parts < total  # genuinely midway through extraction
 
     r = curate(source, out)
@@ -255,7 +258,7 @@ def test_flow_publishes_funnel_and_summary_artifacts(curated):
     funnel = by_key["curate-funnel"].data
     funnel = json.loads(funnel) if isinstance(funnel, str) else funnel
     stages = [row["stage"] for row in funnel]
-    assert stages == ["ingest", "probe", "filter", "shots", "clips", "extract", "score", "dedup", "caption", "balance",
+    assert stages == ["ingest", "probe", "filter", "shots", "clips", "score", "dedup", "extract", "caption", "balance",
                       "shard"]
     assert f"run `{RUN_ID}`" in by_key["curate-summary"].data
 

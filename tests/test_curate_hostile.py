@@ -167,7 +167,7 @@ def test_a_gate_stop_shows_the_gate_not_a_traceback(curated, hostile, engines, t
     sees the gate's message and the failing ids, and the traceback goes to the log file."""
     out = tmp_path / "poisoned"
     shutil.copytree(curated, out)
-    for stage in ("filter", "shots", "clips", "extract", "score", "dedup", "caption", "balance", "shard"):
+    for stage in ("filter", "shots", "clips", "score", "dedup", "extract", "caption", "balance", "shard"):
         shutil.rmtree(out / "_stages" / stage, ignore_errors=True)
     from curation.records import STAGE_SCHEMAS, to_table
     from curation.stage_store import StageStore

@@ -1,6 +1,6 @@
 """The HTML run report, built from hand-made stage tables and real tiny clips.
 
-The score table is written here as a plain parquet part with the extract schema plus records.SCORE
+The score table is written here as a plain parquet part with the clip plan and extract columns plus records.SCORE
 (as older outputs have it: no signature columns); the dedup, caption and balance tables of the
 newer stages go through StageStore with their STAGE_SCHEMAS.
 """
@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from curation import samples
-from curation.records import SCORE, SCORE_COLUMNS, STAGE_SCHEMAS, clip_key, to_table
+from curation.records import EXTRACT, SCORE, SCORE_COLUMNS, STAGE_SCHEMAS, clip_key, to_table
 from curation import report
 from curation.report import write_report
 from curation.stage_store import StageStore
@@ -103,7 +103,7 @@ def _score_row(i: int, uri: str, n_kept: int) -> dict:
 
 
 def _write_score(storage: Storage, output: str, rows: list[dict]) -> None:
-    schema = pa.schema(list(STAGE_SCHEMAS["extract"]) + SCORE)
+    schema = pa.schema(list(STAGE_SCHEMAS["clips"]) + EXTRACT + SCORE)  # an older output's score table
     buf = io.BytesIO()
     pq.write_table(to_table(rows, schema), buf)
     storage.write_bytes(join(output, "_stages", "score", "part-test.parquet"), buf.getvalue())
@@ -200,7 +200,7 @@ def build_curated_output(storage: Storage, output: str, clip_files: list[str]) -
 def test_report_with_duplicates_captions_and_balance(tmp_path, clip_files, monkeypatch):
     decoded = []
     strip = report._thumb_strip
-    monkeypatch.setattr(report, "_thumb_strip", lambda st, uri: decoded.append(uri) or strip(st, uri))
+    monkeypatch.setattr(report, "_thumb_strip", lambda st, uri, span=None: decoded.append(uri) or strip(st, uri, span))
     storage, out = Storage(), str(tmp_path / "out")
     store, uris = build_curated_output(storage, out, clip_files)
     write_report(storage, out, store, RULES, RUN)
@@ -273,3 +273,36 @@ def test_report_on_s3(s3_server, clip_files):
     assert uri == "s3://reports/run1/report.html"
     page = storage.read_bytes(uri).decode()
     assert page.count("data:image/jpeg;base64") == 2 + len(REJECTED) and "thumbnail unavailable" not in page
+
+
+def test_report_shows_clips_judged_from_their_sources_and_the_encode_saving(tmp_path, clip_files):
+    """Judge before encode: rejected clips have no clip file; their thumbnails come from their
+    span of the source, and the header says how many seconds were analysed and how many encoded."""
+    storage, out = Storage(), str(tmp_path / "out")
+    store = StageStore(storage, out)
+    n_kept = 2
+    n = n_kept + len(REJECTED)
+    for st in ("ingest", "probe", "filter", "shots"):
+        store.write_part(st, [_base("vgood", st)])
+
+    def judged(i: int, stage: str) -> dict:  # a candidate with its span of a real source, never encoded
+        row = {k: v for k, v in _clip(i, stage, clip_files[i % 2]).items()
+               if k not in ("clip_uri", "width", "height", "fps", "frames", "clip_bytes")}
+        return {**row, "source_uri": clip_files[i % 2], "start_s": 0.25, "end_s": 0.75, "duration_s": 0.5,
+                "src_width": 96, "src_height": 64, "rotation": 90 if i == n - 1 else 0}
+
+    store.write_part("clips", [judged(i, "clips") for i in range(n)])
+    span = ("source_uri", "start_s", "end_s", "duration_s", "src_width", "src_height", "rotation")
+    store.write_part("score", [{**_score_row(i, "", n_kept), "clip_uri": None, "width": None, "height": None,
+                                **{k: judged(i, "score")[k] for k in span}} for i in range(n)])
+    store.write_part("dedup", [judged(i, "dedup") for i in range(n_kept)])
+    store.write_part("extract", [{**_clip(i, "extract", clip_files[i % 2]), "duration_s": 0.5} for i in range(n_kept)])
+    store.write_part("shard", [{**_clip(i, "shard", clip_files[i % 2]), "duration_s": 0.5,
+                                "shard": "shards/a/shard-000000.tar"} for i in range(n_kept)])
+    page = (tmp_path / "out" / "report.html").read_text() if write_report(storage, out, store, RULES, RUN) else ""
+    assert "thumbnail unavailable" not in page
+    assert page.count("data:image/jpeg;base64") == n_kept + len(REJECTED)
+    assert page.count("s of a 96×64 source, not encoded") == len(REJECTED)
+    assert (f"{0.5 * n:.1f} s of candidate clips analysed from their sources, {0.5 * n_kept:.1f} s encoded "
+            f"({100 * n_kept // n}%)") in page
+    assert report.encode_saving(store.read("score"), store.read("extract")) == (0.5 * n, 0.5 * n_kept)
