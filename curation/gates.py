@@ -70,7 +70,49 @@ def _context():
 _counter = 0
 
 
+def _condition(e) -> str | None:
+    """The pandas filter of an expectation's row_condition (GX keeps it inside an object)."""
+    cond = getattr(e, "row_condition", None)
+    if cond is None or isinstance(cond, str):
+        return cond or None
+    return getattr(cond, "pass_through_filter", None) or str(cond)
+
+
 def _validate(name: str, df: pd.DataFrame, expectations: list, id_column: str | None) -> list[FailedExpectation]:
+    """Run ``expectations`` on ``df``: those that share a row condition run together on the rows it
+    keeps, filtered once. (GX would filter the frame again for every metric of every conditioned
+    expectation: ~200 pandas queries a stage gate, 1.2-1.9 s of each gate's time.)"""
+    groups: dict[str | None, list[int]] = {}
+    for i, e in enumerate(expectations):
+        groups.setdefault(_condition(e), []).append(i)
+    found: list[tuple[int, FailedExpectation]] = []  # (position in the suite, failure): reported in suite order
+    for cond, members in groups.items():
+        group = [expectations[i] if cond is None else
+                 expectations[i].copy(update={"row_condition": None, "condition_parser": None}) for i in members]
+        try:
+            rows = df.query(cond, parser="pandas") if cond is not None and len(df) else df
+        except Exception as exc:  # a condition on a missing column: each of its expectations fails
+            found += [(i, FailedExpectation(e.expectation_type, _kwargs(e.configuration.kwargs, cond), [],
+                                            f"could not be evaluated: {type(exc).__name__}: {exc}"))
+                      for i, e in zip(members, group)]
+            continue
+        for f in _validate_batch(name, rows, group, id_column):
+            pos = next((i for i, e in zip(members, group) if e.expectation_type == f.expectation
+                        and _kwargs(e.configuration.kwargs) == f.kwargs), members[0])
+            if cond is not None:
+                f.kwargs["row_condition"] = cond  # the message still says which rows the rule covers
+            found.append((pos, f))
+    return [f for _, f in sorted(found, key=lambda pf: pf[0])]
+
+
+def _kwargs(kwargs: dict, cond: str | None = None) -> dict:
+    out = {k: v for k, v in kwargs.items() if k not in ("result_format", "batch_id")}
+    if cond:
+        out["row_condition"] = cond
+    return out
+
+
+def _validate_batch(name: str, df: pd.DataFrame, expectations: list, id_column: str | None) -> list[FailedExpectation]:
     import great_expectations as gx
 
     global _counter
@@ -104,8 +146,7 @@ def _validate(name: str, df: pd.DataFrame, expectations: list, id_column: str | 
             detail = f"could not be evaluated: {r.exception_info.get('exception_message')}"
         elif "observed_value" in r.result and r.result["observed_value"] is not None:
             detail = f"observed: {r.result['observed_value']!r}"
-        kwargs = {k: v for k, v in cfg.kwargs.items() if k not in ("result_format", "batch_id")}
-        failures.append(FailedExpectation(cfg.type, kwargs, rows, detail))
+        failures.append(FailedExpectation(cfg.type, _kwargs(cfg.kwargs), rows, detail))
     ctx.data_sources.delete(source.name)
     return failures
 

@@ -60,3 +60,33 @@ def test_empty_stage_must_have_no_rows():
     check_stage("probe", table([]), set(), "item_id", Policy())
     with pytest.raises(GateFailed, match="row_count"):
         check_stage("probe", table([probe_row(0)]), set(), "item_id", Policy())
+
+
+def test_a_rule_on_passing_rows_ignores_other_rows_and_says_where_it_applies():
+    rows = [probe_row(i) for i in range(3)] + [probe_row(3, status="failed", reason="unreadable", src_width=0)]
+    check_stage("probe", table(rows), IDS, "item_id", Policy())  # width 0 on a failed row is no violation
+    rows[1] = probe_row(1, src_width=0)
+    with pytest.raises(GateFailed) as e:
+        check_stage("probe", table(rows), IDS, "item_id", Policy())
+    (f,) = e.value.failures
+    assert f.rows == ["v001"] and "where='status==\"ok\"'" in str(e.value)
+
+
+def test_failures_come_in_the_suite_s_order_and_a_bad_condition_fails_its_rules():
+    import great_expectations.expectations as gxe
+    import pandas as pd
+
+    from curation.gates import run_suite
+
+    df = pd.DataFrame({"item_id": ["a", "b", "c"], "status": ["ok", "ok", "rejected"], "x": [1, -1, -5]})
+    suite = [
+        gxe.ExpectColumnValuesToBeBetween(column="x", min_value=0, row_condition='status=="ok"', condition_parser="pandas"),
+        gxe.ExpectColumnValuesToBeInSet(column="status", value_set=["ok"]),
+        gxe.ExpectColumnValuesToNotBeNull(column="x", row_condition='nope=="ok"', condition_parser="pandas"),
+        gxe.ExpectColumnValuesToBeBetween(column="x", max_value=-2, row_condition='status=="ok"', condition_parser="pandas"),
+    ]
+    failures = run_suite("t", df, suite, "item_id")
+    assert [(f.expectation, f.rows) for f in failures] == [
+        ("expect_column_values_to_be_between", ["b"]), ("expect_column_values_to_be_in_set", ["c"]),
+        ("expect_column_values_to_not_be_null", []), ("expect_column_values_to_be_between", ["a", "b"])]
+    assert "could not be evaluated" in failures[2].detail and "nope" in failures[2].detail
