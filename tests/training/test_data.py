@@ -307,20 +307,7 @@ def test_audio_cut_from_the_whole_stream_is_the_span_decoded_alone():
 
 
 def test_decode_audio_cuts_the_span_and_pads(tmp_path):
-    import av
-
-    rate = 48000
-    tone = (0.5 * np.sin(2 * np.pi * 440 * np.arange(rate * 2) / rate)).astype(np.float32)
-    buf = io.BytesIO()
-    with av.open(buf, mode="w", format="flac") as c:
-        s = c.add_stream("flac", rate=rate, layout="mono")
-        frame = av.AudioFrame.from_ndarray((tone * 32767).astype(np.int16).reshape(1, -1), format="s16", layout="mono")
-        frame.sample_rate = rate
-        for p in s.encode(frame):
-            c.mux(p)
-        for p in s.encode():
-            c.mux(p)
-    data = buf.getvalue()
+    data = flac_tone()
     full = decode_audio(data, 0.0, 32000, 16000)
     assert full.shape == (32000,) and full.dtype == np.float32 and 0.4 < np.abs(full).max() < 0.6
     part = decode_audio(data, 0.5, 8000, 16000)
