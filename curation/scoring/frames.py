@@ -123,13 +123,21 @@ def decode_for_analysis(
         grid = float(clip_fps or stream_rate or fps)  # the clip's frame rate
         if start_s > 0:
             c.seek(int(start_s / vs.time_base), stream=vs, backward=True)
-        size = None
-        slots = _clip_frame_slots(start_s, grid, anchor_at_start=bool(c.streams.audio))
+        has_audio = bool(c.streams.audio)
+        slots = _clip_frame_slots(start_s, grid, anchor_at_start=has_audio)
         next(slots)
         want = _analysis_clip_frames(end_s - start_s, fps, grid)
         target = next(want, None)
         held: av.VideoFrame | None = None  # the latest source frame: it fills clip slots until the next one
         held_slot = -1
+        size: tuple[int, int] | None = None
+
+        def take(frame: av.VideoFrame) -> int | None:  # keep ``frame`` as the wanted sample; the next one
+            nonlocal size
+            size = size or _analysis_size(frame.width, frame.height, short_side)
+            frames.append(frame.to_ndarray(width=size[0], height=size[1], format="rgb24"))
+            return next(want, None)
+
         for frame in c.decode(vs):
             if target is None:
                 break
@@ -141,19 +149,13 @@ def decode_for_analysis(
             # in a later slot; it then fills every wanted slot up to that one (slots before the
             # first frame's repeat the first slot's frame, as ffmpeg's fps filter repeats it).
             while held is not None and slot > held_slot and target is not None and target < slot:
-                if size is None:
-                    size = _analysis_size(held.width, held.height, short_side)
-                frames.append(held.to_ndarray(width=size[0], height=size[1], format="rgb24"))
-                target = next(want, None)
+                target = take(held)
             held, held_slot = frame, slot
         # The stream ended inside the span: its last frame's slot is the clip's last.
         while held is not None and target is not None and target <= held_slot:
-            if size is None:
-                size = _analysis_size(held.width, held.height, short_side)
-            frames.append(held.to_ndarray(width=size[0], height=size[1], format="rgb24"))
-            target = next(want, None)
+            target = take(held)
     if audio_path is None and source_audio_rate:
-        audio, rate = _source_audio(path, start_s, end_s, audio_rate, source_audio_rate)
+        audio, rate = _source_audio(path, start_s, end_s, audio_rate, source_audio_rate) if has_audio else (None, None)
     else:
         audio, rate = _decode_audio(audio_path or path, start_s, end_s, audio_rate)
     if not frames:
@@ -173,10 +175,7 @@ def _source_audio(path: str | Path, start_s: float, end_s: float, rate: int,
     7.7 dB quieter than a float mix (ffmpeg's f32 output, or PyAV's resampler straight to mono;
     measured on Big Buck Bunny's AAC 5.1) and moves loudness and silence scores. So the span goes
     through the same integer mix (``-f s32le``), then through the mono resampler that reads a
-    clip's FLAC."""
-    with open_media(path) as c:
-        if not c.streams.audio:
-            return None, None
+    clip's FLAC. The caller has checked that the source has an audio stream."""
     cmd = ["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", *FFMPEG_INPUT_FLAGS,
            "-ss", f"{start_s:.6f}", "-t", f"{end_s - start_s:.6f}", "-i", str(path),
            "-map", "0:a:0", "-vn", "-ac", "2", "-ar", str(stereo_rate), "-f", "s32le", "-"]
