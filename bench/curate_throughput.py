@@ -1,11 +1,22 @@
-"""Curation throughput against the physical floor, measured in the same run.
+"""Curation cost split into a run's fixed cost and its marginal cost per video, each against its
+floor, measured in the same run (issue #13, item 7).
 
-Floor = one plain ffmpeg decode of every input + one encode of the kept seconds at the output
-settings (what any pipeline producing these clips must at least do). We time `curate` (Prefect +
-Ray, all stages, gates and shards; engines warmed up first so start-up is not counted) on the
-same generated 720p videos with cuts, and print curate / floor.
+Marginal: ``curate`` on N videos and, into a fresh OUTPUT, on 2N (the same N plus N more); the
+difference is what the extra N videos cost. Its floor is what any pipeline producing these clips
+must at least do for them: one plain ffmpeg decode of each extra input plus one x264 encode of the
+seconds kept from them, at the output settings, as ``--workers`` parallel single-threaded ffmpegs.
+Fixed: the N-video run less the marginal cost of N videos (2 t_N - t_2N), plus the engines'
+start-up (Ray, Prefect's temporary server, the gates' GX context) that a fresh ``reelflow curate``
+pays before any stage.
 
-    .venv/bin/python bench/curate_throughput.py [--videos 4] [--seconds 60] [--workers 2]
+Two input sets, distinct footage per video (every shot its own seeded generator: looping the same
+few sources would make dedup reject most clips, correctly):
+
+* ``distinct``: moving footage; most candidates pass the quality rules and are encoded.
+* ``retention``: Movie Gen-like: four shots in five are static (the ``static`` rule rejects them),
+  so most candidates are judged and never encoded.
+
+    .venv/bin/python bench/curate_throughput.py [--videos 2] [--seconds 30] [--sets distinct retention]
 """
 
 from __future__ import annotations
@@ -20,7 +31,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-for k, v in {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "RAY_USAGE_STATS_ENABLED": "0", "DO_NOT_TRACK": "1"}.items():
+for k, v in {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "RAY_USAGE_STATS_ENABLED": "0", "DO_NOT_TRACK": "1",
+             "GX_ANALYTICS_ENABLED": "false", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}.items():
     os.environ.setdefault(k, v)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -28,21 +40,45 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from curation.policy import Policy  # noqa: E402
 from curation.samples import make_cut_video  # noqa: E402
 
+SHOT_LENGTHS = [2.0, 5.0, 7.5, 9.0, 12.0, 14.0]  # s; 2 s shots are shorter than the 4 s minimum clip
 
-def make_inputs(folder: Path, n: int, seconds: float, size: tuple[int, int], seed: int = 0) -> Path:
+
+def moving_source(seed: int) -> str:
+    """A lavfi generator with its own content for ``seed``, moving enough for the motion rule."""
     rng = random.Random(seed)
-    rows = ["uri,license,title"]
+    kind = seed % 3
+    if kind == 0:
+        return f"sierpinski=seed={seed}:jump={rng.randint(5, 20)}"
+    if kind == 1:
+        return f"cellauto=seed={seed}:rule={rng.choice([30, 90, 110, 150])}:scroll=1"
+    x, y = rng.uniform(-1.5, 0.3), rng.uniform(-0.8, 0.8)
+    return f"mandelbrot=start_x={x:.6f}:start_y={y:.6f}:start_scale={rng.uniform(0.5, 3):.3f}"
+
+
+def static_source(seed: int) -> str:
+    """A still picture of its own (gradients that barely drift): the ``static`` rule rejects it."""
+    return f"gradients=seed={seed}:speed=0.0001:n={3 + seed % 5}"
+
+
+def make_inputs(folder: Path, n: int, seconds: float, size: tuple[int, int], which: str, seed: int = 0) -> list[Path]:
+    rng = random.Random(seed)
+    paths = []
     for i in range(n):
         shots, left = [], seconds
         while left > 0:
-            d = min(left, rng.choice([2.0, 5.0, 7.5, 9.0, 12.0, 14.0]))
+            d = min(left, rng.choice(SHOT_LENGTHS))
             shots.append(d)
             left -= d
-        gen = make_cut_video(folder / f"v{i}.mp4", shots, size=size, fps=24)
-        rows.append(f"{gen.path},CC0-1.0,bench video {i}")
-    manifest = folder / "manifest.csv"
-    manifest.write_text("\n".join(rows) + "\n")
-    return manifest
+        base = 1000 * (i + 1) + 100 * seed
+        srcs = [static_source(base + j) if which == "retention" and j % 5 != 2 else moving_source(base + j)
+                for j in range(len(shots))]
+        paths.append(make_cut_video(folder / f"{which}{i}.mp4", shots, size=size, fps=24, sources=srcs).path)
+    return paths
+
+
+def write_manifest(path: Path, videos: list[Path]) -> Path:
+    path.write_text("uri,license,title\n" + "".join(f"{v},CC0-1.0,bench video {v.stem}\n" for v in videos))
+    return path
 
 
 def _ffmpeg(args: list[str]) -> None:
@@ -50,7 +86,7 @@ def _ffmpeg(args: list[str]) -> None:
 
 
 def floor_seconds(inputs: list[Path], kept: list[dict], policy: Policy, workers: int, tmp: Path) -> tuple[float, float]:
-    """(decode all inputs, encode the kept clips): the same parallelism as the Ray run."""
+    """(decode ``inputs``, encode the ``kept`` clips): the same parallelism as the Ray run."""
     t0 = time.perf_counter()
     with ThreadPoolExecutor(workers) as ex:
         list(ex.map(lambda p: _ffmpeg(["-threads", "1", "-i", str(p), "-f", "null", "-"]), inputs))
@@ -68,56 +104,87 @@ def floor_seconds(inputs: list[Path], kept: list[dict], policy: Policy, workers:
     return decode, time.perf_counter() - t0
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--videos", type=int, default=4)
-    ap.add_argument("--seconds", type=float, default=60.0)
-    ap.add_argument("--width", type=int, default=1280)
-    ap.add_argument("--height", type=int, default=720)
-    ap.add_argument("--workers", type=int, default=os.cpu_count() or 2)
-    args = ap.parse_args()
-
-    import pyarrow.parquet as pq
-    import ray
-    from prefect import flow
-
-    from curation.pipeline import ensure_ray
+def curate(manifest: Path, output: Path) -> tuple[float, dict]:
     from flows import curate_flow
 
+    t0 = time.perf_counter()
+    result = curate_flow.curate(source=str(manifest), output=str(output))
+    return time.perf_counter() - t0, result
+
+
+def bench_set(which: str, args, tmp: Path, engines_s: float) -> dict:
+    import pyarrow.parquet as pq
+
+    from curation.stage_store import StageStore
+    from curation.storage import Storage
+
+    d = tmp / which
+    (d / "src").mkdir(parents=True)
+    print(f"[{which}] generating {2 * args.videos} x {args.seconds:g} s videos at {args.width}x{args.height} ...", flush=True)
+    videos = make_inputs(d / "src", 2 * args.videos, args.seconds, (args.width, args.height), which)
+    first, extra = videos[: args.videos], videos[args.videos :]
+    t_n, _ = curate(write_manifest(d / "n.csv", first), d / "out_n")
+    t_2n, result = curate(write_manifest(d / "2n.csv", videos), d / "out_2n")
+    kept = pq.read_table(d / "out_2n" / "index.parquet").to_pylist()
+    extra_uris = {str(v) for v in extra}
+    kept_extra = [r for r in kept if r["source_uri"] in extra_uris]
+    (d / "floor").mkdir()
+    decode_s, encode_s = floor_seconds(extra, kept_extra, Policy(), args.workers, d / "floor")
+    store = StageStore(Storage(), str(d / "out_2n"))
+    candidates = store.read("clips").num_rows
+    score = store.read("score").to_pylist()
+    analysed_s = sum(r["end_s"] - r["start_s"] for r in score)
+    encoded = store.read("extract").to_pylist()
+    encoded_s = sum(r["end_s"] - r["start_s"] for r in encoded)
+    marginal, floor = t_2n - t_n, decode_s + encode_s
+    fixed_in_run = 2 * t_n - t_2n
+    out = dict(set=which, t_n=t_n, t_2n=t_2n, marginal=marginal, decode=decode_s, encode=encode_s, floor=floor,
+               fixed_in_run=fixed_in_run, fixed=engines_s + fixed_in_run, candidates=candidates, kept=len(kept),
+               kept_s=sum(r["duration_s"] for r in kept), analysed_s=analysed_s, encoded_s=encoded_s,
+               encoded=len(encoded), funnel=result["funnel"])
+    print(f"[{which}] {len(videos)} videos: {candidates} candidates, {len(encoded)} encoded ({encoded_s:.1f} s of "
+          f"{analysed_s:.1f} s analysed), {len(kept)} kept ({out['kept_s']:.1f} s); retention "
+          f"{len(kept) / max(candidates, 1):.0%} of candidates", flush=True)
+    print(f"[{which}] curate {args.videos} videos {t_n:.1f} s, {2 * args.videos} videos {t_2n:.1f} s", flush=True)
+    print(f"[{which}] stage seconds ({2 * args.videos} videos): "
+          + ", ".join(f"{r['stage']} {r['seconds']:.1f}" for r in result["funnel"]), flush=True)
+    print(f"[{which}] marginal {args.videos} videos: curate {marginal:.1f} s vs floor {floor:.1f} s "
+          f"(decode {decode_s:.1f} + encode kept {encode_s:.1f}) = {marginal / floor:.2f}x", flush=True)
+    print(f"[{which}] fixed cost of a run: {out['fixed']:.1f} s (engines {engines_s:.1f} + in the flow "
+          f"{fixed_in_run:.1f})", flush=True)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--videos", type=int, default=2, help="N: curate N videos, then 2N")
+    ap.add_argument("--seconds", type=float, default=30.0)
+    ap.add_argument("--width", type=int, default=1280)
+    ap.add_argument("--height", type=int, default=720)
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 2,
+                    help="parallel ffmpegs of the floor; keep it at the CPUs the local Ray gets (all of them)")
+    ap.add_argument("--sets", nargs="+", default=["distinct", "retention"], choices=["distinct", "retention"])
+    args = ap.parse_args()
+
+    from flows.engines import start_engines
+
     with tempfile.TemporaryDirectory(prefix="reelflow-bench-") as d:
-        tmp = Path(d)
-        (tmp / "src").mkdir()
-        print(f"generating {args.videos} x {args.seconds:g} s videos at {args.width}x{args.height} ...", flush=True)
-        manifest = make_inputs(tmp / "src", args.videos, args.seconds, (args.width, args.height))
-        inputs = sorted((tmp / "src").glob("*.mp4"))
-
-        # Warm up the engines (Ray, Ray Data's first execution, Prefect's temporary server) so that
-        # one-off start-up is reported apart from curation time.
         t0 = time.perf_counter()
-        ray.init(num_cpus=args.workers, include_dashboard=False, log_to_driver=False)
-        ensure_ray()
-        ray.data.range(args.workers, override_num_blocks=args.workers).map_batches(lambda b: b).take_all()
-        flow(name="warm-up")(lambda: None)()
-        warmup_s = time.perf_counter() - t0
+        start_engines()
+        engines_s = time.perf_counter() - t0
+        print(f"engines up in {engines_s:.1f} s (Ray, Prefect's temporary server, GX, side by side)", flush=True)
+        results = [bench_set(which, args, Path(d), engines_s) for which in args.sets]
 
-        t0 = time.perf_counter()
-        result = curate_flow.curate(source=str(manifest), output=str(tmp / "out"))
-        curate_s = time.perf_counter() - t0
-        kept = pq.read_table(tmp / "out" / "index.parquet").to_pylist()
-        (tmp / "floor").mkdir()
-        decode_s, encode_s = floor_seconds(inputs, kept, Policy(), args.workers, tmp / "floor")
-
-    floor = decode_s + encode_s
-    in_s = args.videos * args.seconds
-    kept_s = sum(r["duration_s"] for r in kept)
     print()
-    print(f"inputs: {args.videos} videos, {in_s:.0f} s at {args.width}x{args.height}; kept {len(kept)} clips, {kept_s:.1f} s")
-    print(f"workers: {args.workers} (Ray CPUs and ffmpeg processes alike)")
-    print(f"engine start-up (Ray, Ray Data, Prefect server; not counted below): {warmup_s:.1f} s")
-    print("stage seconds: " + ", ".join(f"{r['stage']} {r['seconds']:.1f}" for r in result["funnel"]))
-    print(f"floor: decode {decode_s:.1f} s + encode kept {encode_s:.1f} s = {floor:.1f} s")
-    print(f"curate: {curate_s:.1f} s  ({in_s / curate_s:.2f} s of input video per second)")
-    print(f"ratio curate / floor: {curate_s / floor:.2f}x")
+    print(f"workers: {args.workers} (Ray CPUs and ffmpeg processes alike); N = {args.videos} videos of {args.seconds:g} s "
+          f"at {args.width}x{args.height}")
+    print("| set | candidates | kept | encoded s / analysed s | curate N / 2N (s) | marginal (s) | marginal floor (s) "
+          "| marginal / floor | fixed cost (s) |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in results:
+        print(f"| {r['set']} | {r['candidates']} | {r['kept']} | {r['encoded_s']:.1f} / {r['analysed_s']:.1f} "
+              f"| {r['t_n']:.1f} / {r['t_2n']:.1f} | {r['marginal']:.1f} | {r['floor']:.1f} "
+              f"| **{r['marginal'] / r['floor']:.2f}x** | {r['fixed']:.1f} |")
 
 
 if __name__ == "__main__":

@@ -169,10 +169,12 @@ class ScoringPolicy(_Strict):
     # Actors of the scoring pool (models load once per actor); GPUs per actor on clusters.
     actors: int | None = Field(None, ge=1)
     num_gpus: float = Field(0.0, ge=0)
-    # Lazy scoring for large runs: OCR and aesthetics run only on clips that every cheap (CPU)
-    # rule kept; the others keep NaN for those scores and are counted under the cheap rule they
-    # broke. Off by default so every clip gets every score (for tuning thresholds on a sample).
-    skip_models_after_reject: bool = False
+    # Lazy scoring (issue #13, item 4): OCR, aesthetics and the CLIP embedding run only on clips
+    # that every cheap (CPU) rule kept; the others keep NaN for those scores and are counted under
+    # the cheap rule they broke. No verdict changes (a clip a cheap rule rejects stays rejected);
+    # its ledger reason names that cheap rule instead of text when it broke both. Set it false to
+    # give every clip every score (tuning thresholds on a sample).
+    skip_models_after_reject: bool = True
     # Rules, in the order Movie Gen's retention table applies them.
     # Movie Gen keeps a clip only if every sampled frame's word detection x recognition < 0.6.
     text: ScoreRule = ScoreRule(max=0.6)

@@ -64,18 +64,24 @@ def make_cut_video(
     fps: int = 24,
     audio: bool = True,
     crf: int = 23,
+    sources: list[str] | None = None,
 ) -> GeneratedVideo:
     """An H.264 mp4 of len(shot_seconds) shots from different synthetic sources, hard cuts between.
 
-    With ``audio`` each shot gets a sine tone of its own pitch (AAC, 48 kHz stereo).
+    ``sources`` names each shot's lavfi source with its options (``"life=seed=7"``); by default the
+    shots cycle through ``SHOT_SOURCES``. With ``audio`` each shot gets a sine tone of its own pitch
+    (AAC, 48 kHz stereo).
     """
+    if sources is not None and len(sources) != len(shot_seconds):
+        raise ValueError(f"{len(sources)} sources for {len(shot_seconds)} shots")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     w, h = size
     cmd = ["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-y"]
     for i, d in enumerate(shot_seconds):
-        src = SHOT_SOURCES[i % len(SHOT_SOURCES)]
-        cmd += ["-f", "lavfi", "-i", f"{src}=size={w}x{h}:rate={fps}"]
+        src = sources[i] if sources is not None else SHOT_SOURCES[i % len(SHOT_SOURCES)]
+        sep = ":" if "=" in src else "="
+        cmd += ["-f", "lavfi", "-i", f"{src}{sep}size={w}x{h}:rate={fps}"]
     n = len(shot_seconds)
     parts = []
     for i, d in enumerate(shot_seconds):

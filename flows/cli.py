@@ -92,6 +92,9 @@ def run_curate(source: str, output: str, policy: Optional[Path], ray_address: Op
     curate_flow.set_progress_hook(hook)
     with run_log("curate") as log_path:
         try:
+            from flows.engines import start_engines
+
+            start_engines(ray_address)
             with progress:
                 result = curate_flow.curate(source=source, output=output,
                                             policy_path=str(policy) if policy else None,

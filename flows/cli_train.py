@@ -73,6 +73,9 @@ def run_train(shards: str, output: str, schedule: str = "tiny", ray_address: str
 
     train_flow.set_progress_hook(hook)
     try:
+        from flows.engines import start_engines
+
+        start_engines(ray_address)  # Ray, Prefect's temporary server and GX side by side
         with progress:
             result = train_flow.train(schedule=schedule_ref, shards=shards, output=output, ray_address=ray_address)
     except GateFailed as e:

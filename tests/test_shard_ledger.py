@@ -8,6 +8,7 @@ import webdataset as wds
 from curation.ledger import build_index, build_ledger, funnel
 from curation.policy import demo_policy, policy_from_dict
 from curation.records import STAGE_SCHEMAS, clip_key
+from curation import shard as shard_mod
 from curation.shard import plan_shards, write_shard
 from curation.stage_store import StageStore
 from curation.storage import Storage
@@ -54,6 +55,13 @@ def test_write_shard_reads_back_with_plain_webdataset(tmp_path):
     first = (tmp_path / "out/shards/b/shard-000000.tar").read_bytes()
     write_shard(storage, str(tmp_path / "out"), "shards/b/shard-000000.tar", rows)
     assert (tmp_path / "out/shards/b/shard-000000.tar").read_bytes() == first
+
+    # The layout is webdataset's own: the same bytes its TarWriter writes for these samples.
+    samples = [shard_mod._sample(storage, r) for r in out]
+    with open(tmp_path / "wds.tar", "wb") as f, wds.TarWriter(f, mtime=shard_mod.TAR_MTIME, encoder=False) as tw:
+        for sample in samples:
+            tw.write(sample)
+    assert (tmp_path / "wds.tar").read_bytes() == first
 
 
 def _common(stage, item, status="ok", reason=None, kind="video", parent=None):
