@@ -5,7 +5,8 @@ temporary API server (a uvicorn subprocess; ~8 s on the slow 2-core host), a loc
 raylet and pre-started workers; ~5 s) and the Great Expectations context the gates use (~4.5 s of
 imports). Started in sequence, as the flow would on its own, they add up; here Ray starts in the
 calling thread while the other two start in threads, and the run begins when all three are up.
-Most of the waiting is on subprocesses, so the threads overlap even on 2 cores.
+Only Ray's start (subprocesses) overlaps fully: Prefect's server module and GX are Python imports,
+and threads importing share one interpreter lock (measured: ~17.5 s in sequence, 15-16.6 s here).
 
 Nothing here is required for correctness: a run that skips ``start_engines`` starts each engine on
 first use, as before.
