@@ -141,10 +141,15 @@ RULE_SCORES = {
 
 
 class AnalysisPolicy(_Strict):
-    # Scorers read one decode per clip at this size and rate (decode once): enough for motion,
-    # cuts, borders and OCR of burned-in text, a fraction of a full-resolution decode.
+    # Scorers read frames at this size and rate: enough for motion, cuts, borders and OCR of
+    # burned-in text, a fraction of a full-resolution decode.
     short_side: int = Field(256, ge=32)
     fps: float = Field(8.0, gt=0)
+    # One decode per source: the shots stage keeps the source's analysis frames (a work file of
+    # short_side x ~1.8 short_side x 3 bytes per tick, 2.8 MB per source second at the defaults,
+    # deleted once the score stage is done) and the score stage reads each candidate's window of
+    # them. false: the score stage decodes each candidate's span of the source instead.
+    keep_source_frames: bool = True
 
 
 class AestheticsModelPolicy(_Strict):

@@ -9,7 +9,9 @@ operators, and unit tests call ``process`` directly. ``process`` never raises fo
 from __future__ import annotations
 
 import json
+import logging
 import pickle
+import shutil
 import tempfile
 import time
 from abc import ABC, abstractmethod
@@ -24,6 +26,8 @@ from curation.failures import deadline, describe, is_transient, redact
 from curation.policy import Policy
 from curation.records import ANALYSIS_COLUMN, CLIP, FAILED, OK, REJECTED, SCORE_COLUMNS, clip_key
 from curation.storage import S3Config, Storage, join, trim_cache
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -184,14 +188,48 @@ class ShotsStage(Stage):
             self._transnet = shots.TransNetV2Detector(self.ctx.policy.shots.transnetv2_threshold)
 
     def process(self, row: dict) -> list[dict]:
+        """One decode of the source: its cuts, and its analysis frames for the score stage."""
+        from curation import source_analysis as sa
+
         local = self.ctx.storage.localize(row["source_uri"], self.ctx.cache_dir)
         cfg = self.ctx.policy.shots
         if cfg.detector == "transnetv2":
             if self._transnet is None:
                 self.setup()
-            found = self._transnet.detect(local)
+            detector = shots.TransNetV2Frames()
         else:
-            found = shots.detect_adaptive(local, cfg)
+            detector = shots.AdaptiveCuts(cfg)
+        sinks = [detector]
+        analysis = self.ctx.policy.scoring.analysis
+        writer = audio = None
+        if self.ctx.policy.scoring.enabled and analysis.keep_source_frames:
+            uri = sa.analysis_uri(self.ctx.output, row["item_id"])
+            folder = sa.staging_folder(self.ctx.cache_dir, uri)
+            writer = sa.AnalysisWriter(folder, analysis.short_side, analysis.fps)
+            sinks.append(writer)
+            if row.get("has_audio"):
+                audio = sa.SourceAudio(local, folder / sa.AUDIO_FILE, self.ctx.policy.output.audio_sample_rate)
+        try:
+            decoded = sa.decode_source(local, sinks)
+            if writer is not None:
+                audio_error = audio.wait() if audio is not None else None
+                writer.close(decoded.end_time, audio=audio is not None)
+                if audio_error is None:
+                    sa.publish(writer.folder, self.ctx.storage, uri)
+                else:  # the score stage decodes each span and records what fails there, per candidate
+                    log.warning("shots: %s: no analysis frames kept (%s)", row["item_id"], audio_error)
+                    shutil.rmtree(writer.folder, ignore_errors=True)
+        except BaseException:
+            if audio is not None:
+                audio.kill()
+            if writer is not None:
+                writer.abort()
+                shutil.rmtree(writer.folder, ignore_errors=True)
+            raise
+        if cfg.detector == "transnetv2":
+            found = self._transnet.detect_frames(detector.stacked(), detector.fps)
+        else:
+            found = detector.shots(decoded.end_time)
         duration = float(row["src_duration_s"])
         found = [(max(0.0, a), min(b, duration)) for a, b in found if min(b, duration) > a]
         if not found:
@@ -303,6 +341,8 @@ class ScoreStage(Stage):
         self.num_gpus = cfg.num_gpus
         self.actors = cfg.actors
         self._text = self._audio = self._aesthetics = self._tags = self._embedder = None
+        self._frames = None  # the current source's analysis frames (``_source_frames``)
+        self._frames_for: str | None = None
 
     def setup(self) -> None:
         from curation.scoring.aesthetics import AestheticScorer, AestheticsConfig
@@ -343,6 +383,9 @@ class ScoreStage(Stage):
             clip = decode_for_analysis(video, 0.0, planned,
                                        short_side=cfg.analysis.short_side, fps=cfg.analysis.fps,
                                        audio_path=audio)
+        elif (frames_of_source := self._source_frames(row.get("parent_id"))) is not None:
+            # The shots stage's one decode of the source: this candidate's window of it.
+            clip = frames_of_source.clip(float(row["start_s"]), float(row["end_s"]), int(row.get("rotation") or 0))
         else:  # the candidate's span of the source, upright as the extracted clip will be
             source = storage.localize(row["source_uri"], self.ctx.cache_dir)
             clip = decode_for_analysis(source, float(row["start_s"]), float(row["end_s"]),
@@ -376,6 +419,19 @@ class ScoreStage(Stage):
         }
         return {**row, **scores, **signature, "status": OK, "reason": None,
                 ANALYSIS_COLUMN: pickle.dumps(payload, protocol=5)}
+
+    def _source_frames(self, source_id: str | None):
+        """The analysis frames the shots stage kept of ``source_id`` (the last source's stay open:
+        a task's candidates come in source order), or None where there are none."""
+        from curation.source_analysis import SourceFrames, analysis_uri
+
+        if not source_id or not self.ctx.policy.scoring.analysis.keep_source_frames:
+            return None
+        if self._frames_for != source_id:
+            self._frames = SourceFrames.open(self.ctx.storage, analysis_uri(self.ctx.output, source_id),
+                                             self.ctx.cache_dir)
+            self._frames_for = source_id
+        return self._frames
 
     def run_analyze(self, row: dict) -> dict:
         """``analyze`` guarded like ``run_row``: a clip it cannot analyse is passed on failed (the

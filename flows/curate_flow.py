@@ -19,7 +19,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from curation import gates, ledger, pipeline, sources
+from curation import gates, ledger, pipeline, source_analysis, sources
 from curation.dataset import OutputError, read_run_info, validate_output, write_run_info
 from curation.lease import LeaseHeld, LeaseLost, WriterLease
 from curation.policy import Policy, load_policy
@@ -237,6 +237,10 @@ def _curate(source: str, output: str, policy: Policy, run_id: str, storage: Stor
         lease.check()  # another run took this OUTPUT over (our lease expired): stop writing
         timings[stage_cls.name] = stage_task.with_options(retries=retries)(stage_cls.name, ctx)["seconds"]
         gate_task(stage_cls.name, stage_cls.input_stage, stage_cls.input_id_column, ctx)
+        if stage_cls.name == "score":
+            # Every candidate is judged: the sources' analysis frames (a work file of the shots
+            # stage's one decode, ~2.8 MB per source second) have no reader left.
+            storage.delete_prefix(source_analysis.analysis_root(output))
     lease.check()
     timings["shard"] = shard_task.with_options(retries=retries)(ctx)["seconds"]
     gate_task("shard", pipeline.SHARD_INPUT, "item_id", ctx)

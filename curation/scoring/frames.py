@@ -34,8 +34,12 @@ class AnalysisClip:
     @cached_property
     def gray(self) -> np.ndarray:
         """(T, H, W) uint8 luma (BT.601), computed once on first use (every scorer reads it)."""
-        f = self.frames.astype(np.float32)
-        return (0.299 * f[..., 0] + 0.587 * f[..., 1] + 0.114 * f[..., 2]).round().astype(np.uint8)
+        import cv2
+
+        # OpenCV's fixed-point BT.601 (the same weights, rounded): a tenth of the float version's
+        # time, within one level of it.
+        t, h, w, _ = self.frames.shape
+        return cv2.cvtColor(np.ascontiguousarray(self.frames).reshape(t * h, w, 3), cv2.COLOR_RGB2GRAY).reshape(t, h, w)
 
 
 def _analysis_size(w: int, h: int, short_side: int) -> tuple[int, int]:
