@@ -47,7 +47,7 @@ def make_clips(folder: Path, n: int, seconds: float, size: tuple[int, int]) -> l
 
 
 def _time_scorers(stage: ScoreStage, decoded: list) -> dict[str, float]:
-    from curation.captioning.camera_motion import classify_camera_motion
+    from curation.scoring.camera_motion import classify_camera_motion
     from curation.dedup.signatures import content_signature, frame_phashes
     from curation.scoring import borders, jitter, motion, technical
 

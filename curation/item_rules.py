@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from curation.captioning.camera_motion import CAMERA_LABELS
+from curation.scoring.camera_motion import CAMERA_LABELS
 from curation.policy import Policy
 from curation.records import CLIP_STAGES, ENCODED_STAGES, SCORED_STAGES
 

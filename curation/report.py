@@ -292,7 +292,8 @@ def _scored_count(data: ReportData) -> int:
 # -- charts -----------------------------------------------------------------------------------
 
 
-def _png(fig: Figure) -> str:
+def figure_data_uri(fig: Figure) -> str:
+    """A chart as a ``data:image/png`` URI to inline in a page (training's report uses it too)."""
     canvas = FigureCanvasAgg(fig)
     canvas.draw()
     # Charts use a handful of flat colours: a 256-colour palette PNG is ~3x smaller than RGBA.
@@ -318,7 +319,7 @@ def _funnel_chart(funnel: list[dict]) -> str:
     ax.set_xlabel("rows (videos for ingest…shots, clips from clips on)")
     ax.legend(loc="lower right", fontsize=8, frameon=False)
     ax.spines[["top", "right"]].set_visible(False)
-    return _png(fig)
+    return figure_data_uri(fig)
 
 
 def _rules_chart(data: ReportData) -> str:
@@ -340,7 +341,7 @@ def _rules_chart(data: ReportData) -> str:
     ax.set_xlim(0, 135)
     ax.set_xlabel("% of clips entering the score stage still kept (rules in policy order)")
     ax.spines[["top", "right"]].set_visible(False)
-    return _png(fig)
+    return figure_data_uri(fig)
 
 
 def _balance_chart(clusters: list[tuple[int, int, float]]) -> str:
@@ -369,7 +370,7 @@ def _balance_chart(clusters: list[tuple[int, int, float]]) -> str:
     for a in (ax, ax2):
         a.tick_params(labelsize=7)
         a.spines[["top"]].set_visible(False)
-    return _png(fig)
+    return figure_data_uri(fig)
 
 
 def _hist_chart(data: ReportData, col: str, values: np.ndarray, groups: list[str]) -> str:
@@ -398,7 +399,7 @@ def _hist_chart(data: ReportData, col: str, values: np.ndarray, groups: list[str
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7, loc="best", framealpha=0.85)
     ax.spines[["top", "right"]].set_visible(False)
-    return _png(fig)
+    return figure_data_uri(fig)
 
 
 # -- thumbnails -------------------------------------------------------------------------------
@@ -497,7 +498,8 @@ th{background:#f5f5f5} td.l,th.l{text-align:left} tr.off td{color:#888}
 """
 
 
-def _e(v) -> str:
+def html_text(v) -> str:
+    """``v`` as escaped HTML text (None: empty)."""
     return html.escape("" if v is None else str(v))
 
 
@@ -511,7 +513,7 @@ def _page(data: ReportData, sections: list[str]) -> str:
     nav = " · ".join(f'<a href="#{k}">{t}</a>' for k, t in (
         ("funnel", "funnel"), ("rules", "rules"), ("scores", "score histograms"), ("dedup", "duplicates"),
         ("balance", "concept balance"), ("sheet", "contact sheet")))
-    return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>reelflow report {_e(data.run_id)}</title>'
+    return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>reelflow report {html_text(data.run_id)}</title>'
             f"<style>{CSS}</style></head><body><div class=muted>{nav}</div>{''.join(sections)}</body></html>")
 
 
@@ -525,9 +527,9 @@ def _header_html(data: ReportData) -> str:
     ]
     if data.dedup is not None:
         kpis.insert(4, ("of which duplicates", len(_duplicates(data))))
-    boxes = "".join(f"<div class=kpi><b>{_e(v)}</b><span>{_e(k)}</span></div>" for k, v in kpis)
-    return (f"<h1>reelflow curation report — run <code>{_e(data.run_id)}</code></h1>"
-            f"<div class=muted>output <code>{_e(data.output)}</code>; figures from {_e(data.summary_source)}</div>"
+    boxes = "".join(f"<div class=kpi><b>{html_text(v)}</b><span>{html_text(k)}</span></div>" for k, v in kpis)
+    return (f"<h1>reelflow curation report — run <code>{html_text(data.run_id)}</code></h1>"
+            f"<div class=muted>output <code>{html_text(data.output)}</code>; figures from {html_text(data.summary_source)}</div>"
             f"<div class=kpis>{boxes}</div>{_encode_saving_html(data)}")
 
 
@@ -554,7 +556,7 @@ def _encode_saving_html(data: ReportData) -> str:
 def _funnel_html(data: ReportData) -> str:
     head = "<tr><th class=l>stage</th><th>rows in</th><th>passed</th><th>rejected</th><th>failed</th></tr>"
     body = "".join(
-        f"<tr><td class=l>{_e(f['stage'])}</td><td>{f['rows']}</td><td>{f['passed']}</td><td>{f['rejected']}</td><td>{f['failed']}</td></tr>"
+        f"<tr><td class=l>{html_text(f['stage'])}</td><td>{f['rows']}</td><td>{f['passed']}</td><td>{f['rejected']}</td><td>{f['failed']}</td></tr>"
         for f in data.funnel)
     note = "" if data.score is not None else (
         "<p class=note>This output has no <code>score</code> stage table (an older run, or scoring "
@@ -575,12 +577,12 @@ def _rules_html(data: ReportData) -> str:
         if not r.in_table:
             mode += " (score not in table)"
         pct = f"{100.0 * r.remaining / total:.1f}%" if total else "—"
-        rows.append(f"<tr class={'on' if r.enforcing else 'off'}><td class=l>{_e(r.rule)}</td><td class=l><code>{_e(r.column)}</code></td>"
-                    f"<td>{_fmt(r.min)}</td><td>{_fmt(r.max)}</td><td class=l>{_e(mode)}</td><td>{r.removed}</td>"
+        rows.append(f"<tr class={'on' if r.enforcing else 'off'}><td class=l>{html_text(r.rule)}</td><td class=l><code>{html_text(r.column)}</code></td>"
+                    f"<td>{_fmt(r.min)}</td><td>{_fmt(r.max)}</td><td class=l>{html_text(mode)}</td><td>{r.removed}</td>"
                     f"<td>{r.failing}</td><td>{r.remaining}</td><td>{pct}</td></tr>")
     known = {r.rule for r in data.rules}
     extra = Counter(x for x in data.first_rule if x and x not in known)
-    note = "".join(f"<p class=note>{n} clip(s) rejected by <code>{_e(k)}</code>, which the policy does not list.</p>"
+    note = "".join(f"<p class=note>{n} clip(s) rejected by <code>{html_text(k)}</code>, which the policy does not list.</p>"
                    for k, n in extra.items())
     return (f'<h2 id="rules">Funnel per quality rule</h2><p class=muted>{total} clip(s) entered the score stage; '
             "a clip counts against the first enforcing rule it broke (rules in policy order), "
@@ -608,8 +610,8 @@ def _histograms_html(data: ReportData) -> str:
     key = "".join(f'<span style="color:{c}">■</span> {t} &nbsp; ' for c, t in (
         (C_KEPT, "kept"), (C_REJ, "rejected by a rule on this score"), (C_REJ_OTHER, "rejected by another rule")))
     lines = "thresholds: solid = enforced, dashed = score only, dotted = disabled"
-    note = f"<p class=muted>Same value on every scored clip: {_e(', '.join(constant))}</p>" if constant else ""
-    note += f"<p class=muted>No finite value (skipped): {_e(', '.join(skipped))}</p>" if skipped else ""
+    note = f"<p class=muted>Same value on every scored clip: {html_text(', '.join(constant))}</p>" if constant else ""
+    note += f"<p class=muted>No finite value (skipped): {html_text(', '.join(skipped))}</p>" if skipped else ""
     return title + f"<p class=muted>{key}<br>{lines}</p><div class=grid>{''.join(figs)}</div>{note}"
 
 
@@ -628,10 +630,10 @@ def _hist_groups(data: ReportData, col: str, status: list[str]) -> list[str]:
 def _hist_figure(data: ReportData, col: str, values: np.ndarray, groups: list[str]) -> str:
     counts = Counter(g for g, v in zip(groups, values) if np.isfinite(v))
     nan = int((~np.isfinite(values)).sum())
-    lines = [f"{_e(r.rule)} {_bounds(r)}{'' if r.enforcing else ' (not enforced)'}" for r in data.rules if r.column == col]
+    lines = [f"{html_text(r.rule)} {_bounds(r)}{'' if r.enforcing else ' (not enforced)'}" for r in data.rules if r.column == col]
     cap = (f"kept {counts['kept']}, rejected here {counts['this']}, elsewhere {counts['other']}; {nan} NaN/failed"
            + ("; thresholds: " + "; ".join(lines) if lines else ""))
-    return f'<figure><img alt="{_e(col)}" src="{_hist_chart(data, col, values, groups)}"><figcaption>{cap}</figcaption></figure>'
+    return f'<figure><img alt="{html_text(col)}" src="{_hist_chart(data, col, values, groups)}"><figcaption>{cap}</figcaption></figure>'
 
 
 def _bounds(r: RuleStat) -> str:
@@ -652,7 +654,7 @@ def _contact_html(storage: Storage, data: ReportData) -> str:
     title = '<h2 id="sheet">Contact sheet</h2>'
     kept_all, head = _kept_rows(data)
     kept = _spread(kept_all)
-    out = [title, f"<h3>{_e(head)} ({len(kept)} of {len(kept_all)} shown)</h3>",
+    out = [title, f"<h3>{html_text(head)} ({len(kept)} of {len(kept_all)} shown)</h3>",
            "<p class=muted>Caption, camera motion, concept cluster and sampling weight as written to the shards.</p>"
            if data.shard is not None else "", _sheet(storage, data, kept, with_reason=False)]
     if data.score is None:
@@ -664,7 +666,7 @@ def _contact_html(storage: Storage, data: ReportData) -> str:
     if not groups:
         out.append("<p class=muted>None.</p>")
     for rule, sample in groups.items():
-        out.append(f"<h3><code>{_e(rule)}</code></h3>{_sheet(storage, data, sample, with_reason=True)}")
+        out.append(f"<h3><code>{html_text(rule)}</code></h3>{_sheet(storage, data, sample, with_reason=True)}")
     if data.dedup is not None:
         n_dup = len(_duplicates(data))
         out.append(f"<h3>Removed as duplicates ({n_dup})</h3><p class=muted>"
@@ -743,21 +745,21 @@ def _clip_card(storage: Storage, data: ReportData, r: dict, *, reason: bool = Fa
     if not r.get("clip_uri") and (enc := data.encoded(r["item_id"])):  # judged, kept, then encoded
         r = {**r, "clip_uri": enc["clip_uri"], "width": enc.get("width"), "height": enc.get("height")}
     try:
-        img = f'<img alt="{_e(r["item_id"])}" src="{_thumb(storage, data, r)}">'
+        img = f'<img alt="{html_text(r["item_id"])}" src="{_thumb(storage, data, r)}">'
     except Exception as e:  # a missing or broken clip must not lose the whole report
-        img = f"<div class=why>thumbnail unavailable: {_e(type(e).__name__)}: {_e(e)}</div>"
+        img = f"<div class=why>thumbnail unavailable: {html_text(type(e).__name__)}: {html_text(e)}</div>"
     if r.get("clip_uri"):
         meta = f"{_fmt(r.get('duration_s'))} s, {_fmt(r.get('width'))}×{_fmt(r.get('height'))}"
     else:  # judged from the source, never encoded
         meta = f"{_fmt(r.get('duration_s'))} s of a {_fmt(r.get('src_width'))}×{_fmt(r.get('src_height'))} source, not encoded"
-    text = f"<div class=key>{_e(r['item_id'])} <span class=muted>({_e(meta)})</span></div>{head}"
+    text = f"<div class=key>{html_text(r['item_id'])} <span class=muted>({html_text(meta)})</span></div>{head}"
     if reason:
-        text += f"<div class=why>{_e(r.get('reason') or r.get('rule_failures') or 'no reason recorded')}</div>"
+        text += f"<div class=why>{html_text(r.get('reason') or r.get('rule_failures') or 'no reason recorded')}</div>"
     if info:
         text += _info_html(r, data)
     rf = r.get("rule_failures")
     if fails and rf and rf != r.get("reason"):  # kept clips can still break score-only rules
-        text += f"<div class=all>{'all failures' if reason else 'score-only failures'}: {_e(rf)}</div>"
+        text += f"<div class=all>{'all failures' if reason else 'score-only failures'}: {html_text(rf)}</div>"
     return f"<div class='clip {cls}'>{img}{text}</div>"
 
 
@@ -765,7 +767,7 @@ def _info_html(r: dict, data: ReportData) -> str:
     """Caption, camera motion, concept cluster and sampling weight of a kept clip (what is known)."""
     out = ""
     if r.get("caption"):
-        out += f"<div class=cap>{_e(r['caption'])}</div>"
+        out += f"<div class=cap>{html_text(r['caption'])}</div>"
     elif data.caption is not None:
         out += "<div class=all>no caption</div>"
     facts = []
@@ -778,13 +780,13 @@ def _info_html(r: dict, data: ReportData) -> str:
     if r.get("sampling_weight") is not None:
         facts.append(f"weight {r['sampling_weight']:.3f}")
     if facts:
-        out += f"<div class=info>{_e(' · '.join(facts))}</div>"
+        out += f"<div class=info>{html_text(' · '.join(facts))}</div>"
     if r.get("tags"):
         tags = [t.strip() for t in str(r["tags"]).split(";") if t.strip()]
-        out += f"<div class=all>tags: {_e('; '.join(tags[:3]))}{'; …' if len(tags) > 3 else ''}</div>"
+        out += f"<div class=all>tags: {html_text('; '.join(tags[:3]))}{'; …' if len(tags) > 3 else ''}</div>"
     if r.get("transcript"):
         lang = f" ({r['transcript_language']})" if r.get("transcript_language") else ""
-        out += f"<div class=all>transcript{_e(lang)}: “{_e(_clip_text(r['transcript'], 160))}”</div>"
+        out += f"<div class=all>transcript{html_text(lang)}: “{html_text(_clip_text(r['transcript'], 160))}”</div>"
     return out
 
 
@@ -821,8 +823,8 @@ def _dedup_html(storage: Storage, data: ReportData) -> str:
                          and r.get("dedup_similarity") is not None], dtype=float)
         n = sum((r.get("dedup_level") or "?") == lvl for r in dups)
         rng = [f"{v:.3f}" for v in (sims.min(), np.median(sims), sims.max())] if sims.size and lvl != "exact" else ["—"] * 3
-        body.append(f"<tr><td class=l>{_e(lvl)}</td><td>{n}</td>" + "".join(f"<td>{v}</td>" for v in rng)
-                    + f"<td class=l>{_e(SIMILARITY_UNIT.get(lvl, ''))}</td></tr>")
+        body.append(f"<tr><td class=l>{html_text(lvl)}</td><td>{n}</td>" + "".join(f"<td>{v}</td>" for v in rng)
+                    + f"<td class=l>{html_text(SIMILARITY_UNIT.get(lvl, ''))}</td></tr>")
     head = ("<tr><th class=l>level</th><th>removed</th><th>similarity min</th><th>median</th><th>max</th>"
             "<th class=l>similarity is</th></tr>")
     groups = _dup_groups(dups)
@@ -881,23 +883,23 @@ def _dup_group_html(storage: Storage, data: ReportData, kept_key: str, members: 
     n = len(members)
     label = f"kept · {n} duplicate{'s' if n != 1 else ''} dropped in its favour"
     if kept is None:
-        left = (f"<div class='clip kept'><div class=key>{_e(kept_key)}</div><div class=lvl>{_e(label)}</div>"
+        left = (f"<div class='clip kept'><div class=key>{html_text(kept_key)}</div><div class=lvl>{html_text(label)}</div>"
                 "<div class=why>not in the dedup or score table</div></div>")
     else:
-        head = f"<div class=lvl style='color:{C_KEPT}'>{_e(label)}</div>"
+        head = f"<div class=lvl style='color:{C_KEPT}'>{html_text(label)}</div>"
         if kept["status"] != OK:  # a clip kept at one level can be dropped at a later one
-            head += f"<div class=why>itself {_e(kept['status'])}: {_e(kept.get('reason'))}</div>"
+            head += f"<div class=why>itself {html_text(kept['status'])}: {html_text(kept.get('reason'))}</div>"
         elif in_shards is not None:
             head += f"<div class=all>{'in the shards' if kept_key in in_shards else 'not in the shards'}</div>"
         left = _clip_card(storage, data, kept, fails=False, head=head, cls="kept")
     cards = [_clip_card(storage, data, m, reason=True, fails=False, cls="dup",
-                        head=f"<div class=lvl style='color:{C_REJ}'>{_e(m.get('dedup_level'))} · "
-                             f"{_e(_similarity(m.get('dedup_level'), m.get('dedup_similarity')))}</div>")
+                        head=f"<div class=lvl style='color:{C_REJ}'>{html_text(m.get('dedup_level'))} · "
+                             f"{html_text(_similarity(m.get('dedup_level'), m.get('dedup_similarity')))}</div>")
              for m in members[:DUPS_PER_GROUP]]
     rest = members[DUPS_PER_GROUP:]
     if rest:
         keys = ", ".join(m["item_id"] for m in rest[:10]) + (", …" if len(rest) > 10 else "")
-        cards.append(f"<p class=muted>+{len(rest)} more: <code>{_e(keys)}</code></p>")
+        cards.append(f"<p class=muted>+{len(rest)} more: <code>{html_text(keys)}</code></p>")
     return f"<div class=dgroup><div>{left}</div><div class=dups>{''.join(cards)}</div></div>"
 
 
@@ -909,7 +911,7 @@ def _balance_html(data: ReportData) -> str:
     clustered = [r for r in rows if r.get("cluster_id") is not None]
     if not clustered:
         w = {round(float(r["sampling_weight"]), 6) for r in rows if r.get("sampling_weight") is not None}
-        what = "every sampling weight is 1" if w <= {1.0} else f"sampling weights {_e(sorted(w))}"
+        what = "every sampling weight is 1" if w <= {1.0} else f"sampling weights {html_text(sorted(w))}"
         return title + f"<p class=muted>No concept clusters (balancing off, or no embeddings): {what}.</p>"
     sizes = Counter(r["cluster_id"] for r in clustered)
     weights: dict[int, list[float]] = {}
@@ -941,7 +943,7 @@ def _balance_html(data: ReportData) -> str:
     body = "".join(
         f"<tr><td colspan=6 class=l>… {len(clusters) - BALANCE_TABLE_ROWS} more</td></tr>" if c is None else
         f"<tr><td>{c[0]}</td><td>{c[1]}</td><td>{_fmt3(c[2])}</td><td>{100 * c[1] / total:.1f}%</td>"
-        f"<td>{100 * mass.get(c[0], 0.0) / all_mass:.1f}%</td><td class=cap>{_e(_clip_text(captions.get(c[0], ''), 140))}</td></tr>"
+        f"<td>{100 * mass.get(c[0], 0.0) / all_mass:.1f}%</td><td class=cap>{html_text(_clip_text(captions.get(c[0], ''), 140))}</td></tr>"
         for c in listed)
     return (title + intro + f'<img alt="concept clusters and sampling weights" src="{_balance_chart(clusters)}">'
             f"<table>{head}{body}</table>")

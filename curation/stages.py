@@ -366,7 +366,7 @@ class ScoreStage(Stage):
     # -- the fused CPU operator ---------------------------------------------------------------
     def analyze(self, row: dict) -> dict:
         """Decode once; CPU scores into the row, model inputs into ``ANALYSIS_COLUMN``."""
-        from curation.captioning.camera_motion import CameraMotionConfig, classify_camera_motion
+        from curation.scoring.camera_motion import CameraMotionConfig, classify_camera_motion
         from curation.dedup.signatures import content_signature, frame_phashes
         from curation.captioning.clip_model import frame_indices
         from curation.scoring import borders, jitter, motion, technical

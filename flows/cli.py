@@ -15,22 +15,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from flows.cli_env import quiet_env
+
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_GATE = 0, 1, 2, 3
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="reelflow: curate licensed video into WebDataset shards and train video and audio generation models on them.")
 console = Console(stderr=True, soft_wrap=True)
 out = Console(soft_wrap=True)
-
-
-def _quiet_env() -> None:
-    # No telemetry from the engines we drive.
-    for k, v in {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "RAY_USAGE_STATS_ENABLED": "0",
-                 "DO_NOT_TRACK": "1", "GX_ANALYTICS_ENABLED": "false", "TOKENIZERS_PARALLELISM": "false",
-                 # Prefect's ephemeral API waits 20 s to start by default; a busy 2-core machine can
-                 # need longer, and failing the run for it helps nobody.
-                 "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120"}.items():
-        os.environ.setdefault(k, v)
 
 
 @app.callback()
@@ -55,7 +47,7 @@ def _check_source(source: str) -> None:
 def run_curate(source: str, output: str, policy: Optional[Path], ray_address: Optional[str],
                run_id: Optional[str]) -> int:
     """Run the flow with progress bars; print the funnel. Returns the exit code."""
-    _quiet_env()
+    quiet_env()
     from curation.dataset import OutputError
     from curation.gates import GateFailed
     from curation.lease import LeaseHeld, LeaseLost
@@ -174,7 +166,7 @@ def curate(
 @app.command()
 def validate(output: str = typer.Argument(..., help="A curated output directory or s3:// prefix.")) -> None:
     """Run the dataset's data-quality suite on OUTPUT: 0 pass, 3 fail."""
-    _quiet_env()
+    quiet_env()
     from curation.dataset import OutputError, validate_output
     from curation.gates import GateFailed
     from curation.policy import PolicyError
@@ -197,7 +189,7 @@ def demo(
     """Curate the bundled sample videos end to end, then train the tiny schedule on them.
 
     The source holds real CC/BSD clips, generated cuts, synthetic captioned shapes and bad files."""
-    _quiet_env()
+    quiet_env()
     from curation.policy import DEMO_POLICY_FILE
     from curation.samples import build_demo_source
 

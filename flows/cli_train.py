@@ -32,9 +32,9 @@ def train_command(
 
 def run_train(shards: str, output: str, schedule: str = "tiny", ray_address: str | None = None) -> int:
     """Run the train flow with progress bars; print the stages. Returns the exit code."""
-    from flows.cli import _quiet_env
+    from flows.cli_env import quiet_env
 
-    _quiet_env()
+    quiet_env()
     from curation.dataset import OutputError
     from curation.gates import GateFailed
     from curation.storage import Storage, is_s3, join

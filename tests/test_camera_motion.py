@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from curation.captioning.camera_motion import (
+from curation.scoring.camera_motion import (
     CAMERA_LABELS,
     CameraMotionConfig,
     camera_motion,

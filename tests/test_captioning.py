@@ -21,7 +21,7 @@ from curation.captioning.assemble import (
     template_description,
     truncate_words,
 )
-from curation.captioning.camera_motion import camera_motion
+from curation.scoring.camera_motion import camera_motion
 from curation.captioning.captioner import (
     CaptionRequest,
     Captioner,

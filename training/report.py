@@ -24,7 +24,7 @@ from matplotlib.ticker import FuncFormatter, MaxNLocator
 from matplotlib.transforms import blended_transform_factory
 
 from curation.report import CSS as CURATION_CSS
-from curation.report import _e, _png
+from curation.report import figure_data_uri, html_text
 from curation.storage import Storage, join
 from training.schedule import Schedule, StageSpec
 from training.val_metrics import LOSS_PREFIX, bucket_losses, is_bucket_key
@@ -102,7 +102,7 @@ def write_training_report(storage: Storage, output: str, schedule: Schedule, out
     if stray:
         names = sorted({str(r.get("stage")) for r in stray})
         sections.append(f"<p class=note>{len(stray)} metric row(s) name no stage of this schedule and are left out: "
-                        f"{_e(', '.join(names))}.</p>")
+                        f"{html_text(', '.join(names))}.</p>")
     page = _page(schedule, sections)
     uri = join(output, "report.html")
     storage.write_bytes(uri, page.encode("utf-8"))
@@ -326,7 +326,7 @@ def _stages_chart(stages: list[StageView]) -> str:
             _stage_panel(ax, stages[k])
         else:
             ax.set_visible(False)
-    return _png(fig)
+    return figure_data_uri(fig)
 
 
 def _whole_chart(stages: list[StageView]) -> str:
@@ -390,7 +390,7 @@ def _whole_chart(stages: list[StageView]) -> str:
         a.spines[["top", "right"]].set_visible(False)
     lax.yaxis.get_offset_text().set_fontsize(7)
     _steps_axis(lax)
-    return _png(fig)
+    return figure_data_uri(fig)
 
 
 def _throughput_chart(stages: list[StageView]) -> str:
@@ -423,7 +423,7 @@ def _throughput_chart(stages: list[StageView]) -> str:
         a.set_ylim(-1, n)
         a.tick_params(labelsize=8)
         a.spines[["top", "right"]].set_visible(False)
-    return _png(fig)
+    return figure_data_uri(fig)
 
 
 # -- html -------------------------------------------------------------------------------------
@@ -443,14 +443,14 @@ def _eval_html(storage: Storage, output: str, schedule: Schedule, evals: list[di
     # clip_score (a cosine in [-1, 1], only with a CLIP checkpoint configured) is tabled, not drawn as a share
     keys = [k for k in (*EVAL_SHARES, "sync_error_ms", "v2a_sync_error_ms", "tae_psnr", "clip_score")
             if any(e.get(k) is not None for e in evals)]
-    head = "".join(f"<th>{_e(k)}</th>" for k in keys)
+    head = "".join(f"<th>{html_text(k)}</th>" for k in keys)
     body = ""
     for name, e in zip(names, evals):
         cells = "".join(f"<td>{'—' if e.get(k) is None else _num(e[k], 3)}</td>" for k in keys)
         expect = schedule.stages[names.index(name)].expect
         gate = ", ".join(f"{m} {'≥ ' + format(b.min, 'g') if b.min is not None else ''}"
                          f"{'≤ ' + format(b.max, 'g') if b.max is not None else ''}" for m, b in expect.items())
-        body += f"<tr><td>{_e(name)}</td>{cells}<td>{_e(gate) or '—'}</td></tr>"
+        body += f"<tr><td>{html_text(name)}</td>{cells}<td>{html_text(gate) or '—'}</td></tr>"
     fig = Figure(figsize=(9, 3.4))
     ax = fig.add_subplot(1, 1, 1)
     x = np.arange(len(names))
@@ -469,11 +469,11 @@ def _eval_html(storage: Storage, output: str, schedule: Schedule, evals: list[di
             uri = join(output, "stages", schedule.stage_dir_name(i), "eval", fname)
             if storage.exists(uri):
                 data = base64.b64encode(storage.read_bytes(uri)).decode()
-                sheets += f"<h3>{_e(name)}: {what}</h3><img class=chart src='data:image/png;base64,{data}'>"
+                sheets += f"<h3>{html_text(name)}: {what}</h3><img class=chart src='data:image/png;base64,{data}'>"
     return (f'<h2 id="eval">Evaluation</h2><p class=note>Each stage\'s model samples the prompt set; the metrics are '
             f"measured on the samples' pixels and audio (training/shape_metrics.py). The last column is the stage's "
             f"learning gate.</p><div class=wide><table><tr><th>stage</th>{head}<th>expect</th></tr>{body}</table></div>"
-            f"<img class=chart src='{_png(fig)}'>{sheets}")
+            f"<img class=chart src='{figure_data_uri(fig)}'>{sheets}")
 
 
 def _page(schedule: Schedule, sections: list[str]) -> str:
@@ -482,7 +482,7 @@ def _page(schedule: Schedule, sections: list[str]) -> str:
         ("whole", "whole schedule"),
         ("throughput", "throughput")))
     title = f"reelflow training report ({schedule.model_size}, {len(schedule.stages)} stages)"
-    return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>'
+    return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{html_text(title)}</title>'
             f"<style>{CSS}</style></head><body><div class=muted>{nav}</div>{''.join(sections)}</body></html>")
 
 
@@ -496,7 +496,7 @@ def _header_html(output: str, schedule: Schedule, stages: list[StageView]) -> st
     tae = next((s for s in stages if s.spec.model == "tae" and s.last("latent_scale") is not None), None)
     if tae:
         kpis.append(("TAE latent scale", _num(tae.last("latent_scale"))))
-    boxes = "".join(f"<div class=kpi><b>{_e(v)}</b><span>{_e(k)}</span></div>" for k, v in kpis)
+    boxes = "".join(f"<div class=kpi><b>{html_text(v)}</b><span>{html_text(k)}</span></div>" for k, v in kpis)
     model = join(output, MODEL_FILE)
     notes = []
     missing = [s.spec.name for s in stages if s.outcome is None]
@@ -506,14 +506,14 @@ def _header_html(output: str, schedule: Schedule, stages: list[StageView]) -> st
              if s.outcome and int(s.outcome.get("steps") or 0) < s.spec.iterations]
     if short:
         notes.append(f"Stage(s) that stopped short of their iterations: {', '.join(short)}.")
-    note = "".join(f"<p class=note>{_e(n)}</p>" for n in notes)
+    note = "".join(f"<p class=note>{html_text(n)}</p>" for n in notes)
     cmd = f'reelflow generate {model} --prompt "a red ball bouncing on a beach" --out sample.mp4'
-    return (f"<h1>reelflow training report — {_e(schedule.model_size)} model, {len(stages)} stages</h1>"
-            f"<div class=muted>output <code>{_e(output)}</code>; wall time is the sum of the stages' run times "
+    return (f"<h1>reelflow training report — {html_text(schedule.model_size)} model, {len(stages)} stages</h1>"
+            f"<div class=muted>output <code>{html_text(output)}</code>; wall time is the sum of the stages' run times "
             "(a stage done by an earlier run counts that run's time)</div>"
             f"<div class=kpis>{boxes}</div>{note}"
-            f"<p>Final checkpoint (the last stage's): <code>{_e(model)}</code>. Sample from it with</p>"
-            f"<pre class=cmd>{_e(cmd)}</pre>")
+            f"<p>Final checkpoint (the last stage's): <code>{html_text(model)}</code>. Sample from it with</p>"
+            f"<pre class=cmd>{html_text(cmd)}</pre>")
 
 
 def _schedule_html(stages: list[StageView]) -> str:
@@ -523,15 +523,15 @@ def _schedule_html(stages: list[StageView]) -> str:
             "lr", "warm-up", "iterations", "init"]
     done = ["steps", "seconds", "final train loss"] + [_val_label(k) for k in val_keys] + ["samples/s", "flags"]
     head = (f"<tr><th colspan={len(plan)} class=grp>schedule</th><th colspan={len(done)} class=grp>outcome</th></tr>"
-            "<tr>" + "".join(f"<th{' class=l' if h in ('stage', 'model', 'data', 'init') else ''}>{_e(h)}</th>"
+            "<tr>" + "".join(f"<th{' class=l' if h in ('stage', 'model', 'data', 'init') else ''}>{html_text(h)}</th>"
                              for h in plan + done) + "</tr>")
     body = []
     for s in stages:
         sp, o = s.spec, s.outcome or {}
         frames = f"{sp.frames}@{sp.fps:g}" if sp.data != "image" else "1 (image)"
-        cells = [str(s.index), _e(sp.name), _e(sp.model), _e(sp.data), str(sp.resolution), frames,
-                 f"{sp.image_ratio:g}" if sp.data == "joint" else "—", str(sp.global_batch_size), _e(_lr_text(sp)),
-                 str(sp.warmup_steps), str(sp.iterations), _e(sp.init)]
+        cells = [str(s.index), html_text(sp.name), html_text(sp.model), html_text(sp.data), str(sp.resolution), frames,
+                 f"{sp.image_ratio:g}" if sp.data == "joint" else "—", str(sp.global_batch_size), html_text(_lr_text(sp)),
+                 str(sp.warmup_steps), str(sp.iterations), html_text(sp.init)]
         val = _val(s)
         final = o.get("final_loss") if _f(o.get("final_loss")) is not None else (s.train[-1]["loss"] if s.train else None)
         flags = [f for f in ("resumed", "skipped") if o.get(f)]
@@ -541,8 +541,8 @@ def _schedule_html(stages: list[StageView]) -> str:
             flags.append("no rows")
         rate = o.get("samples_per_s") if _f(o.get("samples_per_s")) is not None else _rate(s)
         steps = o.get("steps", s.train[-1]["step"] if s.train else None)
-        cells += [_e(steps if steps is not None else "—"), _num(o.get("seconds"), 3), _num(final)]
-        cells += [_num(val.get(k)) for k in val_keys] + [_num(rate, 3), _e(", ".join(flags) or "—")]
+        cells += [html_text(steps if steps is not None else "—"), _num(o.get("seconds"), 3), _num(final)]
+        cells += [_num(val.get(k)) for k in val_keys] + [_num(rate, 3), html_text(", ".join(flags) or "—")]
         cls = {1: "l", 2: "l", 3: "l", 8: "nw", 11: "l", len(cells) - 1: "l"}
         row = "".join(f"<td{' class=' + cls[i] if i in cls else ''}>{c}</td>" for i, c in enumerate(cells))
         body.append(f"<tr{' class=nodata' if not s.rows else ''}>{row}</tr>")
@@ -554,7 +554,7 @@ def _schedule_html(stages: list[StageView]) -> str:
 
 def _loss_html(stages: list[StageView]) -> str:
     empty = [s.spec.name for s in stages if not s.train]
-    note = (f"<p class=note>No metric rows for stage(s) {_e(', '.join(empty))}: nothing to plot there "
+    note = (f"<p class=note>No metric rows for stage(s) {html_text(', '.join(empty))}: nothing to plot there "
             "(not run yet, or its metrics.jsonl is missing).</p>") if empty else ""
     return ('<h2 id="loss">Loss per stage</h2><p class=muted>Train loss (mean over each logging interval, all '
             "workers) by step within the stage; markers: validation passes; dotted grey, right axis: learning "
@@ -598,12 +598,12 @@ def _bucket_html(stages: list[StageView]) -> str:
         return ""
     buckets = sorted({b for *_, last, _ in lines for b in last})
     head = "<tr><th class=l>stage</th><th class=l>kind</th><th>pooled</th>" + "".join(
-        f"<th>{_e(b)}</th>" for b in buckets) + "</tr>"
+        f"<th>{html_text(b)}</th>" for b in buckets) + "</tr>"
     body = []
     for s, kind, first, last, passes in lines:
         pooled = _val_passes(s)[-1].get(LOSS_PREFIX + kind)
         cells = "".join(_bucket_cell(first.get(b), last.get(b), passes) for b in buckets)
-        body.append(f"<tr><td class=l>{_e(s.spec.name)}</td><td class=l>{_e(kind)}</td><td>{_num(pooled)}</td>{cells}</tr>")
+        body.append(f"<tr><td class=l>{html_text(s.spec.name)}</td><td class=l>{html_text(kind)}</td><td>{_num(pooled)}</td>{cells}</tr>")
     return ('<h2 id="buckets">Validation loss per aspect bucket</h2><p class=muted>The last validation pass of each '
             "stage, split by aspect bucket (n: held-out samples scored; the pooled loss is the n-weighted mean). "
             "Below each: the stage's first pass. —: the pass did not reach that bucket (<code>val_batches</code> "
@@ -625,7 +625,7 @@ def _throughput_html(stages: list[StageView]) -> str:
     body, bound = [], []
     for s in stages:
         if not s.train:
-            body.append(f"<tr class=nodata><td class=l>{_e(s.spec.name)}</td><td>0</td>"
+            body.append(f"<tr class=nodata><td class=l>{html_text(s.spec.name)}</td><td>0</td>"
                         "<td colspan=7>—</td><td class=l>no metric rows</td></tr>")
             continue
         mean, peak = _wait(s)
@@ -640,8 +640,8 @@ def _throughput_html(stages: list[StageView]) -> str:
                  _num(sum(grads) / len(grads), 3) if grads else "—", _num(max(grads), 3) if grads else "—"]
         note = ("<td class='l warn'>input-bound: the loader, not the model, sets the pace</td>" if input_bound
                 else "<td class=l></td>")
-        body.append(f"<tr><td class=l>{_e(s.spec.name)}</td>" + "".join(f"<td>{c}</td>" for c in cells) + note + "</tr>")
-    summary = (f"<p class=note>Input-bound stage(s): {_e(', '.join(bound))} (over {100 * INPUT_BOUND:.0f}% of the "
+        body.append(f"<tr><td class=l>{html_text(s.spec.name)}</td>" + "".join(f"<td>{c}</td>" for c in cells) + note + "</tr>")
+    summary = (f"<p class=note>Input-bound stage(s): {html_text(', '.join(bound))} (over {100 * INPUT_BOUND:.0f}% of the "
                "time waiting for data): more loader workers, fewer or smaller shards per read, or pre-decoded "
                "clips would speed them up.</p>") if bound else ""
     return ('<h2 id="throughput">Throughput</h2><p class=muted>samples/s: samples seen over time in the training '
