@@ -83,37 +83,63 @@ class TransNetV2Detector:
         self.model.eval()
         self.threshold = threshold
 
-    def frames(self, path: str | Path) -> tuple[np.ndarray, float]:
-        from curation.source_analysis import decode_source
-
-        sink = TransNetV2Frames()
-        decode_source(path, [sink])
-        return sink.stacked(), sink.fps
+    def stream(self) -> "TransNetV2Stream":
+        """A sink of ``source_analysis.decode_source`` that predicts as the frames arrive."""
+        return TransNetV2Stream(self)
 
     def detect(self, path: str | Path) -> list[tuple[float, float]]:
-        frames, fps = self.frames(path)
-        return self.detect_frames(frames, fps)
+        from curation.source_analysis import decode_source
 
-    def detect_frames(self, frames: np.ndarray, fps: float) -> list[tuple[float, float]]:
-        import torch
+        sink = self.stream()
+        decode_source(path, [sink])
+        return sink.shots()
 
-        with torch.no_grad():
-            single, _ = self.model.predict_frames(torch.from_numpy(frames), quiet=True)
-        scenes = self.model.predictions_to_scenes(single.numpy(), threshold=self.threshold)
+    def scenes(self, single: np.ndarray, fps: float) -> list[tuple[float, float]]:
+        scenes = self.model.predictions_to_scenes(single, threshold=self.threshold)
         # Scenes are inclusive frame ranges; shot i ends where shot i+1 starts.
         return [(float(s) / fps, float(e + 1) / fps) for s, e in scenes]
 
 
-class TransNetV2Frames:
-    """A sink of ``source_analysis.decode_source``: every frame at TransNetV2's 48x27 RGB."""
+class TransNetV2Stream:
+    """TransNetV2's own sliding windows (100 frames, step 50, the middle 50 kept; the stream padded
+    with 25 copies of its first frame and enough of its last), run as the frames arrive: it holds at
+    most a window of 48x27 frames, not the whole source (``predict_frames`` stacks every frame of
+    a two-hour source, ~0.7 GB, before it starts). The same windows, so the same predictions."""
 
-    def __init__(self) -> None:
-        self.arr: list[np.ndarray] = []
+    WINDOW, STEP, LEAD = 100, 50, 25
+
+    def __init__(self, detector: TransNetV2Detector):
+        self.detector = detector
+        self.buffer: list[np.ndarray] = []
+        self.single: list[np.ndarray] = []
+        self.n = 0
         self.fps = 25.0
 
     def __call__(self, frame, t: float, fps: float) -> None:
         self.fps = fps
-        self.arr.append(frame.to_ndarray(width=48, height=27, format="rgb24"))
+        small = frame.to_ndarray(width=48, height=27, format="rgb24")
+        if not self.n:
+            self.buffer = [small] * self.LEAD
+        self.buffer.append(small)
+        self.n += 1
+        self._run_full_windows()
 
-    def stacked(self) -> np.ndarray:
-        return np.stack(self.arr)
+    def _run_full_windows(self) -> None:
+        import torch
+
+        while len(self.buffer) >= self.WINDOW:
+            batch = torch.from_numpy(np.stack(self.buffer[: self.WINDOW]))[None]
+            with torch.no_grad():
+                single, _ = self.detector.model.predict_raw(batch)
+            self.single.append(single[0, self.LEAD : self.LEAD + self.STEP, 0].numpy().copy())
+            del self.buffer[: self.STEP]
+
+    def predictions(self) -> np.ndarray:
+        """Per-frame cut probabilities of every frame fed (call once, after the last frame)."""
+        if self.n:
+            self.buffer += [self.buffer[-1]] * (self.LEAD + self.STEP - (self.n % self.STEP or self.STEP))
+            self._run_full_windows()
+        return np.concatenate(self.single)[: self.n] if self.single else np.zeros(0, np.float32)
+
+    def shots(self) -> list[tuple[float, float]]:
+        return self.detector.scenes(self.predictions(), self.fps)

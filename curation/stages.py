@@ -196,7 +196,7 @@ class ShotsStage(Stage):
         if cfg.detector == "transnetv2":
             if self._transnet is None:
                 self.setup()
-            detector = shots.TransNetV2Frames()
+            detector = self._transnet.stream()
         else:
             detector = shots.AdaptiveCuts(cfg)
         sinks = [detector]
@@ -227,7 +227,7 @@ class ShotsStage(Stage):
                 shutil.rmtree(writer.folder, ignore_errors=True)
             raise
         if cfg.detector == "transnetv2":
-            found = self._transnet.detect_frames(detector.stacked(), detector.fps)
+            found = detector.shots()
         else:
             found = detector.shots(decoded.end_time)
         duration = float(row["src_duration_s"])

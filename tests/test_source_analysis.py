@@ -154,3 +154,30 @@ def test_audio_the_one_decode_cannot_read_leaves_no_kept_frames_and_the_shots_st
     assert not list(Path(sa.analysis_root(ctx.output)).iterdir())  # nothing half-written left behind
     reason = sa.SourceAudio(src, tmp_path / "a.f32", 48000).wait()
     assert reason and reason.startswith("ffmpeg could not decode the source's audio")
+
+
+def test_transnetv2_streams_its_windows_and_predicts_as_on_the_whole_stack(media):
+    """The streamed windows give TransNetV2's own ``predict_frames`` result, holding < 100 frames."""
+    import torch
+
+    detector = shots.TransNetV2Detector()
+    for path in (media["cuts"].path, media["bbb"]):
+        stream = detector.stream()
+        whole: list[np.ndarray] = []
+        held = []
+
+        def keep(frame, t, fps):
+            whole.append(frame.to_ndarray(width=48, height=27, format="rgb24"))
+            held.append(len(stream.buffer))
+
+        sa.decode_source(path, [stream, keep])
+        streamed = stream.predictions()
+        with torch.no_grad():
+            reference, _ = detector.model.predict_frames(torch.from_numpy(np.stack(whole)), quiet=True)
+        assert streamed.shape == (len(whole),)
+        np.testing.assert_allclose(streamed, reference.numpy(), atol=1e-5)
+        assert max(held) < 100
+    cuts = media["cuts"].cuts_s
+    found = detector.detect(media["cuts"].path)
+    assert len(found) == len(cuts) + 1
+    assert all(abs(a - c) <= 2 / 24 for (a, _), c in zip(found[1:], cuts))
