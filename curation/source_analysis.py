@@ -36,8 +36,8 @@ from typing import Callable, Iterator
 import av
 import numpy as np
 
-from curation.safe_open import FFMPEG_INPUT_FLAGS, open_media
-from curation.scoring.frames import AnalysisClip, _analysis_size
+from curation.safe_open import open_media
+from curation.scoring.frames import AnalysisClip, _analysis_size, clip_audio_command, stereo_s32_to_mono
 from curation.storage import Storage, is_s3, join
 
 FRAMES_FILE, AUDIO_FILE, INDEX_FILE = "frames.u8", "audio.f32", "index.json"
@@ -124,8 +124,7 @@ class SourceAudio:
 
     def __init__(self, path: str | Path, out: Path, stereo_rate: int):
         self.stereo_rate = stereo_rate
-        cmd = ["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", *FFMPEG_INPUT_FLAGS, "-i", str(path),
-               "-map", "0:a:0", "-vn", "-ac", "2", "-ar", str(stereo_rate), "-f", "s32le", "-"]
+        cmd = clip_audio_command(path, stereo_rate)
         # stderr to a file, not a pipe: a damaged stream can log more than a pipe holds, and an
         # ffmpeg blocked on its log would stop feeding stdout.
         self.log = tempfile.TemporaryFile()
@@ -140,20 +139,11 @@ class SourceAudio:
             resampler = av.AudioResampler(format="flt", layout="mono", rate=AUDIO_RATE)
             chunk = self.stereo_rate * 8  # one second of stereo s32
             with open(self.out, "wb") as f:
-                while True:
-                    data = self.proc.stdout.read(chunk)
-                    if not data:
-                        break
-                    pcm = np.frombuffer(data[: len(data) // 8 * 8], np.int32)
-                    if not pcm.size:
-                        continue
-                    frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s32", layout="stereo")
-                    frame.sample_rate = self.stereo_rate
-                    for o in resampler.resample(frame):
-                        f.write(o.to_ndarray().reshape(-1).astype(np.float32).tobytes())
-                for o in resampler.resample(None):
-                    f.write(o.to_ndarray().reshape(-1).astype(np.float32).tobytes())
-        except BaseException as e:  # re-raised by ``wait`` in the decoding thread
+                while data := self.proc.stdout.read(chunk):
+                    f.write(stereo_s32_to_mono(np.frombuffer(data[: len(data) // 4 * 4], np.int32),
+                                               self.stereo_rate, resampler).tobytes())
+                f.write(stereo_s32_to_mono(None, 0, resampler).tobytes())
+        except BaseException as e:  # reported by ``wait``, in the decoding thread
             self.error = e
 
     def wait(self) -> str | None:
@@ -239,7 +229,7 @@ def publish(local: Path, storage: Storage, uri: str) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     if dest.exists():
         shutil.rmtree(dest)
-    local.rename(dest) if local.stat().st_dev == dest.parent.stat().st_dev else shutil.move(str(local), dest)
+    local.rename(dest)  # ``staging_folder`` put it beside ``dest``: same file system
 
 
 def staging_folder(cache_dir: str | Path, uri: str) -> Path:
@@ -255,7 +245,6 @@ def staging_folder(cache_dir: str | Path, uri: str) -> Path:
 class SourceFrames:
     """A source's analysis frames, memory-mapped; ``clip`` cuts a candidate's window out of them."""
 
-    folder: Path
     fps: float
     times: np.ndarray
     frames: np.ndarray  # (T, H, W, 3) uint8, memory-mapped
@@ -278,7 +267,7 @@ class SourceFrames:
         if index.get("audio_rate"):
             a_local = storage.localize(join(uri, AUDIO_FILE), cache_dir)
             audio = np.memmap(a_local, np.float32, "r") if a_local.stat().st_size else np.zeros(0, np.float32)
-        return cls(Path(local).parent, float(index["fps"]), times, frames, audio, index.get("audio_rate"))
+        return cls(float(index["fps"]), times, frames, audio, index.get("audio_rate"))
 
     def clip(self, start_s: float, end_s: float, rotation: int = 0) -> AnalysisClip:
         lo, hi = np.searchsorted(self.times, [start_s - 1e-6, end_s - 1e-6])

@@ -180,23 +180,39 @@ def _source_audio(path: str | Path, start_s: float, end_s: float, rate: int,
     measured on Big Buck Bunny's AAC 5.1) and moves loudness and silence scores. So the span goes
     through the same integer mix (``-f s32le``), then through the mono resampler that reads a
     clip's FLAC. The caller has checked that the source has an audio stream."""
-    cmd = ["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", *FFMPEG_INPUT_FLAGS,
-           "-ss", f"{start_s:.6f}", "-t", f"{end_s - start_s:.6f}", "-i", str(path),
-           "-map", "0:a:0", "-vn", "-ac", "2", "-ar", str(stereo_rate), "-f", "s32le", "-"]
-    proc = subprocess.run(cmd, capture_output=True)
+    proc = subprocess.run(clip_audio_command(path, stereo_rate, start_s, end_s), capture_output=True)
     if proc.returncode != 0:
         msg = (proc.stderr.decode(errors="replace").strip().splitlines() or ["no message"])[-1]
         raise ValueError(f"ffmpeg could not decode the audio span: {msg}")
     pcm = np.frombuffer(proc.stdout, np.int32)
-    if pcm.size < 2:
-        return np.zeros(0, np.float32), rate
-    frame = av.AudioFrame.from_ndarray(pcm[: pcm.size // 2 * 2].reshape(1, -1), format="s32", layout="stereo")
-    frame.sample_rate = stereo_rate
     resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
-    chunks = [o.to_ndarray().reshape(-1) for o in resampler.resample(frame)]
-    chunks += [o.to_ndarray().reshape(-1) for o in resampler.resample(None)]
-    out = np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, np.float32)
+    out = np.concatenate([stereo_s32_to_mono(pcm, stereo_rate, resampler), stereo_s32_to_mono(None, 0, resampler)])
     return out[: int(round((end_s - start_s) * rate))], rate
+
+
+def clip_audio_command(path: str | Path, stereo_rate: int, start_s: float | None = None,
+                       end_s: float | None = None) -> list[str]:
+    """ffmpeg writing a source's audio (or its ``[start_s, end_s)`` span) to stdout as the extract
+    stage's clip will hold it: stereo 32-bit integers at ``stereo_rate``."""
+    span = ["-ss", f"{start_s:.6f}", "-t", f"{end_s - start_s:.6f}"] if start_s is not None else []
+    return ["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", *FFMPEG_INPUT_FLAGS, *span,
+            "-i", str(path), "-map", "0:a:0", "-vn", "-ac", "2", "-ar", str(stereo_rate), "-f", "s32le", "-"]
+
+
+def stereo_s32_to_mono(pcm: np.ndarray | None, stereo_rate: int, resampler: av.AudioResampler) -> np.ndarray:
+    """Interleaved stereo s32 samples through the mono resampler that reads a clip's FLAC (one
+    resampler per stream: it carries its filter state across calls); None flushes it."""
+    if pcm is None:
+        frames = resampler.resample(None)
+    else:
+        pcm = pcm[: pcm.size // 2 * 2]
+        if not pcm.size:
+            return np.zeros(0, np.float32)
+        frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s32", layout="stereo")
+        frame.sample_rate = stereo_rate
+        frames = resampler.resample(frame)
+    chunks = [o.to_ndarray().reshape(-1) for o in frames]
+    return np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, np.float32)
 
 
 def _decode_audio(path: str | Path, start_s: float, end_s: float, rate: int) -> tuple[np.ndarray | None, int | None]:
