@@ -172,10 +172,7 @@ class SourceAudio:
 class DecodedSource:
     fps: float  # the stream's frame rate
     frames: int  # frames decoded
-    first_time: float  # presentation time of the first frame (s)
-    end_time: float  # presentation time after the last frame (s)
-    width: int
-    height: int
+    end_time: float  # presentation time after the last frame, from the stream's start (s)
 
 
 FrameSink = Callable[[av.VideoFrame, float, float], None]  # (frame, time in s, stream fps)
@@ -189,21 +186,18 @@ def decode_source(path: str | Path, sinks: list[FrameSink]) -> DecodedSource:
         vs.thread_type = "AUTO"
         rate = float(vs.average_rate or vs.guessed_rate or 0) or 25.0
         start = float(vs.start_time * vs.time_base) if vs.start_time is not None else 0.0
-        n, first, last = 0, None, None
-        w = h = 0
+        n, last = 0, 0.0
         for frame in c.decode(vs):
             t = frame.time
             if t is None:
                 continue
-            w, h = frame.width, frame.height
-            first = t if first is None else first
             last = t
             n += 1
             for sink in sinks:
                 sink(frame, t - start, rate)
     if not n:
         raise ValueError(f"no video frames in {path}")
-    return DecodedSource(rate, n, first - start, last - start + 1.0 / rate, w, h)
+    return DecodedSource(rate, n, last - start + 1.0 / rate)
 
 
 def analysis_root(output: str) -> str:
