@@ -1,4 +1,4 @@
-"""The ``reelflow`` command line: curate, validate, demo, train, eval, generate, serve.
+"""The ``reelflow`` command line: curate, validate, demo, train, latents, eval, generate, serve.
 
 Exit codes: 0 done (rejected or failed items are normal outcomes, see the ledger), 1 anything
 unexpected, 2 bad usage or configuration, 3 a data-quality gate stopped the run.
@@ -297,11 +297,13 @@ def _add_synthetic_shapes(manifest: Path, num_clips: int = DEMO_SHAPES_CLIPS) ->
 
 from flows.cli_eval import eval_command  # noqa: E402
 from flows.cli_generate import generate_command  # noqa: E402  (imports torch lazily)
+from flows.cli_latents import latents_command  # noqa: E402
 from flows.cli_serve import serve_command  # noqa: E402
 from flows.cli_train import train_command  # noqa: E402
 
 app.command("eval")(eval_command)
 app.command("generate")(generate_command)
+app.command("latents")(latents_command)
 app.command("serve")(serve_command)
 app.command("train")(train_command)
 

@@ -69,15 +69,31 @@ def _as_today(stored: dict) -> dict | None:
         return None
 
 
+# Where and how a schedule runs, not what it trains: a run resumes on more or fewer workers (a lost
+# node, a bigger cluster) or under another parallelism, from the same sharded state (training/train_state.py),
+# and with or without precomputed latents (the same latents as encoding on the fly, training/latents.py).
+RESOURCE_FIELDS = ("num_workers", "cpus_per_worker", "use_gpu", "max_failures")
+STAGE_RESOURCE_FIELDS = ("parallelism", "latents")
+
+
+def _what_it_trains(schedule: dict | None) -> dict | None:
+    if schedule is None:
+        return None
+    out = {k: v for k, v in schedule.items() if k not in RESOURCE_FIELDS}
+    out["stages"] = [{k: v for k, v in st.items() if k not in STAGE_RESOURCE_FIELDS} for st in schedule["stages"]]
+    return out
+
+
 def prepare_run(schedule: Schedule, schedule_ref: str, shards: str, output: str, storage: Storage) -> dict:
-    """OUTPUT/run.json: a rerun must name the same shards and an equal schedule to resume."""
+    """OUTPUT/run.json: a rerun must name the same shards and a schedule that trains the same to
+    resume (it may run on another number of workers or another parallelism)."""
     uri = join(output, RUN_FILE)
     wanted = {"shards": shards, "schedule": schedule.model_dump(mode="json")}
     if storage.exists(uri):
         info = json.loads(storage.read_bytes(uri))
         if info["shards"] != shards:
             raise OutputError(f"{output} holds training on {info['shards']!r}; use a new OUTPUT for {shards!r}")
-        if _as_today(info["schedule"]) != wanted["schedule"]:
+        if _what_it_trains(_as_today(info["schedule"])) != _what_it_trains(wanted["schedule"]):
             raise OutputError(f"{output} was trained with a different schedule; resume with the same schedule "
                               "or use a new OUTPUT")
         return info
@@ -121,6 +137,41 @@ def stage_task(schedule: Schedule, index: int, shards: str, output: str) -> dict
     logger.info("stage %s: %s", stage.name, "already done" if outcome.skipped else
                 f"{outcome.steps} steps in {outcome.seconds:.1f}s, loss {outcome.final_loss:.4f}, {outcome.val}")
     return asdict(outcome)
+
+
+@task(name="latents", task_run_name="latents-{index}", **STAGE_TASK)
+def latents_task(schedule: Schedule, index: int, shards: str, output: str) -> dict:
+    """Before a ``latents: true`` stage: encode its video samples with the frozen TAE of the
+    checkpoint the stage starts from (training/latents.py), into OUTPUT/latents/<NN>_<name>/.
+    Idempotent: complete latents are reused, a run that stopped resumes, a finished stage needs none.
+    The latent gate failing stops the flow (exit 3)."""
+    from dataclasses import asdict
+
+    from training.latents import describe
+    from training.trainer import precompute_latents, read_outcome
+
+    logger = get_run_logger()
+    storage = Storage(S3Config.from_env())
+    stage = schedule.stages[index]
+    if read_outcome(storage, output, schedule, index) is not None:
+        logger.info("latents %s: the stage is done already; nothing to encode", stage.name)
+        return {"skipped": True}
+    name = f"{stage.name} latents"
+    logged = [-1]
+
+    def progress(done: int, total: int) -> None:
+        if _progress_hook:
+            _progress_hook(name, done, total, {})
+        decile = 10 * done // max(total, 1)
+        if decile != logged[0]:
+            logged[0] = decile
+            logger.info("%s: %d/%d clips", name, done, total)
+
+    summary = precompute_latents(schedule, index, shards, output, storage, progress=progress)
+    logger.info("latents %s: %s", stage.name, describe(summary))
+    for key, reason in list(summary.failures.items())[:10]:
+        logger.warning("latents %s: %s failed: %s", stage.name, key, reason)
+    return asdict(summary)
 
 
 @task(name="gate-stage", task_run_name="gate-{index}", cache_policy=NO_CACHE)
@@ -216,6 +267,8 @@ def train(
     data = gate_shards_task(shards, plan)
     outcomes, evals = [], []
     for i in range(len(plan.stages)):
+        if plan.stages[i].latents:  # encoded with the TAE the stage starts from, once
+            latents_task(plan, i, shards, output)
         outcomes.append(stage_task(plan, i, shards, output))
         gate_stage_task(plan, i, output)
         # Every stage's model is sampled and measured; its `expect:` is the learning gate.

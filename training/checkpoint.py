@@ -52,16 +52,22 @@ def build_models(config: ModelConfig, text: TextEncoder | None = None) -> Genera
     )
 
 
-def save_checkpoint(models: GenerationModels, path: str | Path) -> Path:
+def save_checkpoint(models: GenerationModels, path: str | Path,
+                    state: dict[str, dict[str, torch.Tensor]] | None = None) -> Path:
+    """``state``: full state dicts that replace a part's own (``tae``, ``video``, ``text``,
+    ``audio``): a part trained sharded (FSDP) holds only its shard, gathered by the caller."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    state = state or {}
+    text = state.get("text")
     payload = {
         "format": FORMAT,
         "config": models.config.to_dict(),
-        "tae": models.tae.state_dict(),
-        "video": models.video.state_dict(),
-        "text": models.text.trainable_state_dict(),
-        "audio": models.audio.state_dict() if models.audio is not None else None,
+        "tae": state.get("tae") or models.tae.state_dict(),
+        "video": state.get("video") or models.video.state_dict(),
+        "text": ({k: v for k, v in text.items() if not k.startswith("backbone.")} if text
+                 else models.text.trainable_state_dict()),
+        "audio": state.get("audio") or (models.audio.state_dict() if models.audio is not None else None),
     }
     tmp = path.with_name(path.name + ".tmp")
     torch.save(payload, tmp)
@@ -69,16 +75,29 @@ def save_checkpoint(models: GenerationModels, path: str | Path) -> Path:
     return path
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> GenerationModels:
-    path = Path(path)
+def read_payload(path: str | Path, map_location: str | torch.device = "cpu", mmap: bool = False,
+                 name: str | None = None) -> dict:
+    """The checkpoint file's dict, checked to be ours. ``mmap``: tensors stay on disk until read
+    (a caller that needs one model of a large checkpoint loads only that one)."""
+    path, name = Path(path), name or str(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
+        raise CheckpointError(f"checkpoint not found: {name}")
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
+        try:
+            payload = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+        except RuntimeError:
+            if not mmap:
+                raise
+            payload = torch.load(path, map_location=map_location, weights_only=True)  # an old non-zip file
     except Exception as e:  # torch raises several types for corrupt or foreign files
-        raise CheckpointError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from e
+        raise CheckpointError(f"cannot read checkpoint {name}: {type(e).__name__}: {e}") from e
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a {FORMAT} checkpoint")
+        raise CheckpointError(f"{name} is not a {FORMAT} checkpoint")
+    return payload
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> GenerationModels:
+    payload = read_payload(path, map_location)
     try:
         config = ModelConfig.from_dict(payload["config"])
         models = build_models(config)

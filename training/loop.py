@@ -5,11 +5,15 @@ nanoGPT-shaped: build the models, wrap the trained one for data parallelism, the
 metric row every `log_every` steps, a validation pass every `eval_every`, and a resumable
 checkpoint every `checkpoint_every` and at the end.
 
-Resuming is exact: a checkpoint holds the trained module, the optimizer, the step, how many
-batches of each kind were consumed (the data plan skips them without decoding) and the metric
-rows so far; the noise of step s is drawn from a generator seeded by (seed, rank, s). Ray Train
-hands the latest checkpoint back after a worker failure (FailureConfig) and to a rerun of the same
-stage (same storage path and name).
+The trained module is wrapped as the stage's `parallelism:` says (training/parallel.py: DDP, or
+FSDP2/HSDP sharding, activation checkpointing, compile).
+
+Resuming is exact: a checkpoint (training/train_state.py, a torch.distributed.checkpoint
+directory, sharded under FSDP) holds the trained module, the optimizer, the step, how many
+batches of each kind were consumed (the data plan skips them without decoding), each rank's RNG
+state and the metric rows so far; the noise of step s is drawn from a generator seeded by
+(seed, rank, s). Ray Train hands the latest checkpoint back after a worker failure (FailureConfig)
+and to a rerun of the same stage (same storage path and name), at the same or another worker count.
 
 The last checkpoint of a stage also holds `model.pt`, a full reelflow generation checkpoint
 (training/checkpoint.py) that the next stage starts from and `reelflow generate` reads.
@@ -17,6 +21,7 @@ The last checkpoint of a stage also holds `model.pt`, a full reelflow generation
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -24,7 +29,7 @@ import os
 import random
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -35,13 +40,16 @@ from training.checkpoint import save_checkpoint
 from training.captions import FPS_TOKEN
 from training.data import Batch, BatchSpec, DataError, Prefetcher, ShardDataset, bucket_size, eligible_clips
 from training.handoff import Grid, initial_models, spatial_multiple
+from training.parallel import clip_grad_norm, is_sharded, parallelize, unwrap
 from training.schedule import Schedule, StageSpec, schedule_from_dict
-from training.steps import audio_step, check_audio_span, encode_latents, tae_step, trainable_module, video_step
+from training.steps import audio_frames, audio_step, check_audio_span, encode_latents, tae_step, trainable_module, video_step
+from training.throughput import StepFlops, bf16_peak_tflops
+from training.train_state import (LoopPosition, full_module_state, generation_parts, load_train_state,
+                                  save_train_state)
 from training.val_metrics import ValSums, format_val
 
 log = logging.getLogger(__name__)
 
-STATE_FILE = "state.pt"
 MODEL_FILE = "model.pt"
 METRICS_FILE = "metrics.jsonl"
 LATENT_SCALE_BATCHES = 4  # batches over which the TAE stage measures latent std
@@ -71,8 +79,11 @@ class WorkerConfig:
     video_trained: bool = False
     grid: dict | None = None  # Grid fields for video stages
     progress_uri: str | None = None  # rank 0 overwrites it with the latest metric row (the driver polls it)
-    fault_at_step: int | None = None  # testing: raise once at this step (a marker file makes it once)
-    fault_marker: str | None = None
+    # A latent output (training/latents.py) holding this stage's video latents (stages with latents: true)
+    latents: str | None = None
+    # Testing fault tolerance: each {"step", "marker", "kill"} fails once at its step (the marker
+    # file makes it once): raise, or with kill the worker process dies (SIGKILL) as a lost node would.
+    faults: list[dict] = field(default_factory=list)
 
     @property
     def stage(self) -> StageSpec:
@@ -84,11 +95,9 @@ class WorkerConfig:
 
 
 @dataclass
-class LoopState:
-    step: int = 0
-    consumed: dict[str, int] = field(default_factory=lambda: {"image": 0, "video": 0})
-    samples: int = 0  # across all workers
-    elapsed_s: float = 0.0  # training time across restarts
+class LoopState(LoopPosition):
+    """Where the loop stands (saved with the sharded state) and the metric rows so far."""
+
     metrics: list[dict] = field(default_factory=list)
 
 
@@ -155,6 +164,18 @@ class LatentCache:
         return torch.stack(found)
 
 
+def stage_models(models, kind: str) -> list[nn.Module]:
+    """The models a stage's step runs, the only ones placed on its device: at Movie Gen's size the
+    idle audio model of a video stage is 50 GB a GPU, the idle video model of the audio stage 117 GB
+    (training/plan.py counts the same)."""
+    if kind == "tae":
+        return [models.tae]
+    if kind == "video":
+        return [models.tae, models.text, models.video]
+    needs_tae = models.config.audio is not None and models.config.audio.video_features == "latents"
+    return [m for m in (models.tae if needs_tae else None, models.text, models.audio) if m is not None]
+
+
 def step_generator(seed: int, rank: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + rank * 7919 + step) % (2**63))
 
@@ -172,11 +193,8 @@ class StageRunner:
         torch.manual_seed(self.schedule.seed)  # every rank builds identical fresh weights
         grid = Grid(**cfg.grid) if cfg.grid else None
         self.models = initial_models(self.schedule, self.stage, cfg.init_checkpoint, cfg.video_trained, grid)
-        self.models.tae.to(self.device)
-        self.models.text.to(self.device)
-        self.models.video.to(self.device)
-        if self.models.audio is not None:
-            self.models.audio.to(self.device)
+        for model in stage_models(self.models, self.stage.model):
+            model.to(self.device)
         self.module = trainable_module(self.models, self.stage.model)
         self.mel = None
         if self.stage.model == "audio":
@@ -196,6 +214,30 @@ class StageRunner:
         # costs more than the transformer's step, so this is most of the tiny video stages' time.
         self.latent_cache: LatentCache | None = (
             LatentCache(LATENT_CACHE_BYTES) if self.stage.model == "video" and self.stage.window == "start" else None)
+        # A stage with latents: true reads them precomputed (training/latents.py), first epoch included:
+        # its video batches are never decoded. A clip missing there is encoded on the fly, as above.
+        self.precomputed = None
+        if cfg.latents and "video" in self.specs:
+            from training.latents import LatentSpec, PrecomputedLatents
+
+            fallback = self.latent_cache or LatentCache(LATENT_CACHE_BYTES)
+            self.precomputed = PrecomputedLatents(cfg.latents, fallback=fallback)
+            self.precomputed.check(self.models.tae, self.models.config.tae.latent_scale,
+                                   LatentSpec.of(self.specs["video"]), self.stage.name)
+            self.latent_cache = self.precomputed
+        self.flops = StepFlops(self.module)  # counted before any sharding: whole-model sizes
+
+    def tokens_per_sample(self, kind: str, bucket: str) -> int:
+        """Sequence positions the trained transformer sees per sample (0 for the TAE)."""
+        spec, config = self.specs[kind], self.models.config
+        if self.stage.model == "audio":
+            return audio_frames(config.audio, spec.frames, spec.fps)
+        if self.stage.model != "video":
+            return 0
+        h, w = bucket_size(bucket, spec.resolution, spec.multiple)
+        s = config.tae.spatial_compression
+        pt, ph, pw = config.video.patch_size
+        return (config.tae.latent_frames(spec.frames) // pt) * (h // s // ph) * (w // s // pw)
 
     # -- optimisation ------------------------------------------------------------------------
     def make_optimizer(self, module: nn.Module) -> torch.optim.Optimizer:
@@ -255,20 +297,36 @@ class StageRunner:
             buckets: list[str] = []
             if self.stage.val_batches and self.schedule.val_fraction > 0:
                 buckets = val_buckets(self.val_data, spec)
+                have = None
+                if self.precomputed is not None and kind == "video":  # held-out clips were encoded too
+                    store = self.precomputed
+                    have = lambda pb, size: store.covers(pb.keys, (spec.frames, *size))  # noqa: E731
                 try:
-                    batches = self.val_data.batches(spec, self.rank, self.world_size)
+                    batches = self.val_data.batches(spec, self.rank, self.world_size, have=have)
                 except DataError as e:  # no held-out clip fits this spec: no val loss of this kind
                     log.warning("stage %s: no validation for %s batches: %s", self.stage.name, kind, e)
             sums = ValSums(buckets)
+            # Ranks hold different numbers of held-out batches. Under DDP the bare module runs them
+            # (DDP's forward would broadcast buffers, a collective the rank without a batch never
+            # joins). Under FSDP every forward gathers parameters with all ranks: the ranks agree on
+            # the number of forwards first (decoding is local), and a rank that runs out repeats a
+            # batch, uncounted.
+            sharded = is_sharded(module)
+            net = module if sharded else unwrap(module)
+            local = list(itertools.islice(batches, self.stage.val_batches))
+            target = _all_reduce_max(len(local), self.device) if sharded else len(local)
+            filler = local[0] if local else None
+            if target > len(local) and filler is None:
+                filler = next(iter(self.val_data.batches(spec, 0, 1)))
             # Errors in the loss itself propagate: a broken validation must not pass silently.
-            for i, batch in enumerate(batches):
-                if i >= self.stage.val_batches:
-                    break
+            for i in range(target):
+                batch = local[i] if i < len(local) else filler
                 g = step_generator(self.schedule.seed + 1, 0, i)
                 torch.manual_seed(self.schedule.seed + i)  # TAE sampling noise
-                losses = self.loss(module, batch, g)
-                key = "recon" if self.stage.model == "tae" else "loss"
-                sums.add(batch.bucket, float(losses[key]), len(batch.keys))
+                losses = self.loss(net, batch, g)
+                if i < len(local):
+                    key = "recon" if self.stage.model == "tae" else "loss"
+                    sums.add(batch.bucket, float(losses[key]), len(batch.keys))
             # One collective per kind on every worker, its length fixed by `buckets` (the same on all).
             sums = sums.reduce(lambda v: _all_reduce_vector(v, self.device))
             out.update(sums.row(kind))
@@ -276,27 +334,28 @@ class StageRunner:
         return out
 
     # -- checkpoints ----------------------------------------------------------------------------
-    def state_dict(self, module: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
-        return {"module": _unwrap(module).state_dict(), "optimizer": optimizer.state_dict(),
-                "loop": {k: v for k, v in asdict(self.state).items() if k != "metrics"}}
-
     def load_state(self, directory: str, module: nn.Module, optimizer: torch.optim.Optimizer) -> None:
-        payload = torch.load(Path(directory) / STATE_FILE, map_location=self.device, weights_only=True)
-        _unwrap(module).load_state_dict(payload["module"])
-        optimizer.load_state_dict(payload["optimizer"])
-        loop = payload["loop"]
-        self.state = LoopState(step=loop["step"], consumed=dict(loop["consumed"]), samples=loop["samples"],
-                               elapsed_s=loop["elapsed_s"], metrics=read_metrics(directory))
+        """Collective: every rank restores its part (resharded when the worker count changed)."""
+        pos = load_train_state(directory, module, optimizer, self.device)
+        self.state = LoopState(**vars(pos), metrics=read_metrics(directory))
 
     def write_checkpoint(self, directory: str, module: nn.Module, optimizer: torch.optim.Optimizer,
                          final: bool) -> None:
-        torch.save(self.state_dict(module, optimizer), Path(directory) / STATE_FILE)
+        """Collective: every rank writes its shard of the state into its own `directory` (Ray
+        Train merges them); rank 0 adds the metric rows and, at the end, the generation checkpoint."""
+        st = self.state
+        save_train_state(directory, module, optimizer,
+                         LoopPosition(step=st.step, consumed=dict(st.consumed), samples=st.samples,
+                                      elapsed_s=st.elapsed_s, world_size=self.world_size))
+        full = full_module_state(module) if final else None  # gathered from every rank's shard
+        if self.rank != 0:
+            return
         with open(Path(directory) / METRICS_FILE, "w") as f:
-            for row in self.state.metrics:
+            for row in st.metrics:
                 f.write(json.dumps(row) + "\n")
         if final:
             self.record_sample_format()
-            save_checkpoint(self.models, Path(directory) / MODEL_FILE)
+            save_checkpoint(self.models, Path(directory) / MODEL_FILE, generation_parts(self.stage.model, full))
 
     def record_sample_format(self) -> None:
         """Write into the checkpoint's config the size, rate and frame count this stage trained
@@ -352,18 +411,18 @@ def train_loop_per_worker(config: dict) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
     runner = StageRunner(cfg, rank, world, ray.train.torch.get_device())
-    module = runner.module
+    bf16 = runner.schedule.precision == "bf16" and runner.device.type == "cuda"
+    # Wrap (shard) first, then build the optimizer over the parameters as wrapped, then restore.
+    module = parallelize(runner.module, runner.stage.parallelism, world, runner.device, bf16=bf16).module
     optimizer = runner.make_optimizer(module)
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             runner.load_state(d, module, optimizer)
-    if world > 1:
-        module = ray.train.torch.prepare_model(module, parallel_strategy_kwargs={"find_unused_parameters": True})
     report = _ray_report
     if cfg.progress_uri and rank == 0:
         report = _with_progress(_ray_report, cfg.progress_uri)
-    run_stage_loop(runner, module, optimizer, report=report, fault=(cfg.fault_at_step, cfg.fault_marker))
+    run_stage_loop(runner, module, optimizer, report=report, faults=cfg.faults)
 
 
 def _with_progress(report, uri: str):
@@ -383,23 +442,40 @@ def _with_progress(report, uri: str):
     return wrapped
 
 
+def inject_fault(faults: list[dict], step: int, rank: int) -> None:
+    """Testing: fail as `faults` say at `step` (on the fault's `rank` if it names one), once each."""
+    for fault in faults:
+        marker = fault.get("marker")
+        if fault["step"] != step or not marker or os.path.exists(marker):
+            continue
+        if rank != fault.get("rank", rank):
+            continue
+        Path(marker).write_text(f"injected fault at step {step} on rank {rank}\n")
+        if fault.get("kill"):
+            import signal
+
+            os.kill(os.getpid(), signal.SIGKILL)
+        raise RuntimeError(f"injected fault at step {step} (testing fault tolerance)")
+
+
 def run_stage_loop(runner: StageRunner, module: nn.Module, optimizer: torch.optim.Optimizer, report,
-                   fault: tuple[int | None, str | None] = (None, None)) -> None:
+                   faults: list[dict] | None = None) -> None:
     """The loop itself, independent of Ray: `report(metrics, checkpoint_dir | None)` is called on
     every worker at every log step (Ray Train needs the same number of calls on all ranks)."""
     stage, schedule, st = runner.stage, runner.schedule, runner.state
     autocast = _autocast(schedule, runner.device)
     window_loss, window_n, window_samples, window_t0 = 0.0, 0, 0, time.perf_counter()
-    data_wait = 0.0
+    data_wait = window_tokens = window_flops = 0.0
+    peak = bf16_peak_tflops(runner.device) if schedule.precision == "bf16" else None
     while st.step < stage.iterations:
         step = st.step
-        if fault[0] is not None and step == fault[0] and fault[1] and not os.path.exists(fault[1]):
-            Path(fault[1]).write_text(f"injected fault at step {step}\n")
-            raise RuntimeError(f"injected fault at step {step} (testing fault tolerance)")
+        if faults:
+            inject_fault(faults, step, runner.rank)
         for group in optimizer.param_groups:
             group["lr"] = stage.lr_at(step)
         t0 = time.perf_counter()
-        batch = runner.next_batch(kind_at(stage, schedule.seed, step))
+        kind = kind_at(stage, schedule.seed, step)
+        batch = runner.next_batch(kind)
         data_wait += time.perf_counter() - t0
         with autocast:
             losses = runner.loss(module, batch, step_generator(schedule.seed, runner.rank, step))
@@ -410,24 +486,34 @@ def run_stage_loop(runner: StageRunner, module: nn.Module, optimizer: torch.opti
         loss.backward()
         grad_norm = None
         if stage.grad_clip:
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(module.parameters(), stage.grad_clip))
+            grad_norm = clip_grad_norm(module, stage.grad_clip)
         optimizer.step()
         st.step += 1
         n = len(batch.keys)
         window_loss += loss.item() * n
         window_n += n
         window_samples += n
+        tokens = runner.tokens_per_sample(kind, batch.bucket)
+        window_tokens += n * tokens
+        window_flops += runner.flops.of_batch(n, tokens)
         last = st.step == stage.iterations
         if st.step % stage.log_every == 0 or last:
             elapsed = time.perf_counter() - window_t0
             loss_sum, count = _all_reduce_sum(window_loss, window_n, runner.device)
             samples, _ = _all_reduce_sum(float(window_samples), 0, runner.device)
+            tokens_sum, _ = _all_reduce_sum(window_tokens, 0, runner.device)
+            flops_sum, _ = _all_reduce_sum(window_flops, 0, runner.device)
             st.samples += int(samples)
             st.elapsed_s += elapsed
             row = {"stage": stage.name, "step": st.step, "split": "train", "loss": loss_sum / max(count, 1),
                    "lr": stage.lr_at(step), "samples": st.samples, "samples_per_s": samples / max(elapsed, 1e-9),
                    "data_wait_frac": data_wait / max(elapsed, 1e-9), "grad_norm": grad_norm,
-                   "elapsed_s": st.elapsed_s, "kind": stage.model}
+                   "elapsed_s": st.elapsed_s, "kind": stage.model,
+                   # transformer stages: sequence positions and model FLOPs (training/throughput.py)
+                   "tokens_per_s": tokens_sum / max(elapsed, 1e-9) if tokens_sum else None,
+                   "tflops_per_s": flops_sum / max(elapsed, 1e-9) / 1e12 if flops_sum else None,
+                   "mfu": (flops_sum / max(elapsed, 1e-9) / 1e12 / (peak * runner.world_size)
+                           if flops_sum and peak else None)}
             if stage.model == "tae":
                 row["recon"] = float(losses["recon"])
             val = {}
@@ -435,6 +521,10 @@ def run_stage_loop(runner: StageRunner, module: nn.Module, optimizer: torch.opti
                 val = runner.validate(module)
                 if val:
                     row.update(val)
+            if runner.precomputed is not None:  # this worker's counts so far (rank 0's in the metrics)
+                row.update(latents_read=runner.precomputed.reads, latents_encoded=runner.precomputed.misses,
+                           video_samples_decoded=runner.data["video"].stats.samples_decoded,
+                           val_samples_decoded=runner.val_data.stats.samples_decoded)
             st.metrics.append(row)
             if runner.rank == 0:
                 vals = f"val {format_val(val)}" if val else ""
@@ -446,6 +536,7 @@ def run_stage_loop(runner: StageRunner, module: nn.Module, optimizer: torch.opti
                 row["latent_scale"] = runner.models.config.tae.latent_scale
             report(row, (runner, module, optimizer, last) if save else None)
             window_loss, window_n, window_samples, window_t0, data_wait = 0.0, 0, 0, time.perf_counter(), 0.0
+            window_tokens = window_flops = 0.0
 
 
 def _ray_report(row: dict, save) -> None:
@@ -456,10 +547,7 @@ def _ray_report(row: dict, save) -> None:
         ray.train.report(metrics)
         return
     runner, module, optimizer, final = save
-    if runner.rank != 0:  # one copy of the (replicated) weights is enough
-        ray.train.report(metrics)
-        return
-    with tempfile.TemporaryDirectory() as d:
+    with tempfile.TemporaryDirectory() as d:  # every rank: its shard of the state
         runner.write_checkpoint(d, module, optimizer, final)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d),
                          checkpoint_dir_name=f"step_{row['step']:08d}")
@@ -470,10 +558,6 @@ def read_metrics(directory: str | Path) -> list[dict]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def _unwrap(module: nn.Module) -> nn.Module:
-    return module.module if hasattr(module, "module") and isinstance(module.module, nn.Module) else module
 
 
 def val_buckets(data: ShardDataset, spec: BatchSpec) -> list[str]:
@@ -491,6 +575,16 @@ def _all_reduce_vector(values: list[float], device: torch.device) -> list[float]
     t = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return t.tolist()
+
+
+def _all_reduce_max(value: int, device: torch.device) -> int:
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.int64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())
 
 
 def _all_reduce_sum(total: float, count: int, device: torch.device) -> tuple[float, int]:

@@ -159,6 +159,12 @@ def _rate(s: StageView) -> float | None:
     return sum(rates) / len(rates) if rates else None
 
 
+def _mean_of(s: StageView, key: str) -> float | None:
+    """Mean of a per-interval rate over the stage's rows that have it."""
+    vals = [x for x in (_f(r.get(key)) for r in s.train) if x is not None]
+    return sum(vals) / len(vals) if vals else None
+
+
 def _wait(s: StageView) -> tuple[float | None, float | None]:
     """(mean, max) share of time spent waiting for data, the mean weighted by each interval's length."""
     pts, prev = [], 0.0
@@ -620,13 +626,13 @@ def _whole_html(stages: list[StageView]) -> str:
 
 def _throughput_html(stages: list[StageView]) -> str:
     head = ("<tr><th class=l>stage</th><th>rows</th><th>samples seen</th><th>loop time</th><th>samples/s</th>"
-            "<th>data wait (mean)</th><th>data wait (max)</th><th>grad norm (mean)</th><th>grad norm (max)</th>"
+            "<th>tokens/s</th><th>model TFLOP/s</th><th>MFU</th><th>data wait (mean)</th><th>data wait (max)</th><th>grad norm (mean)</th><th>grad norm (max)</th>"
             "<th class=l>note</th></tr>")
     body, bound = [], []
     for s in stages:
         if not s.train:
             body.append(f"<tr class=nodata><td class=l>{html_text(s.spec.name)}</td><td>0</td>"
-                        "<td colspan=7>—</td><td class=l>no metric rows</td></tr>")
+                        "<td colspan=10>—</td><td class=l>no metric rows</td></tr>")
             continue
         mean, peak = _wait(s)
         grads = [g for g in (_f(r.get("grad_norm")) for r in s.train) if g is not None]
@@ -635,7 +641,9 @@ def _throughput_html(stages: list[StageView]) -> str:
             bound.append(s.spec.name)
         samples = s.last("samples")
         cells = [str(len(s.train)), f"{int(samples):,}" if samples is not None else "—", _duration(s.last("elapsed_s")),
-                 _num(_rate(s), 3), f"{100 * mean:.0f}%" if mean is not None else "—",
+                 _num(_rate(s), 3), _num(_mean_of(s, "tokens_per_s"), 3), _num(_mean_of(s, "tflops_per_s"), 3),
+                 f"{100 * m:.1f}%" if (m := _mean_of(s, "mfu")) is not None else "—",
+                 f"{100 * mean:.0f}%" if mean is not None else "—",
                  f"{100 * peak:.0f}%" if peak is not None else "—",
                  _num(sum(grads) / len(grads), 3) if grads else "—", _num(max(grads), 3) if grads else "—"]
         note = ("<td class='l warn'>input-bound: the loader, not the model, sets the pace</td>" if input_bound
@@ -645,6 +653,8 @@ def _throughput_html(stages: list[StageView]) -> str:
                "time waiting for data): more loader workers, fewer or smaller shards per read, or pre-decoded "
                "clips would speed them up.</p>") if bound else ""
     return ('<h2 id="throughput">Throughput</h2><p class=muted>samples/s: samples seen over time in the training '
-            "loop (all workers); data wait: share of each logging interval spent waiting for the next batch, "
+            "loop (all workers); tokens/s: transformer sequence positions (latent patches, audio frames) per "
+            "second; model TFLOP/s: 6 x trained parameters x tokens + attention, forward and backward (recomputed "
+            "activations not counted); MFU: that over the devices' dense bf16 peak (GPU, bf16 only); data wait: share of each logging interval spent waiting for the next batch, "
             f"weighted by interval length.</p>{summary}"
             f'<img class=chart alt="throughput per stage" src="{_throughput_chart(stages)}"><table>{head}{"".join(body)}</table>')

@@ -67,6 +67,49 @@ class EvalSpec(BaseModel):
         return self
 
 
+class ParallelismSpec(BaseModel):
+    """How a stage's trained module is spread over its Ray Train workers (training/parallel.py).
+
+    - ``ddp``: every worker holds the whole model, gradients and optimizer state; gradients are
+      all-reduced (fits while params x 16 bytes + activations fit one device).
+    - ``fsdp``: FSDP2 ``fully_shard`` on every transformer block and on the root: parameters,
+      gradients and AdamW state are sharded over all workers, each block gathered only while it
+      runs (bf16 params / fp32 reduce on GPU). Movie Gen trains its 30B model sharded.
+    - ``hsdp``: ``replicate`` groups of ``num_workers / replicate`` workers; shard inside a group
+      (one node's fast links), replicate across groups (all-reduce between nodes).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    strategy: Literal["ddp", "fsdp", "hsdp"] = "ddp"
+    replicate: int | None = Field(None, ge=1, description="hsdp: replica groups (num_workers must divide by it).")
+    activation_checkpointing: Literal["off", "full"] | int = Field("off", description=(
+        "Recompute block activations in the backward pass instead of keeping them: 'off', 'full' (every "
+        "block), or k (every k-th block, k >= 1). Trades ~1/3 more compute for most of the activation memory."))
+    compile: bool = Field(False, description="torch.compile each transformer block (GPU; slow to start on CPU).")
+
+    @field_validator("activation_checkpointing")
+    @classmethod
+    def _ac(cls, v):
+        if isinstance(v, int) and not isinstance(v, bool) and v < 1:
+            raise ValueError("activation_checkpointing: every k-th block needs k >= 1")
+        return v
+
+    @model_validator(mode="after")
+    def _replicate(self) -> ParallelismSpec:
+        if self.strategy == "hsdp" and self.replicate is None:
+            raise ValueError("parallelism: hsdp needs replicate (the number of replica groups)")
+        if self.strategy != "hsdp" and self.replicate is not None:
+            raise ValueError(f"parallelism: replicate applies to hsdp only (strategy is {self.strategy})")
+        return self
+
+    def checkpoint_every(self) -> int:
+        """Every how many blocks are recomputed (0: none)."""
+        if self.activation_checkpointing == "off":
+            return 0
+        return 1 if self.activation_checkpointing == "full" else int(self.activation_checkpointing)
+
+
 class StageSpec(BaseModel):
     """One stage of the schedule."""
 
@@ -91,6 +134,11 @@ class StageSpec(BaseModel):
         "title) instead of the assembled caption. DALL-E 3 and SD3 blend original with synthetic captions "
         "so the model follows short human prompts as well as the captioner's long ones; validation always "
         "uses the caption."))
+    latents: bool = Field(False, description=(
+        "Train the video batches on latents precomputed by the frozen TAE (training/latents.py: the train "
+        "flow encodes them before the stage, `reelflow latents` on its own) instead of decoding and encoding "
+        "clips every step. Video-model stages with video data and window: start only (a fixed sample is "
+        "the same latents every epoch); image batches of a joint stage still encode on the fly."))
     global_batch_size: int = Field(gt=0, description="Samples per step across all workers.")
     lr: float = Field(gt=0, description="Peak learning rate (AdamW).")
     final_lr: float | None = Field(None, ge=0, description="Cosine-decay target; default: lr (constant after warm-up).")
@@ -104,6 +152,8 @@ class StageSpec(BaseModel):
     checkpoint_every: int = Field(0, ge=0, description="Steps between resumable checkpoints (0: only at the end).")
     log_every: int = Field(10, gt=0, description="Steps between metric rows.")
     val_batches: int = Field(4, ge=0, description="Validation batches per pass (fixed noise and t: comparable across passes).")
+    parallelism: ParallelismSpec = Field(default_factory=ParallelismSpec, description=(
+        "ddp (default), fsdp or hsdp, activation checkpointing and torch.compile for this stage."))
     expect: dict[str, MetricBound] = Field(default_factory=dict, description=(
         "A learning gate: evaluation metrics the stage must reach, e.g. {colour: {min: 0.9}}; a stage that "
         "ends outside them stops the schedule (exit 3)."))
@@ -125,6 +175,15 @@ class StageSpec(BaseModel):
             raise ValueError(f"stage {self.name}: image_ratio applies to joint stages only")
         if self.model == "audio" and self.data != "video":
             raise ValueError(f"stage {self.name}: the audio model trains on video (with its audio)")
+        if self.latents:
+            if self.model != "video" or self.data == "image":
+                raise ValueError(f"stage {self.name}: latents: true is for video-model stages on video or joint data")
+            if self.window != "start":
+                raise ValueError(f"stage {self.name}: latents: true needs window: start (a random window is other "
+                                 "frames every epoch, which fixed latents cannot stand for)")
+            if self.init == "scratch":
+                raise ValueError(f"stage {self.name}: latents: true needs a trained TAE to encode with: init "
+                                 "'previous' or a checkpoint path, not 'scratch'")
         if self.warmup_steps > self.iterations:
             raise ValueError(f"stage {self.name}: warmup_steps exceeds iterations")
         unknown = sorted(set(self.expect) - set(EVAL_METRICS))
@@ -178,6 +237,10 @@ class Schedule(BaseModel):
             if s.global_batch_size % self.num_workers:
                 raise ValueError(f"stage {s.name}: global_batch_size {s.global_batch_size} is not divisible by "
                                  f"num_workers {self.num_workers}")
+            par = s.parallelism
+            if par.strategy == "hsdp" and self.num_workers % par.replicate:
+                raise ValueError(f"stage {s.name}: hsdp replicate {par.replicate} does not divide num_workers "
+                                 f"{self.num_workers}")
             if s.model == "audio" and not self.with_audio:
                 raise ValueError(f"stage {s.name} trains the audio model but with_audio is false")
         clip_gated = [s.name for s in self.stages if "clip_score" in s.expect]

@@ -7,6 +7,7 @@ Layout of a training OUTPUT (a local directory or an s3:// prefix):
     OUTPUT/stages/<NN>_<name>/metrics.jsonl metric rows of the stage (train and validation)
     OUTPUT/stages/<NN>_<name>/stage.json    written last: the stage is done
     OUTPUT/_ray/<NN>_<name>/                Ray Train's own storage: resumable checkpoints
+    OUTPUT/latents/<NN>_<name>/             a `latents: true` stage's precomputed video latents (training/latents.py)
     OUTPUT/model.pt, metrics.parquet, report.html   after the last stage
 
 A stage whose `stage.json` exists is never run again; one that stopped half-way resumes from
@@ -31,6 +32,7 @@ import pyarrow.parquet as pq
 from curation.storage import S3Config, Storage, is_s3, join, split_s3
 from training.data import bucket_size
 from training.handoff import model_config, spatial_multiple, stage_grid
+from training.latents import LatentSummary, LatentsError, load_tae, read_manifest, run_latents, stage_spec
 from training.loop import METRICS_FILE, MODEL_FILE, WorkerConfig, read_metrics
 from training.schedule import Schedule
 
@@ -80,16 +82,46 @@ def aspect_buckets(storage: Storage, dataset: str) -> list[str]:
     return sorted(set(index.column("aspect_bucket").to_pylist()))
 
 
-def worker_config(schedule: Schedule, index: int, dataset: str, output: str, storage: Storage,
-                  **testing) -> WorkerConfig:
-    """What the workers of stage `index` need: where to start and the latent grid to cover."""
+def init_checkpoint(schedule: Schedule, index: int, output: str) -> str | None:
+    """The generation checkpoint stage `index` starts from: the previous stage's model.pt, its
+    `init` path, or None (scratch)."""
     stage = schedule.stages[index]
     if stage.init == "previous":
-        init = join(stage_dir(output, schedule, index - 1), MODEL_FILE)
-    elif stage.init == "scratch":
-        init = None
-    else:
-        init = stage.init
+        return join(stage_dir(output, schedule, index - 1), MODEL_FILE)
+    if stage.init == "scratch":
+        return None
+    return stage.init
+
+
+def stage_latents_dir(output: str, schedule: Schedule, index: int) -> str:
+    """Where a `latents: true` stage's precomputed latents go (and are read from)."""
+    return join(output, "latents", schedule.stage_dir_name(index))
+
+
+def precompute_latents(schedule: Schedule, index: int, dataset: str, output: str, storage: Storage | None = None,
+                       progress: Callable[[int, int], None] | None = None, **kwargs) -> LatentSummary:
+    """Encode stage `index`'s video samples with the frozen TAE of the checkpoint the stage starts
+    from, into `stage_latents_dir` (resuming; a no-op once complete). The train flow runs it
+    before each `latents: true` stage; `kwargs` go to training/latents.py:run_latents."""
+    storage = storage or Storage()
+    output = output if is_s3(output) else str(Path(output).resolve())
+    dataset = dataset if is_s3(dataset) else str(Path(dataset).resolve())
+    stage = schedule.stages[index]
+    checkpoint = init_checkpoint(schedule, index, output)
+    if checkpoint is None:
+        raise LatentsError(f"stage {stage.name} starts from scratch: there is no trained TAE to encode latents with")
+    config, _ = load_tae(checkpoint, storage)
+    spec = stage_spec(schedule, stage, spatial_multiple(config))
+    return run_latents(dataset, stage_latents_dir(output, schedule, index), checkpoint, spec, stage=stage,
+                       storage=storage, progress=progress, **kwargs)
+
+
+def worker_config(schedule: Schedule, index: int, dataset: str, output: str, storage: Storage,
+                  latents: str | None = None, **testing) -> WorkerConfig:
+    """What the workers of stage `index` need: where to start, the latent grid to cover and, for a
+    `latents: true` stage, its precomputed latents (`latents`, else `stage_latents_dir`)."""
+    stage = schedule.stages[index]
+    init = init_checkpoint(schedule, index, output)
     # The video model was trained before if an earlier stage trained it, or a given checkpoint
     # (an explicit init, or the chain leading here) did.
     earlier = schedule.stages[:index]
@@ -103,13 +135,24 @@ def worker_config(schedule: Schedule, index: int, dataset: str, output: str, sto
         config = model_config(schedule)
         sizes = [bucket_size(a, stage.resolution, spatial_multiple(config)) for a in aspect_buckets(storage, dataset)]
         grid = asdict(stage_grid(config, stage, sizes))
+    if latents and not stage.latents:
+        raise LatentsError(f"stage {stage.name} was given latents but does not declare latents: true")
+    if stage.latents:
+        latents = latents or stage_latents_dir(output, schedule, index)
+        latents = latents if is_s3(latents) else str(Path(latents).resolve())
+        read_manifest(latents, storage)  # LatentsError now, in the driver, when they are not there
+    else:
+        latents = None
     return WorkerConfig(schedule=schedule.model_dump(mode="json"), stage_index=index, dataset=dataset,
-                        init_checkpoint=init, video_trained=video_trained, grid=grid, **testing)
+                        init_checkpoint=init, video_trained=video_trained, grid=grid, latents=latents, **testing)
 
 
 def run_stage(schedule: Schedule, index: int, dataset: str, output: str, storage: Storage | None = None,
-              on_progress: Callable[[dict], None] | None = None, **testing) -> StageOutcome:
-    """Train stage `index` (resuming it if it stopped half-way) and publish its checkpoint."""
+              on_progress: Callable[[dict], None] | None = None, latents: str | None = None,
+              **testing) -> StageOutcome:
+    """Train stage `index` (resuming it if it stopped half-way) and publish its checkpoint. A
+    `latents: true` stage reads its precomputed latents (`precompute_latents` first) from `latents`,
+    by default `stage_latents_dir`."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -124,7 +167,7 @@ def run_stage(schedule: Schedule, index: int, dataset: str, output: str, storage
         return done
     stage = schedule.stages[index]
     name = schedule.stage_dir_name(index)
-    config = worker_config(schedule, index, dataset, output, storage, **testing)
+    config = worker_config(schedule, index, dataset, output, storage, latents=latents, **testing)
     config.progress_uri = join(stage_dir(output, schedule, index), PROGRESS_FILE)
     ray_storage, fs = _ray_storage(output, storage)
     resumed = _has_ray_state(ray_storage, name, fs)

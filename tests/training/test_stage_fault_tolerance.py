@@ -47,7 +47,7 @@ def test_two_workers_survive_a_worker_failure_and_resume_from_the_checkpoint(ray
     marker = tmp_path / "fault"
     seen: list[dict] = []
     outcome = run_stage(schedule, 0, str(shapes_dataset.path), str(tmp_path / "out"), on_progress=seen.append,
-                        fault_at_step=5, fault_marker=str(marker))
+                        faults=[{"step": 5, "marker": str(marker)}])
     assert marker.exists()  # the fault happened, and the stage still finished
     assert outcome.steps == 8 and not outcome.skipped
     rows = stage_metrics(Storage(), str(tmp_path / "out"), schedule, 0)
