@@ -28,8 +28,9 @@ KEY_REGEX = r"^[A-Za-z0-9_\-]+$"  # WebDataset keys: no dots, no slashes
 class FailedExpectation:
     expectation: str
     kwargs: dict
-    rows: list[str]  # item ids (or values) that broke it
+    rows: list[str]  # item ids (or values) that broke it (the first ones, when ``total`` is set)
     detail: str = ""
+    total: int | None = None  # rows that broke it in all, when ``rows`` holds only the first ones
 
     def __str__(self) -> str:
         kw = {k: v for k, v in self.kwargs.items() if k not in ("value_set", "condition_parser") and v is not None}
@@ -40,7 +41,8 @@ class FailedExpectation:
             kw["where"] = cond
         args = ", ".join(f"{k}={v!r}" for k, v in kw.items())
         shown = ", ".join(self.rows[:MAX_ROWS_SHOWN])
-        more = f" (+{len(self.rows) - MAX_ROWS_SHOWN} more)" if len(self.rows) > MAX_ROWS_SHOWN else ""
+        total, n_shown = max(self.total or 0, len(self.rows)), min(len(self.rows), MAX_ROWS_SHOWN)
+        more = f" (+{total - n_shown} more)" if total > n_shown else ""
         rows = f"\n      rows: {shown}{more}" if self.rows else ""
         detail = f"\n      {self.detail}" if self.detail else ""
         return f"  - {self.expectation}({args}){rows}{detail}"

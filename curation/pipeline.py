@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 import warnings
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 import ray
 
+from curation import ray_tables
 from curation import shard as shard_mod
 from curation.records import CLIP, FAILED, OK, SCORE_ANALYSIS_SCHEMA, STAGE_ORDER, STAGE_SCHEMAS, clip_key, to_table
 from curation.stage_store import StageStore
@@ -40,6 +42,7 @@ class StageRun:
     processed: int  # inputs processed in this run
     crashed: int  # inputs whose worker died; written as failed rows
     seconds: float = 0.0  # wall time of this stage in this run
+    nodes: int = 0  # Ray nodes whose workers processed this stage's inputs in this run
 
 
 def ensure_ray(address: str | None = None) -> None:
@@ -63,6 +66,9 @@ def ensure_ray(address: str | None = None) -> None:
 
 def _quiet_ray_data() -> None:
     logging.getLogger("ray.data").setLevel(logging.ERROR)
+    # The I/O operators cap their tasks at about one per CPU (ray_tables.io_concurrency); Ray warns
+    # each time a small table gives them fewer inputs than that, which is expected and harmless.
+    warnings.filterwarnings("ignore", message="The maximum number of concurrent tasks", category=UserWarning)
     ctx = ray.data.DataContext.get_current()
     # Our own progress bar reports per stage; Ray's would interleave with it.
     ctx.enable_progress_bars = False
@@ -95,7 +101,10 @@ def _run_batch(batch: pa.Table, stage: Stage) -> pa.Table:
     out: list[dict] = []
     for row in batch.to_pylist():
         out.extend(stage.run_row(row))
-    return to_table(out, STAGE_SCHEMAS[stage.name])
+    table = to_table(out, STAGE_SCHEMAS[stage.name])
+    # Which node did the work (PartSink counts them and drops the column): a run on a cluster
+    # reports how many nodes each stage used.
+    return table.append_column(ray_tables.NODE_COLUMN, pa.array([ray.get_runtime_context().get_node_id()] * table.num_rows))
 
 
 class _StageActor:
@@ -114,55 +123,87 @@ def _run_analyze_batch(batch: pa.Table, stage: Stage) -> pa.Table:
     return to_table([stage.run_analyze(row) for row in batch.to_pylist()], SCORE_ANALYSIS_SCHEMA)
 
 
-def _pending(store: StageStore, stage: Stage) -> tuple[list[dict], int, int]:
-    inputs = store.read(stage.input_stage)
-    ok = [r for r in inputs.to_pylist() if r["status"] == OK]
-    done = store.done_inputs(stage.name, stage.input_id_column)
-    pending = [r for r in ok if r["item_id"] not in done]
-    return pending, len(ok), len(ok) - len(pending)
-
-
 def run_media_stage(
     stage: Stage, store: StageStore, progress: Progress | None = None, actors: int | None = None
 ) -> StageRun:
-    """Run one stage over the pending inputs with Ray Data; commit results as they stream in."""
+    """Run one stage over its pending inputs with Ray Data: the workers read the input table,
+    skip what this stage's table already answers, process, and write the output parts. The
+    driver handles counts only."""
     t0 = time.perf_counter()
     ctx = stage.ctx
-    retried = store.drop_retryable(stage.name)  # transient failures of an earlier run: try again
-    if retried:
-        log.info("%s: retrying %d item(s) that failed with a transient error", stage.name, retried)
-    pending, n_ok, skipped = _pending(store, stage)
-    if progress:
-        progress(0, len(pending))
-    if not pending:
-        return StageRun(stage.name, n_ok, skipped, 0, 0)
+    finished = store.finished(stage.name, stage.input_stage)
+    if finished is not None:  # nothing changed since this stage last answered all its inputs
+        if progress:
+            progress(0, 0)
+        return StageRun(stage.name, finished, finished, 0, 0, time.perf_counter() - t0)
     ensure_ray()
     _quiet_ray_data()
-    bs = stage.rows_per_task or ctx.policy.runtime.batch_size
-    seen: set[str] = set()
-    _stream(stage, store, pending, bs, seen, progress, actors)
-    crashed = [r for r in pending if r["item_id"] not in seen]
-    if crashed and bs > 1:
-        # A task of many rows died with its worker: run those rows again one a task, so only the
-        # row that kills its worker is recorded as crashed, not the rows that shared its task.
-        log.warning("%s: a task of %d rows lost its worker; retrying its rows one a task", stage.name, len(crashed))
-        _stream(stage, store, crashed, 1, seen, progress, actors, total=len(pending))
-        crashed = [r for r in crashed if r["item_id"] not in seen]
-    if crashed:
-        log.warning("%s: %d item(s) lost their worker; recording them as failed", stage.name, len(crashed))
-        store.write_part(stage.name, [_crashed_row(stage, r) for r in crashed])
+    runtime = ctx.policy.runtime
+    small = ray_tables.small_tables(store, [stage.input_stage, stage.name], runtime.driver_max_rows)
+    answered, retried = ray_tables.answered_ids(store, stage.name, stage.input_id_column, small)
+    if retried:
+        log.info("%s: retrying %d item(s) that failed with a transient error", stage.name, retried)
+    n_ok, n_pending = ray_tables.count_pending(store, stage.input_stage, answered, runtime.broadcast_join_max_ids, small)
     if progress:
-        progress(len(pending), len(pending))
-    return StageRun(stage.name, n_ok, skipped, len(pending), len(crashed), time.perf_counter() - t0)
+        progress(0, n_pending)
+    nodes: set[str] = set()
+    crashed = retryable = 0
+    if n_pending:
+        bs = stage.rows_per_task or runtime.batch_size
+        pending = ray_tables.pending_inputs(store, stage.input_stage, answered, runtime.broadcast_join_max_ids,
+                                            small=small)
+        written = _process(stage, store, pending, bs, n_pending, progress, actors)
+        nodes.update(written.nodes)
+        retryable = written.retryable
+        if written.inputs < n_pending:
+            # Some inputs are unanswered: their task's worker died beyond Ray's retries. They are
+            # few: bring them to the driver.
+            lost = _unanswered(stage, store)
+            if lost.num_rows > 1:
+                # A task of many rows died with its worker: run those rows again one a task, so only
+                # the row that kills its worker is recorded as crashed, not the rows that shared its task.
+                log.warning("%s: a task of %d rows lost its worker; retrying its rows one a task", stage.name, len(lost))
+                again = _process(stage, store, ray.data.from_arrow([lost.slice(i, 1) for i in range(lost.num_rows)]),
+                                 1, n_pending, progress, actors, base=written.inputs)
+                nodes.update(again.nodes)
+                retryable += again.retryable
+                lost = _unanswered(stage, store)
+            if lost.num_rows:
+                log.warning("%s: %d item(s) lost their worker; recording them as failed", stage.name, lost.num_rows)
+                store.write_part(stage.name, [_crashed_row(stage, r) for r in lost.to_pylist()])
+            crashed = lost.num_rows
+    if not (crashed or retryable):
+        # Every input answered for good: a rerun skips this stage without reading a table.
+        store.mark_finished(stage.name, stage.input_stage, n_ok)
+    if progress:
+        progress(n_pending, n_pending)
+    return StageRun(stage.name, n_ok, n_ok - n_pending, n_pending, crashed, time.perf_counter() - t0, len(nodes))
 
 
-def _stream(stage: Stage, store: StageStore, rows: list[dict], bs: int, seen: set[str],
-            progress: Progress | None, actors: int | None, total: int | None = None) -> None:
-    """Run ``stage`` over ``rows`` (``bs`` a Ray task) and commit what comes back as it streams in;
-    the input ids answered are added to ``seen``."""
+def _unanswered(stage: Stage, store: StageStore) -> pa.Table:
+    """The ok inputs of ``stage`` its table does not answer, in this process."""
+    runtime = stage.ctx.policy.runtime
+    small = ray_tables.small_tables(store, [stage.input_stage, stage.name], runtime.driver_max_rows)
+    # This run's retryable failures are answers (a later run retries them): keep them.
+    answered, _ = ray_tables.answered_ids(store, stage.name, stage.input_id_column, small, drop_retryable=False)
+    ds = ray_tables.pending_inputs(store, stage.input_stage, answered, runtime.broadcast_join_max_ids, small=small)
+    tables = [ray.get(ref) for ref in ds.to_arrow_refs()]
+    return pa.concat_tables(tables) if tables else STAGE_SCHEMAS[stage.input_stage].empty_table()
+
+
+def _process(stage: Stage, store: StageStore, ds: ray.data.Dataset, bs: int, total: int,
+             progress: Progress | None, actors: int | None, base: int = 0) -> ray_tables.Written:
+    """Run ``stage`` over the rows of ``ds`` (``bs`` a Ray task) and have the workers write its
+    parts."""
     ctx = stage.ctx
-    blocks = [to_table(rows[i : i + bs], STAGE_SCHEMAS[stage.input_stage]) for i in range(0, len(rows), bs)]
-    ds = ray.data.from_arrow(blocks)
+    cluster_cpus = int(ray.cluster_resources().get("CPU", 1))
+    # Exactly ``bs`` rows a task: a read task's block holds many, and a worker that dies takes its
+    # whole task's rows with it (and one slow video would hold the others back). Ray Data splits
+    # blocks in tasks of one CPU each, so a stage's actors leave one CPU free for them (below), or
+    # the pool would wait forever for its input. On a one-CPU cluster nothing is split: its one
+    # actor or task works through the rows in turn either way.
+    if cluster_cpus > 1:
+        ds = ds.repartition(target_num_rows_per_block=bs)
     common = dict(batch_size=bs, batch_format="pyarrow", zero_copy_batch=True, num_cpus=stage.num_cpus)
     if stage.num_gpus:
         common["num_gpus"] = stage.num_gpus
@@ -175,26 +216,15 @@ def _stream(stage: Stage, store: StageStore, rows: list[dict], bs: int, seen: se
         # Leave CPUs for the analyze tasks unless the models sit on GPUs.
         cpus = cpus if stage.num_gpus else max(1, cpus // 2)
     if stage.uses_actor:
-        n = actors or getattr(stage, "actors", None) or max(1, min(len(blocks), cpus))
+        n = actors or getattr(stage, "actors", None) or max(1, min(math.ceil(total / bs), cpus))
+        n = max(1, min(n, cluster_cpus - 1))  # a CPU left for the tasks that split the input
         ds = _map_batches(ds, _StageActor, fn_constructor_kwargs={"stage": stage},
                           compute=ray.data.ActorPoolStrategy(size=n), **_bounded_retries(retries, actor=True),
                           **common)
     else:
         ds = _map_batches(ds, _run_batch, fn_kwargs={"stage": stage}, **_bounded_retries(retries), **common)
-
-    id_col = stage.input_id_column
-    buffer: list[dict] = []
-    part_rows = ctx.policy.runtime.part_rows
-    for block in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-        out = block.to_pylist()
-        buffer.extend(out)
-        seen.update(r[id_col] for r in out)
-        if len(buffer) >= part_rows:
-            store.write_part(stage.name, buffer)
-            buffer = []
-        if progress:
-            progress(len(seen), total or len(rows))
-    store.write_part(stage.name, buffer)
+    report = (lambda n: progress(base + n, total)) if progress else None
+    return ray_tables.write_parts(ds, store, stage.name, stage.input_id_column, ctx.policy.runtime.part_rows, report)
 
 
 def _crashed_row(stage: Stage, row: dict) -> dict:

@@ -330,6 +330,13 @@ class RuntimePolicy(_Strict):
     # crash, large parts mean fewer files.
     batch_size: int = Field(1, ge=1)
     part_rows: int = Field(64, ge=1)
+    # Resume skips the inputs a stage's table already answers (an anti-join on ids). Up to this
+    # many answered ids, each worker holds them as a set (~100 B an id) and filters its reads;
+    # beyond it, Ray Data's hash join shuffles both sides and no node holds them all.
+    broadcast_join_max_ids: int = Field(1_000_000, ge=0)
+    # Stage tables up to this many rows are counted, anti-joined and gated in the driver (each Ray
+    # job costs ~1 s, a few a stage: all of a small run's time); larger ones only by the workers.
+    driver_max_rows: int = Field(20_000, ge=0)
     # Retries of a whole stage task on transient errors (network, S3, a lost Ray worker).
     stage_retries: int = Field(2, ge=0)
     # Retries of one Ray task whose worker died (segfault, OOM kill) before its items are

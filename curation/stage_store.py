@@ -4,19 +4,40 @@ The table is the checkpoint. Parts are written whole (atomic rename locally, one
 crash leaves either a complete part or none; a rerun reads the parts, skips every input already
 present and processes only the rest. Nothing here repairs a table: a part that breaks the
 contract (duplicate keys, missing columns) is left for the stage's gate to stop.
+
+Parts are written by the Ray workers (``ray_tables.PartSink``) and named from the inputs they
+answer (``part_name``): a retried write task overwrites its own part and never adds a duplicate.
+This module knows nothing about Ray; ``read`` materialises a whole table and is for small tables,
+tests and tools — the pipeline reads stage tables as Ray Datasets.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import uuid
+from collections.abc import Iterable
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from curation.records import STAGE_SCHEMAS, to_table
-from curation.storage import Storage, join
+from curation.storage import Storage, basename, join
+
+
+def part_name(input_ids: Iterable[str]) -> str:
+    """A part's file name from the ids of the inputs it answers: the same inputs always make the
+    same name, so a write task that Ray retries replaces its part instead of adding a copy."""
+    digest = hashlib.sha1("\n".join(sorted(set(input_ids))).encode()).hexdigest()[:20]
+    return f"part-{digest}.parquet"
+
+
+def _read_columns(data: bytes, wanted: list[str]) -> pa.Table:
+    """The ``wanted`` columns a part has (older parts may lack newer columns)."""
+    f = pq.ParquetFile(io.BytesIO(data))
+    return f.read(columns=[c for c in wanted if c in f.schema_arrow.names])
 
 
 class StageStore:
@@ -31,57 +52,85 @@ class StageStore:
         return [u for u in self.storage.list(self.stage_dir(stage)) if u.rsplit("/", 1)[-1].startswith("part-") and u.endswith(".parquet")]
 
     def read(self, stage: str) -> pa.Table:
-        schema = STAGE_SCHEMAS[stage]
-        tables = []
-        for uri in self.parts(stage):
-            t = pq.read_table(io.BytesIO(self.storage.read_bytes(uri)))
-            tables.append(t)
+        """The whole table, in this process: for small tables, tests and tools."""
+        tables = [self.read_part(stage, uri) for uri in self.parts(stage)]
         if not tables:
-            return schema.empty_table()
-        table = pa.concat_tables(tables, promote_options="permissive")
-        # Parts written before a column was added (an OUTPUT resumed by a newer version) lack it.
-        for f in schema:
-            if f.name not in table.column_names:
-                table = table.append_column(f, pa.nulls(table.num_rows, f.type))
-        return _superseded_dropped(table)
+            return STAGE_SCHEMAS[stage].empty_table()
+        return _superseded_dropped(pa.concat_tables(tables, promote_options="permissive"))
 
-    def write_part(self, stage: str, rows: list[dict]) -> str | None:
-        if not rows:
+    def read_part(self, stage: str, uri: str, columns: list[str] | None = None) -> pa.Table:
+        """One part, conformed to the stage's schema (or to ``columns`` of it)."""
+        schema = STAGE_SCHEMAS[stage]
+        wanted = columns or schema.names
+        table = _read_columns(self.storage.read_bytes(uri), wanted)
+        # Parts written before a column was added (an OUTPUT resumed by a newer version) lack it.
+        for name in wanted:
+            if name not in table.column_names:
+                f = schema.field(name)
+                table = table.append_column(f, pa.nulls(table.num_rows, f.type))
+        return table.select(wanted)
+
+    def write_part(self, stage: str, rows: list[dict] | pa.Table, name: str | None = None) -> str | None:
+        """Write ``rows`` as one part; ``name`` (see ``part_name``) makes a retry overwrite it."""
+        table = rows if isinstance(rows, pa.Table) else to_table(rows, STAGE_SCHEMAS[stage])
+        if table.num_rows == 0:
             return None
-        table = to_table(rows, STAGE_SCHEMAS[stage])
         buf = io.BytesIO()
         pq.write_table(table, buf, compression="zstd")
-        uri = join(self.stage_dir(stage), f"part-{uuid.uuid4().hex[:12]}.parquet")
+        uri = join(self.stage_dir(stage), name or f"part-{uuid.uuid4().hex[:12]}.parquet")
         self.storage.write_bytes(uri, buf.getvalue())
         return uri
 
     def clear(self, stage: str) -> None:
         for uri in self.parts(stage):
             self.storage.delete(uri)
+        self.storage.delete(self._marker(stage))
+
+    # -- finished stages ------------------------------------------------------------------------
+    # A per-item stage that answered every input of its input table, with no failure a resume
+    # would retry, leaves a marker naming both tables' parts. While neither table gains or loses
+    # a part, a rerun skips the stage without reading either (as Hadoop's _SUCCESS file).
+    def _marker(self, stage: str) -> str:
+        return join(self.stage_dir(stage), "_FINISHED.json")
+
+    def _parts_digest(self, stage: str) -> str:
+        return hashlib.sha1("\n".join(basename(u) for u in self.parts(stage)).encode()).hexdigest()
+
+    def mark_finished(self, stage: str, input_stage: str, inputs: int) -> None:
+        info = {"inputs": inputs, "input_parts": self._parts_digest(input_stage), "parts": self._parts_digest(stage)}
+        self.storage.write_bytes(self._marker(stage), json.dumps(info).encode())
+
+    def finished(self, stage: str, input_stage: str) -> int | None:
+        """The inputs a finished stage answered, or None when it must run (or check) again."""
+        uri = self._marker(stage)
+        if not self.storage.exists(uri):
+            return None
+        info = json.loads(self.storage.read_bytes(uri))
+        if info["parts"] != self._parts_digest(stage) or info["input_parts"] != self._parts_digest(input_stage):
+            return None
+        return int(info["inputs"])
 
     def drop_retryable(self, stage: str) -> int:
         """Remove the rows of items that failed with a transient error, so the stage runs them
-        again (resume). Each affected part is rewritten without them, then deleted: a crash in
-        between leaves a kept row twice, which ``read`` collapses: nothing is lost or duplicated."""
-        dropped = 0
-        for uri in self.parts(stage):
-            t = pq.read_table(io.BytesIO(self.storage.read_bytes(uri)))
-            if "retryable" not in t.column_names:
-                continue
-            rows = t.to_pylist()
-            keep = [r for r in rows if not (r["status"] == "failed" and r.get("retryable"))]
-            if len(keep) == len(rows):
-                continue
-            self.write_part(stage, keep)
-            self.storage.delete(uri)
-            dropped += len(rows) - len(keep)
-        return dropped
+        again (resume); one part at a time here (``ray_tables.drop_retryable`` runs the same over
+        the cluster). Returns the rows dropped."""
+        return sum(self.drop_retryable_part(stage, uri) for uri in self.parts(stage))
 
-    def done_inputs(self, stage: str, id_column: str) -> set[str]:
-        t = self.read(stage)
-        if t.num_rows == 0 or id_column not in t.column_names:
-            return set()
-        return {x for x in t.column(id_column).to_pylist() if x is not None}
+    def drop_retryable_part(self, stage: str, uri: str) -> int:
+        """The part without its retryable failures, replaced in place (one atomic write of the
+        same name): no crash leaves a row twice or loses a kept one."""
+        data = self.storage.read_bytes(uri)
+        flags = _read_columns(data, ["status", "retryable"])
+        if "retryable" not in flags.column_names:
+            return 0
+        drop = pc.and_(pc.equal(flags["status"], "failed"), pc.fill_null(flags["retryable"], False))
+        n = pc.sum(drop).as_py() or 0
+        if n == flags.num_rows:
+            self.storage.delete(uri)
+        elif n:
+            self.write_part(stage, pq.read_table(io.BytesIO(data)).filter(pc.invert(drop)), name=basename(uri))
+        return n
+
 
 
 

@@ -108,10 +108,13 @@ def print_result(result: dict) -> None:
     from curation.storage import join
 
     t = Table(title=f"run {result['run_id']}: funnel")
-    for col in ("stage", "rows", "passed", "rejected", "failed", "seconds"):
+    for col in ("stage", "rows", "passed", "rejected", "failed", "seconds", "nodes"):
         t.add_column(col, justify="left" if col == "stage" else "right")
     for r in result["funnel"]:
-        t.add_row(r["stage"], *(str(r[k]) for k in ("rows", "passed", "rejected", "failed")), f"{r['seconds']:.1f}")
+        # nodes: Ray nodes whose workers processed the stage's items in this run ("-": none did,
+        # the stage had nothing left to do or runs over the whole table in the driver)
+        t.add_row(r["stage"], *(str(r[k]) for k in ("rows", "passed", "rejected", "failed")), f"{r['seconds']:.1f}",
+                  str(r.get("nodes") or "-"))
     out.print(t)
     _print_not_accepted(result["output"])
     s, o = result["summary"], result["output"]

@@ -19,13 +19,14 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from curation import gates, ledger, pipeline, source_analysis, sources
+from curation import gates, ledger, pipeline, source_analysis, sources, table_gates
 from curation.dataset import OutputError, read_run_info, validate_output, write_run_info
 from curation.lease import LeaseHeld, LeaseLost, WriterLease
 from curation.policy import Policy, load_policy
 from curation.records import OK
 from curation.stage_store import StageStore
 from curation.stages import StageContext
+from curation.table_stages import TableStage
 from curation.storage import S3Config, Storage
 
 # Set by the CLI to drive its progress bars: (stage, done, total). Tasks also log milestones.
@@ -82,17 +83,15 @@ STAGE_TASK = dict(retries=2, retry_delay_seconds=5, retry_condition_fn=retry_tra
 
 
 @task(name="ingest", task_run_name="ingest", **STAGE_TASK)
-def ingest_task(ctx: StageContext, source: str) -> set[str]:
+def ingest_task(ctx: StageContext, source: str) -> None:
     """List the source once; on resume the persisted input table is reused as-is."""
     store = StageStore(ctx.storage, ctx.output)
-    existing = store.read("ingest")
-    if existing.num_rows:
-        get_run_logger().info("ingest: resuming with %d inputs already listed", existing.num_rows)
-        return set(existing.column("item_id").to_pylist())
+    if store.parts("ingest"):
+        get_run_logger().info("ingest: resuming with the inputs already listed")
+        return
     rows = sources.ingest_rows(ctx.storage, source, ctx.run_id, ctx.policy)
     store.write_part("ingest", rows)
     get_run_logger().info("ingest: %d inputs", len(rows))
-    return {r["item_id"] for r in rows}
 
 
 @task(name="stage", task_run_name="{stage_name}", **STAGE_TASK)
@@ -111,15 +110,21 @@ def shard_task(ctx: StageContext) -> dict:
 
 @task(name="gate", task_run_name="gate-{stage_name}", cache_policy=NO_CACHE)
 def gate_task(stage_name: str, input_stage: str | None, id_column: str, ctx: StageContext,
-              expected: set[str] | None = None) -> int:
+              whole_table: bool = False) -> int:
+    """The stage's GX suite. Per-item stages (and ingest) are gated where their tables lie
+    (``table_gates``); the whole-table stages (dedup, balance, shard), whose suites compare
+    across rows, still in this process."""
     store = StageStore(ctx.storage, ctx.output)
-    table = store.read(stage_name)
-    if expected is None:
+    if not whole_table:
+        n = table_gates.check_stage_table(stage_name, store, input_stage, id_column, ctx.policy)
+    else:
+        table = store.read(stage_name)
         inputs = store.read(input_stage).to_pylist()
         expected = {r["item_id"] for r in inputs if r["status"] == OK}
-    gates.check_stage(stage_name, table, expected, id_column, ctx.policy)
-    get_run_logger().info("gate %s: passed (%d rows)", stage_name, table.num_rows)
-    return table.num_rows
+        gates.check_stage(stage_name, table, expected, id_column, ctx.policy)
+        n = table.num_rows
+    get_run_logger().info("gate %s: passed (%d rows)", stage_name, n)
+    return n
 
 
 @task(name="write-outputs", task_run_name="write-outputs", cache_policy=NO_CACHE)
@@ -228,28 +233,30 @@ def _curate(source: str, output: str, policy: Policy, run_id: str, storage: Stor
     logger.info("run %s: %s -> %s", run_id, source, output)
 
     retries = policy.runtime.stage_retries
-    timings: dict[str, float] = {}
+    runs: dict[str, dict] = {}  # per stage: seconds, and the Ray nodes that did its work
     t0 = time.perf_counter()
-    inputs = ingest_task.with_options(retries=retries)(ctx, source)
-    timings["ingest"] = time.perf_counter() - t0
-    gate_task("ingest", None, "item_id", ctx, expected=inputs)
+    ingest_task.with_options(retries=retries)(ctx, source)
+    runs["ingest"] = {"seconds": time.perf_counter() - t0}
+    gate_task("ingest", None, "item_id", ctx)
     for stage_cls in pipeline.STAGES:
         lease.check()  # another run took this OUTPUT over (our lease expired): stop writing
-        timings[stage_cls.name] = stage_task.with_options(retries=retries)(stage_cls.name, ctx)["seconds"]
-        gate_task(stage_cls.name, stage_cls.input_stage, stage_cls.input_id_column, ctx)
+        runs[stage_cls.name] = stage_task.with_options(retries=retries)(stage_cls.name, ctx)
+        gate_task(stage_cls.name, stage_cls.input_stage, stage_cls.input_id_column, ctx,
+                  whole_table=issubclass(stage_cls, TableStage))
         if stage_cls.name == "score":
             # Every candidate is judged: the sources' analysis frames (a work file of the shots
             # stage's one decode, ~2.8 MB per source second) have no reader left.
             storage.delete_prefix(source_analysis.analysis_root(output))
     lease.check()
-    timings["shard"] = shard_task.with_options(retries=retries)(ctx)["seconds"]
-    gate_task("shard", pipeline.SHARD_INPUT, "item_id", ctx)
+    runs["shard"] = shard_task.with_options(retries=retries)(ctx)
+    gate_task("shard", pipeline.SHARD_INPUT, "item_id", ctx, whole_table=True)
     summary = outputs_task(ctx)
     dataset_gate_task(ctx)
     report = report_task(ctx)
 
     store = StageStore(storage, output)
-    funnel = [{**row, "seconds": round(timings.get(row["stage"], 0.0), 2)} for row in ledger.funnel(store)]
+    funnel = [{**row, "seconds": round(runs.get(row["stage"], {}).get("seconds", 0.0), 2),
+               "nodes": runs.get(row["stage"], {}).get("nodes", 0)} for row in ledger.funnel(store)]
     create_table_artifact(key="curate-funnel", table=funnel, description=f"Per-stage funnel of run {run_id}")
     create_table_artifact(key="curate-rules", table=rule_funnel(store, policy),
                           description=f"Clips removed by each quality rule, in the order applied (run {run_id})")

@@ -78,7 +78,7 @@ class CrashOnMarkedItemInBatches(CrashOnMarkedItem):
 
 
 def test_a_crash_in_a_task_of_many_rows_fails_only_the_row_that_crashes(ray_session, tmp_path):
-    ctx = _ctx(tmp_path)
+    ctx = _ctx(tmp_path, runtime={"driver_max_rows": 0})  # the tables as the workers read them
     store = StageStore(Storage(), str(tmp_path))
     uris = [f"/data/{i}.mp4" for i in range(5)] + ["/data/crash.mp4"]
     _ingest(store, uris)
@@ -120,3 +120,70 @@ def test_a_crash_in_a_one_to_many_stage_is_recorded_as_a_failed_clip(ray_session
     assert lost["status"] == "failed" and lost["kind"] == "clip" and "crashed" in lost["reason"]
     # The table still satisfies its gate: every video accounted for, ids well-formed.
     check_stage("clips", store.read("clips"), {video_id(u) for u in uris}, "parent_id", ctx.policy)
+
+
+class PassThrough(Stage):
+    """A 1:1 stage that only marks its inputs ok: the table machinery without media work."""
+
+    name = "probe"
+    input_stage = "ingest"
+    rows_per_task = 4
+
+    def process(self, row: dict) -> list[dict]:
+        return [{**row, "status": OK, "reason": None}]
+
+
+def _answered(store: StageStore) -> list[str]:
+    ids = store.read("probe").column("item_id").to_pylist()
+    assert len(ids) == len(set(ids)), "a stage table holds an input twice"
+    return sorted(ids)
+
+
+@pytest.mark.parametrize("driver_max_rows,broadcast_join_max_ids", [(100, 0), (0, 1_000_000), (0, 0)],
+                         ids=["in-driver", "workers-broadcast", "workers-hash-join"])
+def test_a_resumed_stage_processes_only_what_its_table_does_not_answer(ray_session, tmp_path, monkeypatch,
+                                                                     driver_max_rows, broadcast_join_max_ids):
+    ctx = _ctx(tmp_path, runtime={"part_rows": 4, "broadcast_join_max_ids": broadcast_join_max_ids,
+                                  "driver_max_rows": driver_max_rows})
+    store = StageStore(Storage(), str(tmp_path))
+    uris = [f"/data/{i}.mp4" for i in range(10)]
+    _ingest(store, uris)
+    # An earlier run answered three inputs; one of them failed with a transient error.
+    earlier = [{**r, "stage": "probe", "status": OK} for r in store.read("ingest").to_pylist()[:3]]
+    earlier[0].update(status="failed", reason="probe: throttled (transient)", retryable=True)
+    store.write_part("probe", earlier)
+    if not driver_max_rows:  # past driver_max_rows the driver holds counts, never a table
+        monkeypatch.setattr(StageStore, "read", lambda *a, **k: pytest.fail("the driver read a whole stage table"))
+    run = run_media_stage(PassThrough(ctx), store)
+    monkeypatch.undo()
+    assert (run.inputs, run.skipped, run.processed, run.crashed) == (10, 2, 8, 0)
+    assert _answered(store) == sorted(video_id(u) for u in uris)
+    assert all(r["status"] == OK for r in store.read("probe").to_pylist())
+    # A rerun finds nothing to do.
+    assert run_media_stage(PassThrough(ctx), store).processed == 0
+
+
+def test_parts_are_named_from_the_inputs_they_answer(ray_session, tmp_path):
+    """A write task that Ray retries rewrites its own part: the names depend on the inputs only."""
+    names = []
+    for out in (tmp_path / "a", tmp_path / "b"):
+        ctx = _ctx(out, runtime={"part_rows": 64})
+        store = StageStore(Storage(), str(out))
+        _ingest(store, ["/data/one.mp4"])
+        run_media_stage(PassThrough(ctx), store)
+        names.append([p.rsplit("/", 1)[-1] for p in store.parts("probe")])
+    assert names[0] == names[1] and len(names[0]) == 1
+
+
+def test_a_retryable_failure_is_dropped_in_place():
+    """No window in which a kept row exists twice: the part is rewritten under its own name."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        store = StageStore(Storage(), d)
+        rows = [{"run_id": "r", "item_id": f"v{i}", "kind": VIDEO, "stage": "probe", "status": OK} for i in range(3)]
+        rows[1].update(status="failed", reason="probe: timeout", retryable=True)
+        uri = store.write_part("probe", rows, name="part-x.parquet")
+        assert store.drop_retryable("probe") == 1
+        assert store.parts("probe") == [uri]
+        assert store.read("probe").column("item_id").to_pylist() == ["v0", "v2"]

@@ -1,0 +1,240 @@
+"""The curation table machinery at growing row counts, media work replaced by a cheap per-row
+function: it measures the engine (reading, resuming, writing stage tables; gates; ledger), not
+ffmpeg. Per step it reports wall seconds and the driver's peak RSS above its RSS after start-up,
+and, per N, the ratio to the smallest N measured in the same run (``#14``'s targets: driver RSS
+flat in N, wall-time log-log slope <= 1.1).
+
+    .venv/bin/python bench/curate_scale.py [--videos 50000 500000] [--clips-per-video 2] [--keep DIR]
+
+Steps, in the pipeline's shape:
+- ingest: synthetic input rows made and written by the workers (as a manifest read as a dataset);
+- probe, filter, shots (1:1 per video), clips (1:N), score, extract, caption (1:1 per clip):
+  ``pipeline.run_media_stage`` with stand-in stages whose ``process`` only adds columns;
+- rerun: every per-item stage again over its finished table (resume's anti-join; nothing to do);
+- gate(caption): the per-item stage gate as the flow runs it (``table_gates``);
+- ledger: today's driver-side code over every stage table (``#14`` item 3).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+for k, v in {"RAY_USAGE_STATS_ENABLED": "0", "GX_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}.items():
+    os.environ.setdefault(k, v)
+if not os.environ.get("PYTHONPATH"):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import pyarrow as pa  # noqa: E402
+import ray  # noqa: E402
+import ray.cloudpickle  # noqa: E402
+
+from curation import gates, ledger, pipeline, ray_tables, table_gates  # noqa: E402
+from curation.policy import policy_from_dict  # noqa: E402
+from curation.records import CLIP, OK, STAGE_SCHEMAS, VIDEO, clip_key  # noqa: E402
+from curation.stage_store import StageStore  # noqa: E402
+from curation.stages import Stage, StageContext  # noqa: E402
+from curation.storage import Storage  # noqa: E402
+
+# Workers cannot import this script by name: ship its stage classes by value.
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+class _Cheap(Stage):
+    rows_per_task = 2048  # the media stages take 1 a task; here the per-row work is microseconds
+    num_cpus = 1.0
+
+    def process(self, row: dict) -> list[dict]:
+        return [{**row, **self.adds(row), "status": OK, "reason": None}]
+
+    def adds(self, row: dict) -> dict:
+        return {}
+
+
+class Probe(_Cheap):
+    name, input_stage = "probe", "ingest"
+
+    def adds(self, row):
+        return {"src_width": 640, "src_height": 360, "src_fps": 24.0, "src_duration_s": 10.0, "rotation": 0,
+                "size_bytes": 1_000_000}
+
+
+class Filter(_Cheap):
+    name, input_stage = "filter", "probe"
+
+
+class Shots(_Cheap):
+    name, input_stage = "shots", "filter"
+
+    def adds(self, row):
+        return {"shot_starts": [0.0], "shot_ends": [10.0], "shot_detector": "bench"}
+
+
+class Clips(_Cheap):
+    name, input_stage, input_id_column = "clips", "shots", "parent_id"
+    per_video = 2
+
+    def process(self, row):
+        return [{**row, "kind": CLIP, "item_id": clip_key(row["item_id"], 0, i), "parent_id": row["item_id"],
+                 "start_s": 4.0 * i, "end_s": 4.0 * i + 4.0, "duration_s": 4.0, "status": OK, "reason": None}
+                for i in range(self.per_video)]
+
+
+class Score(_Cheap):
+    name, input_stage = "score", "clips"
+
+    def adds(self, row):
+        return {"motion_mean": 1.5, "sharpness": 100.0, "mean_luma": 0.4}
+
+
+class Extract(_Cheap):
+    name, input_stage = "extract", "score"
+
+    def adds(self, row):
+        return {"width": 640, "height": 360, "fps": 24.0, "frames": 96, "clip_uri": f"/bench/{row['item_id']}.mp4"}
+
+
+class Caption(_Cheap):
+    name, input_stage = "caption", "extract"
+
+    def adds(self, row):
+        return {"caption": f"FPS-24 a synthetic clip {row['item_id']}", "caption_embedding": [0.0] * 8}
+
+
+STAGES = [Probe, Filter, Shots, Clips, Score, Extract, Caption]
+
+
+def _ingest_rows(batch: pa.Table, run_id: str) -> pa.Table:
+    ids = [f"v{i:016x}" for i in batch["id"].to_pylist()]
+    rows = [{"run_id": run_id, "item_id": v, "kind": VIDEO, "source_uri": f"s3://bench/{v}.mp4", "stage": "ingest",
+             "status": OK, "license": "CC0-1.0"} for v in ids]
+    return pa.Table.from_pylist([{c: r.get(c) for c in STAGE_SCHEMAS["ingest"].names} for r in rows],
+                                schema=STAGE_SCHEMAS["ingest"])
+
+
+class PeakRSS:
+    """The process's peak resident memory while a step runs, sampled every 20 ms."""
+
+    def __init__(self) -> None:
+        self.peak = self.now()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @staticmethod
+    def now() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.02):
+            self.peak = max(self.peak, self.now())
+
+    def __enter__(self) -> "PeakRSS":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.now())
+
+
+def run_one(n_videos: int, per_video: int, root: Path) -> list[dict]:
+    out = root / f"n{n_videos}"
+    shutil.rmtree(out, ignore_errors=True)
+    policy = policy_from_dict({"runtime": {"part_rows": 4096}})
+    ctx = StageContext(run_id="bench", output=str(out), policy=policy)
+    store = StageStore(Storage(), str(out))
+    Clips.per_video = per_video
+    base = PeakRSS.now()
+    steps: list[dict] = []
+
+    def step(name: str, fn) -> None:
+        t0 = time.perf_counter()
+        with PeakRSS() as rss:
+            fn()
+        steps.append({"step": name, "seconds": time.perf_counter() - t0, "rss_mib": (rss.peak - base) / 2**20})
+        print(f"  {name:<14} {steps[-1]['seconds']:8.1f} s  driver +{steps[-1]['rss_mib']:7.1f} MiB", flush=True)
+
+    def ingest() -> None:
+        ds = ray.data.range(n_videos, override_num_blocks=max(2, math.ceil(n_videos / 4096)))
+        ds = ds.map_batches(_ingest_rows, fn_kwargs={"run_id": "bench"}, batch_format="pyarrow", batch_size=4096)
+        ray_tables.write_parts(ds, store, "ingest", "item_id", policy.runtime.part_rows)
+
+    step("ingest", ingest)
+    for cls in STAGES:
+        step(cls.name, lambda cls=cls: pipeline.run_media_stage(cls(ctx), store))
+    step("rerun (finished)", lambda: [pipeline.run_media_stage(cls(ctx), store) for cls in STAGES])
+
+    def half_done() -> None:
+        # A crash midway through caption: half its parts gone, no finished marker. The resume
+        # anti-joins the extract table against the caption table's answered ids.
+        store.storage.delete(str(out / "_stages" / "caption" / "_FINISHED.json"))
+        for uri in store.parts("caption")[::2]:
+            store.storage.delete(uri)
+
+    half_done()
+    step("resume(caption)", lambda: pipeline.run_media_stage(Caption(ctx), store))
+    step("gate(caption)", lambda: _gate(store, policy))
+    step("ledger", lambda: ledger.build_ledger(store))
+    shutil.rmtree(out, ignore_errors=True)
+    return steps
+
+
+def _gate(store: StageStore, policy) -> None:
+    table_gates.check_stage_table("caption", store, "extract", "item_id", policy)
+
+
+def one(n: int, per_video: int, root: Path) -> None:
+    """One N in this (fresh) process: its peak RSS says nothing of the other Ns."""
+    pipeline.ensure_ray(None)
+    gates.warm_up()
+    ray.data.range(10).materialize()  # Ray Data's first-job set-up, not a step's
+    print(f"driver RSS after start-up (Ray, pipeline, GX imported): {PeakRSS.now() / 2**20:.0f} MiB", flush=True)
+    print(f"{n} videos -> {n * per_video} candidate clips", flush=True)
+    print("RESULT " + json.dumps(run_one(n, per_video, root)), flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--videos", type=int, nargs="+", default=[50_000, 500_000])
+    ap.add_argument("--clips-per-video", type=int, default=2)
+    ap.add_argument("--keep", default=None, help="work directory (default: a temporary one)")
+    ap.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    root = Path(a.keep or tempfile.mkdtemp(prefix="reelflow-scale-"))
+    if a.one is not None:
+        return one(a.one, a.clips_per_video, root)
+    results = {}
+    for n in sorted(a.videos):
+        proc = subprocess.run([sys.executable, __file__, "--one", str(n), "--clips-per-video", str(a.clips_per_video),
+                               "--keep", str(root)], stdout=subprocess.PIPE, text=True, check=True)
+        for line in proc.stdout.splitlines():
+            if line.startswith("RESULT "):
+                results[n] = json.loads(line[len("RESULT "):])
+            else:
+                print(line)
+    small = min(results)
+    print("\n| step | " + " | ".join(f"{n * a.clips_per_video:,} clips: s / driver MiB" for n in sorted(results))
+          + " | wall slope (log-log) | driver MiB growth |")
+    print("|---|" + "---:|" * (len(results) + 2))
+    for i, s in enumerate(results[small]):
+        cells = [f"{results[n][i]['seconds']:.1f} / +{results[n][i]['rss_mib']:.0f}" for n in sorted(results)]
+        big = max(results)
+        slope = (math.log(max(results[big][i]["seconds"], 1e-3) / max(s["seconds"], 1e-3)) / math.log(big / small)
+                 if big != small else float("nan"))
+        growth = results[big][i]["rss_mib"] - s["rss_mib"]
+        print(f"| {s['step']} | " + " | ".join(cells) + f" | {slope:.2f} | {growth:+.0f} |")
+
+
+if __name__ == "__main__":
+    main()
