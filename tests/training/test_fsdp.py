@@ -67,10 +67,13 @@ def test_fsdp_trains_the_losses_ddp_does_and_survives_a_killed_worker(ray_sessio
     marker = tmp_path / "killed"
     # Rank 1's process dies at step 5 (between the step-4 checkpoint and the next): Ray Train restarts
     # the worker group, every rank loads its shard of the step-4 state, steps 5-8 run again.
-    outcome = run_stage(schedule_from_dict(fsdp_raw), 0, dataset, str(tmp_path / "fsdp"),
+    seen: list[dict] = []
+    outcome = run_stage(schedule_from_dict(fsdp_raw), 0, dataset, str(tmp_path / "fsdp"), on_progress=seen.append,
                         faults=[{"step": 5, "marker": str(marker), "kill": True, "rank": 1}])
     assert marker.exists() and outcome.steps == 8
+    assert seen and seen[-1]["step"] == 8  # the driver followed the stage through its progress rows
     ddp, fsdp = _rows(tmp_path / "ddp", ddp_raw), _rows(tmp_path / "fsdp", fsdp_raw)
+    # steps 5-6 were redone from the step-4 checkpoint; each step is logged exactly once
     assert [r["step"] for r in fsdp] == [r["step"] for r in ddp] == [2, 4, 6, 8]
     assert [r["samples"] for r in fsdp] == [8, 16, 24, 32]
     for a, b in zip(ddp, fsdp):
