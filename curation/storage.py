@@ -92,6 +92,13 @@ class Storage:
             return self.client.get_object(Bucket=b, Key=k)["Body"].read()
         return Path(uri).read_bytes()
 
+    def open_stream(self, uri: str):
+        """A binary file object read front to back (an S3 object's body streams as it is read)."""
+        if is_s3(uri):
+            b, k = split_s3(uri)
+            return self.client.get_object(Bucket=b, Key=k)["Body"]
+        return open(uri, "rb")
+
     def exists(self, uri: str) -> bool:
         if is_s3(uri):
             from botocore.exceptions import ClientError
