@@ -126,17 +126,9 @@ class LatentSpec:
 
 
 def check_stage_can_use_latents(stage: StageSpec) -> None:
-    """A stage's video samples must be fixed to precompute them: the video model, video data, and
-    ``window: start`` (a random window is other pixels every epoch)."""
-    if stage.model != "video":
-        raise LatentsError(f"stage {stage.name} trains the {stage.model} model: only video-model stages train on "
-                           "precomputed latents")
-    if stage.data == "image":
-        raise LatentsError(f"stage {stage.name} is an image stage: images start at random frames, "
-                           "precomputed latents are for video (data: video or joint)")
-    if stage.window != "start":
-        raise LatentsError(f"stage {stage.name} has window: {stage.window}: its video samples start at a new "
-                           "random frame every epoch, so fixed latents cannot stand for them (use window: start)")
+    """A stage's video samples must be fixed to precompute them (``StageSpec.latents_problem``)."""
+    if problem := stage.latents_problem():
+        raise LatentsError(f"stage {stage.name}: {problem}")
 
 
 def stage_spec(schedule: Schedule, stage: StageSpec, multiple: int) -> LatentSpec:

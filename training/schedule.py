@@ -176,11 +176,8 @@ class StageSpec(BaseModel):
         if self.model == "audio" and self.data != "video":
             raise ValueError(f"stage {self.name}: the audio model trains on video (with its audio)")
         if self.latents:
-            if self.model != "video" or self.data == "image":
-                raise ValueError(f"stage {self.name}: latents: true is for video-model stages on video or joint data")
-            if self.window != "start":
-                raise ValueError(f"stage {self.name}: latents: true needs window: start (a random window is other "
-                                 "frames every epoch, which fixed latents cannot stand for)")
+            if problem := self.latents_problem():
+                raise ValueError(f"stage {self.name}: latents: true: {problem}")
             if self.init == "scratch":
                 raise ValueError(f"stage {self.name}: latents: true needs a trained TAE to encode with: init "
                                  "'previous' or a checkpoint path, not 'scratch'")
@@ -191,6 +188,17 @@ class StageSpec(BaseModel):
             raise ValueError(f"stage {self.name}: expect names unknown metric(s) {unknown}; known: {list(EVAL_METRICS)}")
         return self
 
+
+    def latents_problem(self) -> str | None:
+        """Why this stage's video samples cannot be precomputed as latents (None: they can): only the
+        video model on video or joint data, from a fixed window, sees the same pixels every epoch."""
+        if self.model != "video" or self.data == "image":
+            return (f"latents are for video-model stages on video or joint data (this one trains the {self.model} "
+                    f"model on {self.data} data)")
+        if self.window != "start":
+            return (f"window: {self.window} starts its samples at a new random frame every epoch, which fixed "
+                    "latents cannot stand for, so it needs window: start")
+        return None
     def lr_at(self, step: int) -> float:
         """Linear warm-up to `lr`, then cosine decay to `final_lr` (Movie Gen's 768 px stage
         decays 6e-5 -> 1e-5) or constant when `final_lr` is unset."""
