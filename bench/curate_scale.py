@@ -12,7 +12,9 @@ Steps, in the pipeline's shape:
   ``pipeline.run_media_stage`` with stand-in stages whose ``process`` only adds columns;
 - rerun: every per-item stage again over its finished table (resume's anti-join; nothing to do);
 - gate(caption): the per-item stage gate as the flow runs it (``table_gates``);
-- ledger: today's driver-side code over every stage table (``#14`` item 3).
+- outputs: the ledger (a shuffle by video over Ray tasks, one writer per partition), the index and
+  dataset.json, as the flow writes them beyond ``runtime.driver_max_rows`` (parts only: the
+  single-file export is off here).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ import pyarrow as pa  # noqa: E402
 import ray  # noqa: E402
 import ray.cloudpickle  # noqa: E402
 
-from curation import gates, ledger, pipeline, ray_tables, table_gates  # noqa: E402
+from curation import gates, pipeline, ray_tables, run_outputs, table_gates  # noqa: E402
 from curation.policy import policy_from_dict  # noqa: E402
 from curation.records import CLIP, OK, STAGE_SCHEMAS, VIDEO, clip_key  # noqa: E402
 from curation.stage_store import StageStore  # noqa: E402
@@ -185,7 +187,8 @@ def run_one(n_videos: int, per_video: int, root: Path) -> list[dict]:
     half_done()
     step("resume(caption)", lambda: pipeline.run_media_stage(Caption(ctx), store))
     step("gate(caption)", lambda: _gate(store, policy))
-    step("ledger", lambda: ledger.build_ledger(store))
+    step("outputs", lambda: run_outputs.write_outputs(store, "bench", "{}", in_driver=False,
+                                                 part_rows=policy.runtime.part_rows, single_file_max_rows=0))
     shutil.rmtree(out, ignore_errors=True)
     return steps
 

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import io
 import json
 import tarfile
 
 import pandas as pd
-import pyarrow.parquet as pq
 
-from curation import gates
+from curation import gates, output_tables
 from curation.policy import Policy, policy_from_dict
 from curation.stage_store import StageStore
 from curation.storage import Storage, join
@@ -82,12 +80,13 @@ def validate_output(output: str, storage: Storage | None = None) -> dict:
     """Run the final dataset suite on OUTPUT; raises GateFailed (exit 3) or OutputError (exit 2)."""
     storage = storage or Storage()
     info = read_run_info(storage, output)
-    missing = [n for n in ("index.parquet", "ledger.parquet", "dataset.json") if not storage.exists(join(output, n))]
+    missing = [f"{n}.parquet (or {n}/)" for n in output_tables.NAMES if not output_tables.exists(storage, output, n)]
+    missing += [n for n in ("dataset.json",) if not storage.exists(join(output, n))]
     if info is None or missing:
         raise OutputError(f"{output} is not a finished reelflow dataset (missing: {missing or ['_stages/run.json']})")
     policy = policy_from_dict(info["policy"], origin=f"{output}/_stages/{RUN_FILE}")
-    index = pq.read_table(io.BytesIO(storage.read_bytes(join(output, "index.parquet"))))
-    ledger = pq.read_table(io.BytesIO(storage.read_bytes(join(output, "ledger.parquet"))))
+    index = output_tables.read(storage, output, output_tables.INDEX)
+    ledger = output_tables.read(storage, output, output_tables.LEDGER)
     index_keys = dict(zip(index.column("key").to_pylist(), index.column("shard").to_pylist())) if index.num_rows else {}
     samples = shard_samples(storage, output, index_keys, policy)
     store = StageStore(storage, output)

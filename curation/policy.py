@@ -337,6 +337,10 @@ class RuntimePolicy(_Strict):
     # Stage tables up to this many rows are counted, anti-joined and gated in the driver (each Ray
     # job costs ~1 s, a few a stage: all of a small run's time); larger ones only by the workers.
     driver_max_rows: int = Field(20_000, ge=0)
+    # Runs whose ledger (or index) has at most this many rows also get it as one file
+    # (ledger.parquet, index.parquet) beside the partitioned form (ledger/, index/); beyond it,
+    # readers take the parts. Streamed and uploaded multipart either way: no driver memory.
+    single_file_max_rows: int = Field(1_000_000, ge=0)
     # Retries of a whole stage task on transient errors (network, S3, a lost Ray worker).
     stage_retries: int = Field(2, ge=0)
     # Retries of one Ray task whose worker died (segfault, OOM kill) before its items are

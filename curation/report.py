@@ -33,6 +33,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
+from curation import output_tables
 from curation.ledger import build_ledger
 from curation.records import CLIP, FAILED, OK, REJECTED, SCORE_COLUMNS, STAGE_ORDER, STAGE_SCHEMAS, VIDEO
 from curation.stage_store import StageStore
@@ -161,9 +162,10 @@ def _summary(storage: Storage, output: str, store: StageStore, tables: dict) -> 
     ds_uri = join(output, "dataset.json")
     if storage.exists(ds_uri):
         return {"summary": json.loads(storage.read_bytes(ds_uri)), "summary_source": "dataset.json"}
-    led_uri = join(output, "ledger.parquet")
-    if storage.exists(led_uri):
-        ledger, source = pq.read_table(io.BytesIO(storage.read_bytes(led_uri))), "ledger.parquet"
+    if output_tables.exists(storage, output, output_tables.LEDGER):
+        ledger = output_tables.read(storage, output, output_tables.LEDGER, columns=["kind", "status"])
+        where = output_tables.location(storage, output, output_tables.LEDGER)
+        source = "ledger.parquet" if where.endswith(".parquet") else "ledger/ (its parts)"
     else:
         ledger, source = build_ledger(store), "the ledger built from the stage tables"
     by = Counter(zip(ledger.column("kind").to_pylist(), ledger.column("status").to_pylist()))

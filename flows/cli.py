@@ -105,7 +105,8 @@ def run_curate(source: str, output: str, policy: Optional[Path], ray_address: Op
 
 
 def print_result(result: dict) -> None:
-    from curation.storage import join
+    from curation import output_tables
+    from curation.storage import Storage, join
 
     t = Table(title=f"run {result['run_id']}: funnel")
     for col in ("stage", "rows", "passed", "rejected", "failed", "seconds", "nodes"):
@@ -120,37 +121,40 @@ def print_result(result: dict) -> None:
     s, o = result["summary"], result["output"]
     out.print(f"clips accepted: [bold]{s['clips']['accepted']}[/] ({s['seconds']:.1f} s) in {len(s['shards'])} shard(s)")
     out.print(f"shards:  {join(o, 'shards')}")
-    out.print(f"index:   {join(o, 'index.parquet')}")
-    out.print(f"ledger:  {join(o, 'ledger.parquet')}")
+    storage = Storage()
+    out.print(f"index:   {output_tables.location(storage, o, output_tables.INDEX)}")
+    out.print(f"ledger:  {output_tables.location(storage, o, output_tables.LEDGER)}")
     out.print(f"summary: {join(o, 'dataset.json')}")
     out.print(f"report:  {result['report']}  (open it in a browser)")
 
 
 def _print_not_accepted(output: str, limit: int = 15) -> None:
     """The inputs that produced no clip, with the ledger's reason: what a person checks first."""
-    import io
+    import pyarrow.compute as pc
 
-    import pyarrow.parquet as pq
+    from curation import output_tables
+    from curation.storage import Storage, basename
 
-    from curation.storage import Storage, basename, join
-
-    ledger = pq.read_table(io.BytesIO(Storage().read_bytes(join(output, "ledger.parquet")))).to_pylist()
-    rows = [r for r in ledger if r["kind"] == "video" and r["status"] != "accepted"]
-    retry = sum(1 for r in ledger if r["status"] == "failed" and r.get("retryable"))
+    ledger = output_tables.read(Storage(), output, output_tables.LEDGER,
+                                columns=["kind", "status", "retryable", "source_uri", "stage", "reason"])
+    retry = pc.sum(pc.and_(pc.equal(ledger["status"], "failed"), pc.fill_null(ledger["retryable"], False))).as_py() or 0
+    videos = ledger.filter(pc.and_(pc.equal(ledger["kind"], "video"), pc.not_equal(ledger["status"], "accepted")))
+    n_rows = videos.num_rows
+    rows = videos.slice(0, limit).to_pylist()
     if retry:
         out.print(f"[yellow]{retry} item(s) failed with a transient error[/] (throttling, a lost connection or "
                   f"worker): rerun the same command to retry them")
     if not rows:
         return
-    t = Table(title=f"inputs not accepted ({len(rows)})")
+    t = Table(title=f"inputs not accepted ({n_rows})")
     for col in ("input", "status", "stage", "reason"):
         t.add_column(col)
     for r in rows[:limit]:
         status = r["status"] + (" (retryable)" if r.get("retryable") else "")
         t.add_row(basename(r["source_uri"]) or "(empty uri)", status, r["stage"], r["reason"] or "")
     out.print(t)
-    if len(rows) > limit:
-        out.print(f"... and {len(rows) - limit} more: see ledger.parquet")
+    if n_rows > limit:
+        out.print(f"... and {n_rows - limit} more: see {output_tables.location(Storage(), output, output_tables.LEDGER)}")
 
 
 @app.command()

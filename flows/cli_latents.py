@@ -51,7 +51,8 @@ def run_latents_command(dataset: str, output: str, checkpoint: str, schedule: st
     import os
 
     from curation.gates import GateFailed
-    from curation.storage import Storage, is_s3, join
+    from curation import output_tables
+    from curation.storage import Storage, is_s3
     from training.checkpoint import CheckpointError
     from training.data import DataError
     from training.handoff import spatial_multiple
@@ -62,7 +63,7 @@ def run_latents_command(dataset: str, output: str, checkpoint: str, schedule: st
     try:  # every input checked before Ray starts
         plan = load_schedule(schedule)
         chosen = _pick_stage(plan, stage)
-        if not storage.exists(join(dataset, "index.parquet")):
+        if not output_tables.exists(storage, dataset, output_tables.INDEX):
             raise LatentsError(f"{dataset} is not a curated dataset (no index.parquet); run `reelflow curate` first")
         config, _ = load_tae(checkpoint, storage)
         spec = stage_spec(plan, chosen, spatial_multiple(config))

@@ -147,7 +147,8 @@ def run_train(shards: str, output: str, schedule: str = "tiny", ray_address: str
     quiet_env()
     from curation.dataset import OutputError
     from curation.gates import GateFailed
-    from curation.storage import Storage, is_s3, join
+    from curation import output_tables
+    from curation.storage import Storage, is_s3
     from training.handoff import check_schedule_fits
     from training.schedule import ScheduleError, load_schedule
 
@@ -157,7 +158,7 @@ def run_train(shards: str, output: str, schedule: str = "tiny", ray_address: str
     except ScheduleError as e:
         _console.print(f"[bold red]error:[/] {e}")
         return EXIT_USAGE
-    if not Storage().exists(join(shards, "index.parquet")):
+    if not output_tables.exists(Storage(), shards, output_tables.INDEX):
         _console.print(f"[bold red]error:[/] {shards} is not a curated dataset (no index.parquet); "
                        "run `reelflow curate` first")
         return EXIT_USAGE

@@ -19,7 +19,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from curation import gates, ledger, pipeline, source_analysis, sources, table_gates
+from curation import gates, ledger, pipeline, ray_tables, run_outputs, source_analysis, sources, table_gates
 from curation.dataset import OutputError, read_run_info, validate_output, write_run_info
 from curation.lease import LeaseHeld, LeaseLost, WriterLease
 from curation.policy import Policy, load_policy
@@ -128,9 +128,18 @@ def gate_task(stage_name: str, input_stage: str | None, id_column: str, ctx: Sta
 
 
 @task(name="write-outputs", task_run_name="write-outputs", cache_policy=NO_CACHE)
-def outputs_task(ctx: StageContext) -> dict:
+def outputs_task(ctx: StageContext) -> run_outputs.Outputs:
+    """The ledger, the index and dataset.json; built in this process for small runs, else by the
+    workers (a shuffle by video), the driver adding up counts."""
     store = StageStore(ctx.storage, ctx.output)
-    return ledger.write_outputs(store, ctx.run_id, ctx.policy.model_dump_json())
+    rt = ctx.policy.runtime
+    small = ray_tables.small_tables(store, ledger.FUNNEL_STAGES, rt.driver_max_rows)
+    out = run_outputs.write_outputs(store, ctx.run_id, ctx.policy.model_dump_json(), in_driver=small,
+                               part_rows=rt.part_rows, single_file_max_rows=rt.single_file_max_rows,
+                               progress=_progress("outputs"))
+    get_run_logger().info("outputs: %d ledger rows, %d clips in the index", sum(n for n in out.summary["videos"].values())
+                          + sum(n for n in out.summary["clips"].values()), out.summary["clips"]["accepted"])
+    return out
 
 
 @task(name="report", task_run_name="report", cache_policy=NO_CACHE)
@@ -250,15 +259,15 @@ def _curate(source: str, output: str, policy: Policy, run_id: str, storage: Stor
     lease.check()
     runs["shard"] = shard_task.with_options(retries=retries)(ctx)
     gate_task("shard", pipeline.SHARD_INPUT, "item_id", ctx, whole_table=True)
-    summary = outputs_task(ctx)
+    outputs = outputs_task(ctx)
+    summary = outputs.summary
     dataset_gate_task(ctx)
     report = report_task(ctx)
 
-    store = StageStore(storage, output)
     funnel = [{**row, "seconds": round(runs.get(row["stage"], {}).get("seconds", 0.0), 2),
-               "nodes": runs.get(row["stage"], {}).get("nodes", 0)} for row in ledger.funnel(store)]
+               "nodes": runs.get(row["stage"], {}).get("nodes", 0)} for row in outputs.funnel]
     create_table_artifact(key="curate-funnel", table=funnel, description=f"Per-stage funnel of run {run_id}")
-    create_table_artifact(key="curate-rules", table=rule_funnel(store, policy),
+    create_table_artifact(key="curate-rules", table=rule_funnel(outputs.rule_rejects, policy),
                           description=f"Clips removed by each quality rule, in the order applied (run {run_id})")
     create_markdown_artifact(key="curate-summary", markdown=summary_markdown(summary, output),
                              description=f"Summary of run {run_id}")
@@ -276,14 +285,9 @@ def _scorer_available(policy: Policy, rule: str) -> bool:
     return True
 
 
-def rule_funnel(store: StageStore, policy: Policy) -> list[dict]:
-    """Per quality rule, in policy order: clips it removed (the first rule a clip broke), like
-    Movie Gen's retention table."""
-    rejected = [r for r in store.read("score").to_pylist() if r["status"] == "rejected"]
-    removed: dict[str, int] = {}
-    for r in rejected:
-        rule = (r["reason"] or "").split(":", 1)[0]
-        removed[rule] = removed.get(rule, 0) + 1
+def rule_funnel(removed: dict[str, int], policy: Policy) -> list[dict]:
+    """Per quality rule, in policy order: clips it removed (the first rule a clip broke, counted
+    by the ledger's tasks), like Movie Gen's retention table."""
     rows = []
     for name, column, rule in policy.scoring.rules():
         mode = ("disabled" if not rule.enabled else "disabled (no weights)" if not _scorer_available(policy, name)

@@ -22,6 +22,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from curation.dataset import OutputError, validate_output
+from curation import output_tables
 from curation.storage import S3Config, Storage, join
 from flows.curate_flow import STAGE_TASK, expand_date
 from training import gates
@@ -111,7 +112,7 @@ def gate_shards_task(shards: str, schedule: Schedule) -> dict:
 
     storage = Storage(S3Config.from_env())
     summary = validate_output(shards, storage)
-    index = pq.read_table(io.BytesIO(storage.read_bytes(join(shards, "index.parquet")))).to_pandas()
+    index = output_tables.read(storage, shards, output_tables.INDEX).to_pandas()
     data = ShardDataset(shards, storage)
     config = model_config(schedule)
     eligible = {}

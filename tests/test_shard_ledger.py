@@ -2,10 +2,13 @@
 
 import json
 
+import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
 
-from curation.ledger import build_index, build_ledger, funnel
+from curation import output_tables
+from curation.ledger import build_ledger
+from curation.run_outputs import write_outputs
 from curation.policy import demo_policy, policy_from_dict
 from curation.records import STAGE_SCHEMAS, clip_key
 from curation import shard as shard_mod
@@ -106,13 +109,96 @@ def test_ledger_gives_every_item_one_terminal_status(store):
     assert led["vd"]["status"] == "failed" and "1x extract" in led["vd"]["reason"]
     assert led["va_1"]["status"] == "accepted" and led["va_2"]["status"] == "rejected"
     assert led["vd_1"]["reason"] == "extract: ExtractError: ffmpeg exited 1"
-    f = {r["stage"]: r for r in funnel(store)}
+    out = write_outputs(store, "r", "{}")
+    f = {r["stage"]: r for r in out.funnel}
     assert (f["probe"]["rows"], f["probe"]["passed"], f["probe"]["failed"]) == (4, 3, 1)
-    idx = build_index(store)
+    idx = output_tables.read(store.storage, store.output, "index")
     assert idx.column("key").to_pylist() == ["va_1"] and idx.column("sampling_weight").to_pylist() == [1.0]
+    assert output_tables.read(store.storage, store.output, "ledger") == build_ledger(store)
+    assert out.summary["videos"] == {"accepted": 1, "rejected": 1, "failed": 2} and out.summary["shards"] == [
+        "shards/x/shard-000000.tar"]
 
 
 def test_ledger_flags_items_a_stopped_run_left_behind(store):
     store.clear("shard")
     led = {r["item_id"]: r for r in build_ledger(store).to_pylist()}
     assert led["va_1"]["status"] == "failed" and led["va_1"]["reason"].startswith("unfinished")
+
+
+def _many_videos(store: StageStore, n: int) -> None:
+    """``n`` more videos through every stage, with the outcomes a run produces: rejected and failed
+    at each video stage, clips rejected by a rule or as duplicates, failed (retryable or not),
+    unfinished, and kept in a few shards."""
+    rows: dict[str, list[dict]] = {st: [] for st in ("ingest", "probe", "filter", "shots", "clips", "score", "dedup",
+                                                    "extract", "caption", "balance", "shard")}
+    for i in range(n):
+        v = f"vm{i:04d}"
+        rows["ingest"].append(_common("ingest", v))
+        if i % 11 == 1:
+            rows["probe"].append(_common("probe", v, "failed", "probe: not a video"))
+            continue
+        rows["probe"].append(_common("probe", v))
+        if i % 13 == 2:
+            rows["filter"].append(_common("filter", v, "rejected", "too_short: 1s<4s"))
+            continue
+        rows["filter"].append(_common("filter", v))
+        rows["shots"].append(_common("shots", v))
+        for c in range(i % 4):  # 0..3 clips: some videos plan none
+            cid = f"{v}_c{c}"
+            clip = dict(kind="clip", parent=v)
+            rows["clips"].append(_common("clips", cid, **clip))
+            fate = (i + c) % 6
+            if fate == 0:
+                rows["score"].append(_common("score", cid, "rejected", f"{'ocr' if c else 'motion'}: too much", **clip))
+                continue
+            rows["score"].append(_common("score", cid, **clip))
+            if fate == 1:
+                rows["dedup"].append({**_common("dedup", cid, "rejected", "near duplicate", **clip),
+                                      "duplicate_of": f"{v}_c9"})
+                continue
+            rows["dedup"].append(_common("dedup", cid, **clip))
+            if fate == 2:
+                rows["extract"].append({**_common("extract", cid, "failed", "extract: timeout", **clip),
+                                        "retryable": bool(i % 2)})
+                continue
+            rows["extract"].append(_common("extract", cid, **clip))
+            if fate == 3:
+                continue  # unfinished: no caption row
+            for st in ("caption", "balance"):
+                rows[st].append(_common(st, cid, **clip))
+            rows["shard"].append({**_common("shard", cid, **clip), "shard": f"shards/b{i % 2}/shard-{i % 3:06d}.tar",
+                                  "bucket": f"b{i % 2}", "caption": "c", "duration_s": 2.0 + c})
+    for st, r in rows.items():
+        for k in range(0, len(r), 37):  # several parts a stage
+            store.write_part(st, r[k:k + 37])
+
+
+def test_ledger_built_by_the_workers_equals_the_driver_s(store, ray_session, tmp_path):
+    """The shuffle by video over 5 partitions writes the same rows, counts and index as the
+    in-driver build; a run over single_file_max_rows is read back from its parts alone."""
+    _many_videos(store, 300)
+    small = write_outputs(store, "r", "{}")
+    ledger = output_tables.read(store.storage, store.output, "ledger")
+    index = output_tables.read(store.storage, store.output, "index")
+    assert output_tables.uris(store.storage, store.output, "ledger") == [f"{store.output}/ledger.parquet"]
+    assert set(ledger.column("status").to_pylist()) == {"accepted", "rejected", "failed"}
+
+    big = write_outputs(store, "r", "{}", in_driver=False, partitions=5, part_rows=37, single_file_max_rows=0)
+    assert (big.summary, big.funnel, big.rule_rejects) == (small.summary, small.funnel, small.rule_rejects)
+    assert not store.storage.exists(f"{store.output}/ledger.parquet")
+    parts = output_tables.uris(store.storage, store.output, "ledger")
+    assert len(parts) == 5
+    by_id = lambda t: sorted(t.to_pylist(), key=lambda r: r["item_id"])  # noqa: E731
+    assert by_id(output_tables.read(store.storage, store.output, "ledger")) == by_id(ledger)
+    assert output_tables.read(store.storage, store.output, "index") == index
+    # Every video's rows (its own and its clips') sit in one part.
+    homes: dict[str, set] = {}
+    for i, uri in enumerate(parts):
+        for r in pq.read_table(uri).to_pylist():
+            homes.setdefault(r["item_id"] if r["kind"] == "video" else r["parent_id"], set()).add(i)
+    assert all(len(h) == 1 for h in homes.values())
+    assert small.rule_rejects == {"motion": small.rule_rejects["motion"], "ocr": small.rule_rejects["ocr"]}
+    # The single file comes back once the run is small enough again; outputs are rewritten whole.
+    write_outputs(store, "r", "{}", in_driver=False, partitions=2, part_rows=37)
+    assert output_tables.uris(store.storage, store.output, "ledger") == [f"{store.output}/ledger.parquet"]
+    assert len(output_tables.part_uris(store.storage, store.output, "ledger")) == 2

@@ -33,6 +33,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
+from curation import output_tables
 from curation.storage import Storage, join
 from training.captions import FPS_TOKEN, at_rate
 
@@ -728,19 +729,21 @@ class ShardDataset:
 
 def _read_index(storage: Storage, dataset: str) -> dict[str, ClipInfo]:
     """The index columns planning needs (not the embeddings), one ClipInfo per clip."""
-    uri = join(dataset, INDEX_FILE)
-    if not storage.exists(uri):
+    uris = output_tables.uris(storage, dataset, output_tables.INDEX)
+    if not uris:
         raise DataError(f"{dataset} is not a curated reelflow dataset: no {INDEX_FILE} (run `reelflow curate`)")
-    try:
-        pf = pq.ParquetFile(io.BytesIO(storage.read_bytes(uri)))
-    except Exception as e:  # pyarrow raises several types for a file that is not parquet
-        raise DataError(f"{uri} is not a readable parquet file: {e}") from None
-    names = pf.schema_arrow.names
-    missing = [c for c in INDEX_COLUMNS if c not in names]
-    if missing:
-        raise DataError(f"{uri} is not a curated reelflow index: missing columns {missing}")
-    cols = [c for c in (*INDEX_COLUMNS, *OPTIONAL_COLUMNS) if c in names]
-    clips = {r["key"]: ClipInfo.from_row(r) for r in pf.read(columns=cols).to_pylist()}
+    clips: dict[str, ClipInfo] = {}
+    for uri in uris:  # the single file, or the index's parts (large runs)
+        try:
+            pf = pq.ParquetFile(io.BytesIO(storage.read_bytes(uri)))
+        except Exception as e:  # pyarrow raises several types for a file that is not parquet
+            raise DataError(f"{uri} is not a readable parquet file: {e}") from None
+        names = pf.schema_arrow.names
+        missing = [c for c in INDEX_COLUMNS if c not in names]
+        if missing:
+            raise DataError(f"{uri} is not a curated reelflow index: missing columns {missing}")
+        cols = [c for c in (*INDEX_COLUMNS, *OPTIONAL_COLUMNS) if c in names]
+        clips.update((r["key"], ClipInfo.from_row(r)) for r in pf.read(columns=cols).to_pylist())
     if not clips:
         raise DataError(f"{dataset} has no clips (empty {INDEX_FILE})")
     return clips

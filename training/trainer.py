@@ -16,7 +16,6 @@ its latest Ray Train checkpoint (Ray Train restores a run with the same storage 
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
@@ -27,8 +26,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import pyarrow.parquet as pq
 
+from curation import output_tables
 from curation.storage import S3Config, Storage, is_s3, join, split_s3
 from training.data import bucket_size
 from training.handoff import model_config, spatial_multiple, stage_grid
@@ -78,7 +77,7 @@ def stage_metrics(storage: Storage, output: str, schedule: Schedule, index: int)
 
 
 def aspect_buckets(storage: Storage, dataset: str) -> list[str]:
-    index = pq.read_table(io.BytesIO(storage.read_bytes(join(dataset, "index.parquet"))), columns=["aspect_bucket"])
+    index = output_tables.read(storage, dataset, output_tables.INDEX, columns=["aspect_bucket"])
     return sorted(set(index.column("aspect_bucket").to_pylist()))
 
 
