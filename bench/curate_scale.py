@@ -9,9 +9,14 @@ flat in N, wall-time log-log slope <= 1.1).
 Steps, in the pipeline's shape:
 - ingest: synthetic input rows made and written by the workers (as a manifest read as a dataset);
 - probe, filter, shots (1:1 per video), clips (1:N), score, extract, caption (1:1 per clip):
-  ``pipeline.run_media_stage`` with stand-in stages whose ``process`` only adds columns;
+  ``pipeline.run_media_stage`` with stand-in stages whose ``process`` only adds columns (caption
+  adds an 8-d pseudo-random embedding from the key);
 - rerun: every per-item stage again over its finished table (resume's anti-join; nothing to do);
 - gate(caption): the per-item stage gate as the flow runs it (``table_gates``);
+- balance: the real balance stage (k-means fitted on a sample, assignment and writes as maps), and
+  its gate (the weights' mean as a sum of per-part sums);
+- shard: the real shard stage (a streamed plan, then one writer per shard; every clip's mp4 is the
+  same 1 KiB file), and its gate;
 - outputs: the ledger (a shuffle by video over Ray tasks, one writer per partition), the index and
   dataset.json, as the flow writes them beyond ``runtime.driver_max_rows`` (parts only: the
   single-file export is off here).
@@ -20,6 +25,7 @@ Steps, in the pipeline's shape:
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -36,6 +42,7 @@ for k, v in {"RAY_USAGE_STATS_ENABLED": "0", "GX_ANALYTICS_ENABLED": "false", "D
 if not os.environ.get("PYTHONPATH"):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import ray  # noqa: E402
 import ray.cloudpickle  # noqa: E402
@@ -46,6 +53,7 @@ from curation.records import CLIP, OK, STAGE_SCHEMAS, VIDEO, clip_key  # noqa: E
 from curation.stage_store import StageStore  # noqa: E402
 from curation.stages import Stage, StageContext  # noqa: E402
 from curation.storage import Storage  # noqa: E402
+from curation.table_stages import BalanceStage  # noqa: E402
 
 # Workers cannot import this script by name: ship its stage classes by value.
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -95,21 +103,26 @@ class Score(_Cheap):
     name, input_stage = "score", "clips"
 
     def adds(self, row):
-        return {"motion_mean": 1.5, "sharpness": 100.0, "mean_luma": 0.4}
+        return {"motion_mean": 1.5, "static": 0.1, "cuts_per_s": 0.0, "border_fraction": 0.0, "sharpness": 100.0,
+                "mean_luma": 0.4, "text_conf_max": 0.0}
 
 
 class Extract(_Cheap):
     name, input_stage = "extract", "score"
+    clip_uri = "/bench/clip.mp4"  # one small file every clip points at (the shard stage reads it)
 
     def adds(self, row):
-        return {"width": 640, "height": 360, "fps": 24.0, "frames": 96, "clip_uri": f"/bench/{row['item_id']}.mp4"}
+        return {"width": 640, "height": 360, "fps": 24.0, "frames": 96, "clip_uri": self.clip_uri,
+                "clip_bytes": 1024}
 
 
 class Caption(_Cheap):
     name, input_stage = "caption", "extract"
 
     def adds(self, row):
-        return {"caption": f"FPS-24 a synthetic clip {row['item_id']}", "caption_embedding": [0.0] * 8}
+        # 8 pseudo-random dimensions from the key: something for the balance stage's k-means to cluster
+        emb = (np.frombuffer(hashlib.sha256(row["item_id"].encode()).digest()[:8], np.uint8) / 255.0 - 0.5).tolist()
+        return {"caption": f"FPS-24 a synthetic clip {row['item_id']}", "caption_embedding": emb}
 
 
 STAGES = [Probe, Filter, Shots, Clips, Score, Extract, Caption]
@@ -157,6 +170,9 @@ def run_one(n_videos: int, per_video: int, root: Path) -> list[dict]:
     ctx = StageContext(run_id="bench", output=str(out), policy=policy)
     store = StageStore(Storage(), str(out))
     Clips.per_video = per_video
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "clip.mp4").write_bytes(b"\0" * 1024)
+    Extract.clip_uri = str(out / "clip.mp4")
     base = PeakRSS.now()
     steps: list[dict] = []
 
@@ -187,6 +203,10 @@ def run_one(n_videos: int, per_video: int, root: Path) -> list[dict]:
     half_done()
     step("resume(caption)", lambda: pipeline.run_media_stage(Caption(ctx), store))
     step("gate(caption)", lambda: _gate(store, policy))
+    step("balance", lambda: pipeline.run_table_stage(BalanceStage(policy), store))
+    step("gate(balance)", lambda: table_gates.check_stage_table("balance", store, "caption", "item_id", policy))
+    step("shard", lambda: pipeline.run_shard_stage(ctx, store))
+    step("gate(shard)", lambda: table_gates.check_stage_table("shard", store, "balance", "item_id", policy))
     step("outputs", lambda: run_outputs.write_outputs(store, "bench", "{}", in_driver=False,
                                                  part_rows=policy.runtime.part_rows, single_file_max_rows=0))
     shutil.rmtree(out, ignore_errors=True)

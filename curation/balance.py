@@ -51,31 +51,49 @@ def _relabel_by_first_appearance(labels: np.ndarray) -> np.ndarray:
     return rank[inv]
 
 
+def n_clusters(n: int, cfg: BalanceConfig) -> int:
+    k = cfg.n_clusters if cfg.n_clusters is not None else round(math.sqrt(n))
+    return max(1, min(int(k), cfg.max_clusters, n))
+
+
+def fit_centroids(x: np.ndarray, k: int, cfg: BalanceConfig) -> np.ndarray:
+    """``(k, d)`` unit centroids of unit rows ``x``: k-means++ seeding on a sample, then faiss."""
+    n = x.shape[0]
+    rng = np.random.default_rng(cfg.seed)
+    m = max(cfg.init_sample, k)  # seeding needs at least k rows
+    sample = x if n <= m else x[np.sort(rng.choice(n, m, replace=False))]
+    init, _ = kmeans_plusplus(sample, k, random_state=cfg.seed, n_local_trials=cfg.init_trials)
+    return spherical_kmeans(x, k, cfg.kmeans_iters, cfg.seed, cfg.max_points_per_centroid,
+                            init_centroids=l2_normalize(init))
+
+
+def merge_lut(centroids: np.ndarray, used: np.ndarray, threshold: float | None) -> np.ndarray:
+    """Cluster -> merged cluster (a representative label): clusters whose centroids have cosine
+    >= ``threshold`` join one component. ``used``: the clusters with members (empty ones take
+    no part in merging)."""
+    k = centroids.shape[0]
+    if threshold is None:
+        return np.arange(k, dtype=np.int64)
+    sims = centroids[used] @ centroids[used].T
+    a, b = np.nonzero(np.triu(sims >= threshold, k=1))
+    merged = components(used.size, a, b)
+    lut = np.zeros(k, np.int64)
+    lut[used] = merged
+    return lut
+
+
 def cluster(emb: np.ndarray, cfg: BalanceConfig = BalanceConfig()) -> np.ndarray:
     """``(n,)`` int64 concept cluster of each row, after merging near-duplicate clusters."""
     x = l2_normalize(emb)
     n = x.shape[0]
     if n == 0:
         return np.zeros(0, np.int64)
-    k = cfg.n_clusters if cfg.n_clusters is not None else round(math.sqrt(n))
-    k = max(1, min(int(k), cfg.max_clusters, n))
+    k = n_clusters(n, cfg)
     if k == 1:
         return np.zeros(n, np.int64)
-    rng = np.random.default_rng(cfg.seed)
-    m = max(cfg.init_sample, k)  # seeding needs at least k rows
-    sample = x if n <= m else x[np.sort(rng.choice(n, m, replace=False))]
-    init, _ = kmeans_plusplus(sample, k, random_state=cfg.seed, n_local_trials=cfg.init_trials)
-    cent = spherical_kmeans(x, k, cfg.kmeans_iters, cfg.seed, cfg.max_points_per_centroid,
-                            init_centroids=l2_normalize(init))
+    cent = fit_centroids(x, k, cfg)
     labels = nearest_centroids(x, cent, 1)[:, 0]
-    if cfg.merge_threshold is not None:
-        used = np.unique(labels)  # empty clusters take no part in merging
-        sims = cent[used] @ cent[used].T
-        a, b = np.nonzero(np.triu(sims >= cfg.merge_threshold, k=1))
-        merged = components(used.size, a, b)
-        lut = np.zeros(k, np.int64)
-        lut[used] = merged
-        labels = lut[labels]
+    labels = merge_lut(cent, np.unique(labels), cfg.merge_threshold)[labels]
     return _relabel_by_first_appearance(labels)
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 import ray
 
-from curation import ray_tables
+from curation import balance_stage, ray_tables, shard_stage
 from curation import shard as shard_mod
 from curation.records import CLIP, FAILED, OK, SCORE_ANALYSIS_SCHEMA, STAGE_ORDER, STAGE_SCHEMAS, clip_key, to_table
 from curation.stage_store import StageStore
@@ -241,8 +241,13 @@ def run_table_stage(stage: TableStage, store: StageStore, progress: Progress | N
     """Run a whole-table stage (dedup, balance) over every clip that passed its input stage.
 
     All-or-nothing like the shard stage: its decisions depend on the whole set, so a table that
-    does not cover exactly the current inputs is cleared and recomputed (deterministically)."""
+    does not cover exactly the current inputs is cleared and recomputed (deterministically).
+    Balance beyond ``runtime.driver_max_rows`` runs on the workers (``balance_stage``)."""
     t0 = time.perf_counter()
+    if stage.name == "balance" and not ray_tables.small_tables(store, [stage.input_stage, stage.name],
+                                                               stage.policy.runtime.driver_max_rows):
+        n, skipped = balance_stage.run_distributed(stage.policy, store, progress)
+        return StageRun(stage.name, n, skipped, n - skipped, 0, time.perf_counter() - t0)
     # Sorted by key: part files come back in any order, and k-means and tie-breaks must not care.
     inputs = sorted((r for r in store.read(stage.input_stage).to_pylist() if r["status"] == OK),
                     key=lambda r: r["item_id"])
@@ -286,13 +291,17 @@ def _write_shard_task(batch: pa.Table, ctx: StageContext) -> pa.Table:
     return to_table([{**r, "stage": "shard", "status": OK} for r in out], STAGE_SCHEMAS["shard"])
 
 
-SHARD_INPUT = "balance"  # the last stage before sharding
+SHARD_INPUT = shard_stage.SHARD_INPUT  # the last stage before sharding
 
 
 def run_shard_stage(ctx: StageContext, store: StageStore, progress: Progress | None = None) -> StageRun:
     """Write all shards from the accepted clips. All-or-nothing: shard membership depends on the
-    whole set, so an incomplete earlier attempt is cleared and redone (identical bytes)."""
+    whole set, so an incomplete earlier attempt is cleared and redone (identical bytes). Small
+    tables here, in the driver; larger ones by the workers (``shard_stage``)."""
     t0 = time.perf_counter()
+    if not ray_tables.small_tables(store, [SHARD_INPUT, "shard"], ctx.policy.runtime.driver_max_rows):
+        n, skipped, seconds = shard_stage.run_distributed(ctx, store, progress, t0)
+        return StageRun("shard", n, skipped, n - skipped, 0, seconds)
     accepted = [r for r in store.read(SHARD_INPUT).to_pylist() if r["status"] == OK]
     done = store.read("shard")
     if done.num_rows and set(done.column("item_id").to_pylist()) == {r["item_id"] for r in accepted}:

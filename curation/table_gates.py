@@ -9,8 +9,10 @@ The stage's suite (``gates.stage_expectations``) splits in two:
   ``runtime.broadcast_join_max_ids`` ids, one task audits both id columns as sets; beyond it,
   Ray Data's groupby and hash joins do, and no process holds all the ids.
 
-The message and exit code are those of ``gates.check_stage``, which still gates the whole-table
-stages (dedup, balance, shard) in the driver.
+- column means the suite bounds (balance's weights: mean 1), from per-part sums and counts.
+
+The message and exit code are those of ``gates.check_stage``, which still gates dedup (its
+``duplicate_of`` must name one of its own inputs: a join not written here yet) in the driver.
 """
 
 from __future__ import annotations
@@ -122,7 +124,34 @@ def _table_failures(stage: str, store: StageStore, input_stage: str | None, id_c
                      missing[1] + unexpected[1])
         f.detail = f"{missing[1]} input(s) missing, {unexpected[1]} id(s) not among the inputs"
         failures.append(f)
+    if n_inputs:
+        failures += _mean_failures(stage, store, policy)
     return failures
+
+
+def _mean_failures(stage: str, store: StageStore, policy) -> list[FailedExpectation]:
+    """Column means the suite bounds (balance: the weights' mean is 1), from per-part sums."""
+    out = []
+    for e in gates.stage_expectations(stage, {"-"}, "item_id", policy):
+        if e.expectation_type != "expect_column_mean_to_be_between":
+            continue
+        kw = e.configuration.kwargs
+        ds = ray_tables.read_table(store, stage, columns=[kw["column"]])
+        total = count = 0.0
+        for b in ds.map_batches(_sum_count, fn_kwargs={"column": kw["column"]}, batch_format="pyarrow",
+                                batch_size=None).iter_batches(batch_size=None, batch_format="pyarrow"):
+            total += pc.sum(b["sum"]).as_py() or 0.0
+            count += pc.sum(b["count"]).as_py() or 0
+        mean = total / count if count else float("nan")
+        lo, hi = kw.get("min_value"), kw.get("max_value")
+        if not count or (lo is not None and mean < lo) or (hi is not None and mean > hi):
+            out.append(FailedExpectation(e.expectation_type, {k: kw.get(k) for k in ("column", "min_value", "max_value")},
+                                         [], f"observed mean: {mean:.6g} over {int(count)} row(s)"))
+    return out
+
+
+def _sum_count(batch: pa.Table, column: str) -> pa.Table:
+    return pa.table({"sum": [pc.sum(batch[column]).as_py() or 0.0], "count": [batch[column].length() - batch[column].null_count]})
 
 
 def _failure(expectation: str, kwargs: dict, rows: list[str], total: int) -> FailedExpectation:

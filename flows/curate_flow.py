@@ -26,7 +26,6 @@ from curation.policy import Policy, load_policy
 from curation.records import OK
 from curation.stage_store import StageStore
 from curation.stages import StageContext
-from curation.table_stages import TableStage
 from curation.storage import S3Config, Storage
 
 # Set by the CLI to drive its progress bars: (stage, done, total). Tasks also log milestones.
@@ -111,9 +110,9 @@ def shard_task(ctx: StageContext) -> dict:
 @task(name="gate", task_run_name="gate-{stage_name}", cache_policy=NO_CACHE)
 def gate_task(stage_name: str, input_stage: str | None, id_column: str, ctx: StageContext,
               whole_table: bool = False) -> int:
-    """The stage's GX suite. Per-item stages (and ingest) are gated where their tables lie
-    (``table_gates``); the whole-table stages (dedup, balance, shard), whose suites compare
-    across rows, still in this process."""
+    """The stage's GX suite, run where the table lies (``table_gates``; small tables in this
+    process). Dedup's still runs whole in this process: its ``duplicate_of`` must name one of its
+    own inputs, a join ``table_gates`` does not do yet."""
     store = StageStore(ctx.storage, ctx.output)
     if not whole_table:
         n = table_gates.check_stage_table(stage_name, store, input_stage, id_column, ctx.policy)
@@ -251,14 +250,14 @@ def _curate(source: str, output: str, policy: Policy, run_id: str, storage: Stor
         lease.check()  # another run took this OUTPUT over (our lease expired): stop writing
         runs[stage_cls.name] = stage_task.with_options(retries=retries)(stage_cls.name, ctx)
         gate_task(stage_cls.name, stage_cls.input_stage, stage_cls.input_id_column, ctx,
-                  whole_table=issubclass(stage_cls, TableStage))
+                  whole_table=stage_cls is pipeline.DedupStage)
         if stage_cls.name == "score":
             # Every candidate is judged: the sources' analysis frames (a work file of the shots
             # stage's one decode, ~2.8 MB per source second) have no reader left.
             storage.delete_prefix(source_analysis.analysis_root(output))
     lease.check()
     runs["shard"] = shard_task.with_options(retries=retries)(ctx)
-    gate_task("shard", pipeline.SHARD_INPUT, "item_id", ctx, whole_table=True)
+    gate_task("shard", pipeline.SHARD_INPUT, "item_id", ctx)
     outputs = outputs_task(ctx)
     summary = outputs.summary
     dataset_gate_task(ctx)

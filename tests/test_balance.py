@@ -79,3 +79,64 @@ def test_weights_from_clusters():
     w = weights_from_clusters(np.array([0, 0, 0, 0, 1]))
     np.testing.assert_allclose(w[4] / w[0], 2.0)
     assert w.mean() == pytest.approx(1.0)
+
+
+def _caption_rows(n: int, seed: int = 3) -> list[dict]:
+    """Caption-table rows (clip and caption embeddings from a few concepts of uneven size, two of
+    them near-duplicates so merging acts), in no particular key order."""
+    from curation.records import clip_key
+
+    rng = np.random.default_rng(seed)
+    video, _ = _blobs([n // 2, n // 4, n // 8, n - n // 2 - n // 4 - n // 8], d=16, spread=0.05, seed=seed)
+    video[: n // 16] = video[n // 2 + 1] + 1e-3 * rng.standard_normal((n // 16, 16))  # a near-duplicate concept
+    text, _ = _blobs([n // 3, n - n // 3], d=8, spread=0.1, seed=seed + 1)
+    rows = []
+    for i in rng.permutation(n).tolist():
+        rows.append({"run_id": "r", "item_id": clip_key(f"v{i % 13:03d}", i, 0), "kind": "clip",
+                     "parent_id": f"v{i % 13:03d}", "source_uri": "/s", "stage": "caption", "status": "ok",
+                     "clip_embedding": video[i].tolist(), "caption_embedding": text[i].tolist(),
+                     "start_s": 0.0, "end_s": 4.0, "duration_s": 4.0, "clip_uri": f"/clips/{i}.mp4",
+                     "caption": "FPS-24 a clip"})
+    rows.append({**rows[0], "item_id": "vzzz_s0000_c00", "status": "failed", "reason": "caption: timeout"})
+    return rows
+
+
+@pytest.mark.parametrize("variant", ["both embeddings", "caption embedding missing on one clip", "disabled"])
+def test_balance_on_the_workers_matches_the_driver(tmp_path, ray_session, variant):
+    """The distributed balance stage (survey, fit on the sample, assignment as a map, write)
+    gives BalanceStage's cluster ids and sizes on a small table, and its weights to rounding."""
+    import json
+
+    from curation import pipeline, table_gates
+    from curation.policy import demo_policy, policy_from_dict
+    from curation.stage_store import StageStore
+    from curation.storage import Storage
+    from curation.table_stages import BalanceStage
+
+    rows = _caption_rows(240)
+    if variant == "caption embedding missing on one clip":
+        rows[5]["caption_embedding"] = None
+    base = json.loads(demo_policy().model_dump_json())
+    got = {}
+    for name, max_rows in (("driver", 20_000), ("workers", 0)):
+        policy = policy_from_dict({**base, "balance": {**base["balance"], "enabled": variant != "disabled"},
+                                   "runtime": {**base["runtime"], "driver_max_rows": max_rows}})
+        store = StageStore(Storage(), str(tmp_path / name))
+        for k in range(0, len(rows), 50):
+            store.write_part("caption", rows[k:k + 50])
+        run = pipeline.run_table_stage(BalanceStage(policy), store)
+        assert (run.inputs, run.processed) == (240, 240)
+        table_gates.check_stage_table("balance", store, "caption", "item_id", policy)
+        got[name] = sorted(store.read("balance").to_pylist(), key=lambda r: r["item_id"])
+        if name == "workers":
+            assert pipeline.run_table_stage(BalanceStage(policy), store).skipped == 240
+    drv, wrk = got["driver"], got["workers"]
+    assert [r["cluster_id"] for r in wrk] == [r["cluster_id"] for r in drv]
+    assert [r["cluster_size"] for r in wrk] == [r["cluster_size"] for r in drv]
+    np.testing.assert_allclose([r["sampling_weight"] for r in wrk], [r["sampling_weight"] for r in drv], rtol=1e-12)
+    strip = lambda r: {k: v for k, v in r.items() if k != "sampling_weight"}  # noqa: E731
+    assert [strip(r) for r in wrk] == [strip(r) for r in drv]
+    if variant == "disabled":
+        assert {r["sampling_weight"] for r in drv} == {1.0}
+    else:
+        assert 3 <= len({r["cluster_id"] for r in drv}) < 20  # real clusters, some merged

@@ -202,3 +202,59 @@ def test_ledger_built_by_the_workers_equals_the_driver_s(store, ray_session, tmp
     write_outputs(store, "r", "{}", in_driver=False, partitions=2, part_rows=37)
     assert output_tables.uris(store.storage, store.output, "ledger") == [f"{store.output}/ledger.parquet"]
     assert len(output_tables.part_uris(store.storage, store.output, "ledger")) == 2
+
+
+def _balance_rows(media, n: int) -> list[dict]:
+    """Accepted clips in two buckets, of sizes that make both caps cut shards; some with audio and
+    a CLIP embedding."""
+    rows = []
+    for i in range(n):
+        clip = media / f"{i}.mp4"
+        clip.write_bytes(b"v" * (200_000 + 37_000 * (i % 5)))
+        w, h = (320, 180) if i % 3 else (180, 320)
+        r = {**_common("balance", clip_key(f"v{i % 7:03d}", i, 0), kind="clip", parent=f"v{i % 7:03d}"),
+             "width": w, "height": h, "duration_s": 2.0, "start_s": 0.0, "end_s": 2.0, "fps": 24.0,
+             "clip_bytes": clip.stat().st_size, "clip_uri": str(clip), "caption": f"clip {i}", "license": "CC0-1.0",
+             "title": "t", "sampling_weight": 1.0 + (i % 2) / 10, "cluster_id": i % 4, "cluster_size": 2,
+             **{s: 0.25 + i / 100 for s in ("motion_mean", "static", "cuts_per_s", "border_fraction", "sharpness",
+                                            "mean_luma", "text_conf_max")}}
+        if i % 4 == 0:
+            (media / f"{i}.flac").write_bytes(b"a" * 20)
+            r["audio_uri"] = str(media / f"{i}.flac")
+        if i % 5 == 0:
+            r["clip_embedding"] = [0.1 * i, -0.5, 1 / 3]
+        rows.append(r)
+    rows.append({**_common("balance", "vzzz_s0000_c00", "failed", "caption: timeout", "clip", "vzzz")})
+    return rows
+
+
+def test_shard_stage_by_the_workers_writes_the_driver_s_bytes(tmp_path, ray_session):
+    """The distributed shard stage (a streamed plan, then one writer per shard) writes the same
+    tars and the same shard table as the in-driver one; a rerun skips on its finished marker."""
+    from curation import pipeline, table_gates
+    from curation.stages import StageContext
+
+    media = tmp_path / "media"
+    media.mkdir()
+    rows = _balance_rows(media, 40)
+    base = {**json.loads(demo_policy().model_dump_json())}
+    out = {}
+    for name, max_rows in (("driver", 20_000), ("workers", 0)):
+        policy = policy_from_dict({**base, "output": {**base["output"], "shard_max_samples": 4, "shard_max_bytes": 1 << 20},
+                                   "runtime": {**base["runtime"], "driver_max_rows": max_rows}})
+        ctx = StageContext(run_id="r", output=str(tmp_path / name), policy=policy)
+        store = StageStore(Storage(), ctx.output)
+        for k in range(0, len(rows), 9):
+            store.write_part("balance", rows[k:k + 9])
+        run = pipeline.run_shard_stage(ctx, store)
+        assert (run.inputs, run.processed) == (40, 40)
+        table_gates.check_stage_table("shard", store, "balance", "item_id", policy)
+        tars = sorted((tmp_path / name / "shards").rglob("*.tar"))
+        out[name] = ({str(p.relative_to(tmp_path / name)): p.read_bytes() for p in tars},
+                     sorted(store.read("shard").to_pylist(), key=lambda r: r["item_id"]))
+        if name == "workers":
+            again = pipeline.run_shard_stage(ctx, store)
+            assert (again.skipped, again.processed) == (40, 0)
+    assert len(out["driver"][0]) >= 6 and {p.split("/")[1] for p in out["driver"][0]} == {"16x9_1p5-2p5s", "9x16_1p5-2p5s"}
+    assert out["workers"][0] == out["driver"][0]
+    assert out["workers"][1] == out["driver"][1]
