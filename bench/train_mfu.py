@@ -720,7 +720,7 @@ def main(argv: list[str] | None = None) -> None:
           f"{', '.join(f'{x:.2f}' for x in load_before)} before, {', '.join(f'{x:.2f}' for x in load_after)} after")
     print(f"per sample: latents {args.latent_shape} -> {n_tok} tokens (patch 1x2x2), {args.text_len} text tokens "
           f"of dim {args.text_dim}; batch {args.batch} per process; {args.precision}"
-          + (f"; compile" if args.compile else ""))
+          + ("; compile" if args.compile else ""))
     print()
     print(table(results, cuda))
     print()

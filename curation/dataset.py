@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-import tarfile
 
-import pandas as pd
-
-from curation import gates, output_tables
+from curation import dataset_gate, gates, output_tables
+from curation.shard_samples import shard_samples
 from curation.policy import Policy, policy_from_dict
 from curation.stage_store import StageStore
 from curation.storage import Storage, join
@@ -31,53 +29,10 @@ def read_run_info(storage: Storage, output: str) -> dict | None:
     return json.loads(storage.read_bytes(uri))
 
 
-# Tars read at a time by ``validate``: reading is I/O (S3 GETs, disk), streamed, so memory stays
-# at one member per tar in flight whatever the shard size.
-VALIDATE_THREADS = 8
-
-
-def shard_samples(storage: Storage, output: str, index_keys: dict[str, str], policy: Policy) -> pd.DataFrame:
-    """One row per sample found in the tars: which members it has and what its json says. The
-    tars are read in parallel (``VALIDATE_THREADS``), each streamed once front to back."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    tars = [uri for uri in storage.list(join(output, "shards")) if uri.endswith(".tar")]
-    with ThreadPoolExecutor(max_workers=VALIDATE_THREADS) as pool:
-        per_tar = list(pool.map(lambda uri: _tar_samples(storage, uri, index_keys, policy), tars))
-    cols = ["key", "shard", "has_mp4", "has_json", "has_txt", "json_key_matches", "json_license_allowed", "in_index_same_shard"]
-    return pd.DataFrame([row for rows in per_tar for row in rows], columns=cols)
-
-
-def _tar_samples(storage: Storage, uri: str, index_keys: dict[str, str], policy: Policy) -> list[dict]:
-    rel = "shards/" + uri.split("/shards/", 1)[1] if "/shards/" in uri else uri
-    members: dict[str, dict] = {}
-    with storage.open_stream(uri) as f, tarfile.open(fileobj=f, mode="r|") as tf:
-        for m in tf:  # a stream: each member's data is read (json) or skipped (media) in turn
-            key, _, ext = m.name.partition(".")
-            d = members.setdefault(key, {})
-            d[ext] = m.size
-            if ext == "json":
-                try:
-                    d["_rec"] = json.loads(tf.extractfile(m).read())
-                except (json.JSONDecodeError, UnicodeDecodeError):
-                    d["_rec"] = {}
-    rows = []
-    for key, d in members.items():
-        rec = d.get("_rec") or {}
-        rows.append(
-            {
-                "key": key, "shard": rel, "has_mp4": d.get("mp4", 0) > 0,
-                "has_json": "json" in d, "has_txt": "txt" in d,
-                "json_key_matches": rec.get("key") == key,
-                "json_license_allowed": policy.allows_license(rec.get("license")),
-                "in_index_same_shard": index_keys.get(key) == rel,
-            }
-        )
-    return rows
-
-
-def validate_output(output: str, storage: Storage | None = None) -> dict:
-    """Run the final dataset suite on OUTPUT; raises GateFailed (exit 3) or OutputError (exit 2)."""
+def validate_output(output: str, storage: Storage | None = None, at_scale: bool | None = None) -> dict:
+    """Run the final dataset suite on OUTPUT; raises GateFailed (exit 3) or OutputError (exit 2).
+    ``at_scale``: split by part over the Ray workers (``dataset_gate``); default: when the index
+    and the ledger hold more than ``runtime.driver_max_rows`` rows."""
     storage = storage or Storage()
     info = read_run_info(storage, output)
     missing = [f"{n}.parquet (or {n}/)" for n in output_tables.NAMES if not output_tables.exists(storage, output, n)]
@@ -85,6 +40,14 @@ def validate_output(output: str, storage: Storage | None = None) -> dict:
     if info is None or missing:
         raise OutputError(f"{output} is not a finished reelflow dataset (missing: {missing or ['_stages/run.json']})")
     policy = policy_from_dict(info["policy"], origin=f"{output}/_stages/{RUN_FILE}")
+    if at_scale is None:
+        at_scale = dataset_gate.output_rows(storage, output) > policy.runtime.driver_max_rows
+    if at_scale:
+        # Large outputs: the same suite, split by part over the Ray workers.
+        from curation.pipeline import ensure_ray
+
+        ensure_ray()
+        return dataset_gate.check_dataset_at_scale(storage, output, policy)
     index = output_tables.read(storage, output, output_tables.INDEX)
     ledger = output_tables.read(storage, output, output_tables.LEDGER)
     index_keys = dict(zip(index.column("key").to_pylist(), index.column("shard").to_pylist())) if index.num_rows else {}

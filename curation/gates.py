@@ -306,12 +306,12 @@ def check_stage(stage: str, table: pa.Table, expected_inputs: set[str], id_colum
         raise GateFailed(stage, failures, table.num_rows)
 
 
-def check_dataset(index: pa.Table, samples: pd.DataFrame, ledger: pa.Table, input_ids: set[str], policy) -> None:
-    """The final dataset suite (``reelflow validate``): index <-> shards, members, licences, ledger."""
+def dataset_expectations(policy, keys: list[str]) -> dict[str, list]:
+    """The final dataset suite's expectations on the index, the shards' samples and the ledger
+    (``keys``: the index's keys, for the shards' set equality)."""
     import great_expectations.expectations as gxe
 
     allowed = sorted({x.strip() for x in policy.licenses.allow} | {x.strip().lower() for x in policy.licenses.allow})
-    keys = sorted(set(index.column("key").to_pylist())) if index.num_rows else []
     index_ex = [
         gxe.ExpectTableColumnsToMatchSet(column_set=list(INDEX_SCHEMA.names), exact_match=True),
         gxe.ExpectColumnValuesToNotBeNull(column="key"),
@@ -332,7 +332,6 @@ def check_dataset(index: pa.Table, samples: pd.DataFrame, ledger: pa.Table, inpu
         (gxe.ExpectColumnDistinctValuesToEqualSet(column="key", value_set=keys) if keys
          else gxe.ExpectTableRowCountToEqual(value=0)),
     ]
-    led = _to_pandas(ledger)
     ledger_ex = [
         gxe.ExpectTableColumnsToMatchSet(column_set=list(LEDGER_SCHEMA.names), exact_match=True),
         gxe.ExpectColumnValuesToBeUnique(column="item_id"),
@@ -340,6 +339,17 @@ def check_dataset(index: pa.Table, samples: pd.DataFrame, ledger: pa.Table, inpu
         gxe.ExpectColumnValuesToNotBeNull(column="reason", **_ok('status!="accepted"')),
         gxe.ExpectColumnValuesToBeInSet(column="kind", value_set=["video", "clip"]),
     ]
+    return {"index": index_ex, "shards": shard_ex, "ledger": ledger_ex}
+
+
+def check_dataset(index: pa.Table, samples: pd.DataFrame, ledger: pa.Table, input_ids: set[str], policy) -> None:
+    """The final dataset suite (``reelflow validate``): index <-> shards, members, licences, ledger."""
+    import great_expectations.expectations as gxe
+
+    keys = sorted(set(index.column("key").to_pylist())) if index.num_rows else []
+    suite = dataset_expectations(policy, keys)
+    index_ex, shard_ex, ledger_ex = suite["index"], suite["shards"], suite["ledger"]
+    led = _to_pandas(ledger)
     failures = []
     failures += [_tag("index", f) for f in _validate("index", _to_pandas(index), index_ex, "key")]
     failures += [_tag("shards", f) for f in _validate("shards", samples, shard_ex, "key")]

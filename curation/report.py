@@ -21,6 +21,7 @@ import html
 import io
 import json
 import math
+import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -33,14 +34,15 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
-from curation import output_tables
+from curation import output_tables, ray_tables
 from curation.ledger import build_ledger
 from curation.records import CLIP, FAILED, OK, REJECTED, SCORE_COLUMNS, STAGE_ORDER, STAGE_SCHEMAS, VIDEO
-from curation.stage_store import StageStore
+from curation.stage_store import StageStore, _superseded_dropped
 from curation.storage import Storage, join
 
 REPORT_STAGES = list(STAGE_ORDER)
 SCORE_STAGE = "score"
+SAMPLE_CLIPS = 20_000  # candidate clips a large run's report reads (a hash sample by video)
 SAMPLE_PER_GROUP = 12  # kept clips, and rejected clips, shown in the contact sheet
 DUP_GROUPS = 8  # duplicate groups shown in the Duplicates section
 DUPS_PER_GROUP = 3  # duplicates shown beside each group's kept clip
@@ -94,6 +96,7 @@ class ReportData:
     extract: pa.Table | None = None
     caption: pa.Table | None = None
     balance: pa.Table | None = None
+    sample_rate: float = 1.0  # fraction of clips the tables were read for (1.0: all of them)
     rules: list[RuleStat] = field(default_factory=list)
     first_rule: list[str | None] = field(default_factory=list)  # per score row: the rule that rejected it
     thumbs: dict[str, str] = field(default_factory=dict)  # clip URI -> thumbnail strip (a clip can show twice)
@@ -109,13 +112,18 @@ class ReportData:
         return self._encoded.get(item_id)
 
 
-def write_report(storage: Storage, output: str, store: StageStore, policy_rules: list[dict], run_id: str) -> str:
-    """Build ``OUTPUT/report.html`` from the stage tables and return its URI."""
-    tables = {st: _read_stage(store, st) for st in REPORT_STAGES}
+def write_report(storage: Storage, output: str, store: StageStore, policy_rules: list[dict], run_id: str,
+                 funnel: list[dict] | None = None, max_rows: int | None = None) -> str:
+    """Build ``OUTPUT/report.html`` from the stage tables and return its URI.
+
+    ``funnel``: the run's exact funnel (``run_outputs.Outputs.funnel``); without it, counted from
+    the tables read. ``max_rows``: stage tables beyond this many rows are read as a sample (see
+    ``read_tables``), so the report's process holds ~``SAMPLE_CLIPS`` clips whatever the run."""
+    tables, rate = read_tables(store, max_rows)
     data = ReportData(
-        run_id=run_id, output=output, funnel=_funnel(tables), score=tables[SCORE_STAGE], shard=tables["shard"],
-        dedup=tables["dedup"], extract=tables["extract"], caption=tables["caption"], balance=tables["balance"],
-        **_summary(storage, output, store, tables),
+        run_id=run_id, output=output, funnel=funnel or _funnel(tables), score=tables[SCORE_STAGE],
+        shard=tables["shard"], dedup=tables["dedup"], extract=tables["extract"], caption=tables["caption"],
+        balance=tables["balance"], sample_rate=rate, **_summary(storage, output, store, tables),
     )
     if data.score is not None:
         data.rules = [_rule_stat(r, data.score) for r in policy_rules]
@@ -133,13 +141,49 @@ def write_report(storage: Storage, output: str, store: StageStore, policy_rules:
 # -- data -------------------------------------------------------------------------------------
 
 
+def read_tables(store: StageStore, max_rows: int | None) -> tuple[dict[str, pa.Table | None], float]:
+    """Every stage table without its list columns, and the fraction of clips read: 1.0, or, when
+    the tables hold more than ``max_rows`` rows, ``SAMPLE_CLIPS`` / candidate clips -- a sample
+    by a hash of each item's key (of its video's key for clips), the same items in every table,
+    read by the Ray workers."""
+    if max_rows is None or ray_tables.small_tables(store, REPORT_STAGES, max_rows):
+        return {st: _read_stage(store, st) for st in REPORT_STAGES}, 1.0
+    clips = ray_tables.read_table(store, "clips", columns=["item_id"])
+    n = clips.count() if clips is not None else 0
+    rate = min(1.0, SAMPLE_CLIPS / n) if n else 1.0
+    out: dict[str, pa.Table | None] = {}
+    for st in REPORT_STAGES:
+        cols = [c for c in STAGE_SCHEMAS[st].names if c not in HEAVY_COLUMNS]
+        ds = ray_tables.read_table(store, st, columns=cols)
+        if ds is None:
+            out[st] = None
+            continue
+        ds = ds.map_batches(_sampled, fn_kwargs={"rate": rate}, batch_format="pyarrow", batch_size=None)
+        blocks = list(ds.iter_batches(batch_size=None, batch_format="pyarrow"))
+        out[st] = (pa.concat_tables(blocks, promote_options="permissive") if blocks
+                   else STAGE_SCHEMAS[st].empty_table().select(cols))
+    return out, rate
+
+
+def _sampled(batch: pa.Table, rate: float) -> pa.Table:
+    """Rows whose video is in the sample: a clip goes with its video (the contact sheet's
+    thumbnails, the duplicate groups and the rules all see whole videos)."""
+    video = batch["parent_id"] if "parent_id" in batch.column_names else batch["item_id"]
+    ids = [p or i for p, i in zip(video.to_pylist(), batch["item_id"].to_pylist())]
+    cut = int(rate * 2**32)
+    return batch.filter(pa.array([zlib.crc32((k or "").encode()) < cut for k in ids], pa.bool_()))
+
+
 def _read_stage(store: StageStore, stage: str) -> pa.Table | None:
-    """The stage table, or None when no part was ever written (e.g. no score stage in older outputs)."""
+    """The stage table without its list columns, or None when no part was ever written (e.g. no
+    score stage in older outputs)."""
     parts = store.parts(stage)
     if not parts:
         return None
     if stage in STAGE_SCHEMAS:
-        return store.read(stage)
+        cols = [c for c in STAGE_SCHEMAS[stage].names if c not in HEAVY_COLUMNS]
+        tables = [store.read_part(stage, u, cols) for u in parts]
+        return _superseded_dropped(pa.concat_tables(tables, promote_options="permissive"))
     # A stage this records.py has no schema for (score tables written before it was registered): as is.
     tables = [pq.read_table(io.BytesIO(store.storage.read_bytes(u))) for u in parts]
     return pa.concat_tables(tables, promote_options="permissive")
@@ -528,11 +572,18 @@ def _header_html(data: ReportData) -> str:
         ("clips failed", clips.get("failed", 0)), ("hours kept", f"{float(s.get('hours') or 0):.3f}"),
     ]
     if data.dedup is not None:
-        kpis.insert(4, ("of which duplicates", len(_duplicates(data))))
+        dups = (len(_duplicates(data)) if data.sample_rate >= 1.0 else
+                next((f["rejected"] for f in data.funnel if f["stage"] == "dedup"), 0))
+        kpis.insert(4, ("of which duplicates", dups))
     boxes = "".join(f"<div class=kpi><b>{html_text(v)}</b><span>{html_text(k)}</span></div>" for k, v in kpis)
+    sampled = "" if data.sample_rate >= 1.0 else (
+        f"<p class=note>A large run: the rules table, the histograms, the duplicates, the balance chart and "
+        f"the contact sheet show a sample of {100 * data.sample_rate:.2g}% of the videos (a hash of the key; "
+        f"{data.score.num_rows if data.score is not None else 0:,} scored clips), and the seconds below are "
+        f"scaled up from it. The figures above and the funnel count every item.</p>")
     return (f"<h1>reelflow curation report — run <code>{html_text(data.run_id)}</code></h1>"
             f"<div class=muted>output <code>{html_text(data.output)}</code>; figures from {html_text(data.summary_source)}</div>"
-            f"<div class=kpis>{boxes}</div>{_encode_saving_html(data)}")
+            f"<div class=kpis>{boxes}</div>{sampled}{_encode_saving_html(data)}")
 
 
 def encode_saving(score: pa.Table | None, extract: pa.Table | None) -> tuple[float, float]:
@@ -549,7 +600,7 @@ def encode_saving(score: pa.Table | None, extract: pa.Table | None) -> tuple[flo
 def _encode_saving_html(data: ReportData) -> str:
     if data.score is None:
         return ""
-    analysed, encoded = encode_saving(data.score, data.extract)
+    analysed, encoded = (s / data.sample_rate for s in encode_saving(data.score, data.extract))
     share = f" ({100 * encoded / analysed:.0f}%)" if analysed else ""
     return (f"<p class=muted>Judged before encoding: {analysed:.1f} s of candidate clips analysed from their "
             f"sources, {encoded:.1f} s encoded{share}. Rejected and duplicate clips were never encoded.</p>")

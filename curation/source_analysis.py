@@ -29,7 +29,6 @@ import subprocess
 import tempfile
 import threading
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 from typing import Callable, Iterator
 

@@ -154,6 +154,12 @@ def _sum_count(batch: pa.Table, column: str) -> pa.Table:
     return pa.table({"sum": [pc.sum(batch[column]).as_py() or 0.0], "count": [batch[column].length() - batch[column].null_count]})
 
 
+def audit(out, inputs, id_column: str, small: bool) -> tuple["Ids", "Ids", "Ids", int]:
+    """(duplicate ``item_id``s of ``out``, inputs ``out`` misses, ids of ``out`` not among the
+    inputs, input count) over two Datasets: in one task when ``small``, else by hash joins."""
+    return (_audit_small if small else _audit_large)(out, inputs, id_column)
+
+
 def _failure(expectation: str, kwargs: dict, rows: list[str], total: int) -> FailedExpectation:
     f = FailedExpectation(expectation, kwargs, list(rows)[:SHOWN_IDS])
     f.total = total

@@ -142,14 +142,16 @@ def outputs_task(ctx: StageContext) -> run_outputs.Outputs:
 
 
 @task(name="report", task_run_name="report", cache_policy=NO_CACHE)
-def report_task(ctx: StageContext) -> str:
-    """report.html: funnel, score histograms with thresholds, contact sheet of kept/rejected clips."""
+def report_task(ctx: StageContext, funnel: list[dict] | None = None) -> str:
+    """report.html: funnel, score histograms with thresholds, contact sheet of kept/rejected clips
+    (from a sample of the clips when the tables hold more than ``runtime.driver_max_rows`` rows)."""
     from curation.report import write_report
 
     rules = [{"rule": name, "score": column, "min": r.min, "max": r.max,
               "enabled": r.enabled and _scorer_available(ctx.policy, name), "score_only": r.score_only}
              for name, column, r in ctx.policy.scoring.rules()]
-    uri = write_report(ctx.storage, ctx.output, StageStore(ctx.storage, ctx.output), rules, ctx.run_id)
+    uri = write_report(ctx.storage, ctx.output, StageStore(ctx.storage, ctx.output), rules, ctx.run_id,
+                       funnel=funnel, max_rows=ctx.policy.runtime.driver_max_rows)
     get_run_logger().info("report: %s", uri)
     return uri
 
@@ -261,7 +263,7 @@ def _curate(source: str, output: str, policy: Policy, run_id: str, storage: Stor
     outputs = outputs_task(ctx)
     summary = outputs.summary
     dataset_gate_task(ctx)
-    report = report_task(ctx)
+    report = report_task(ctx, outputs.funnel)
 
     funnel = [{**row, "seconds": round(runs.get(row["stage"], {}).get("seconds", 0.0), 2),
                "nodes": runs.get(row["stage"], {}).get("nodes", 0)} for row in outputs.funnel]

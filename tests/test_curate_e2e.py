@@ -15,6 +15,7 @@ import tarfile
 import time
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
@@ -279,3 +280,41 @@ def test_synthetic_captioned_shapes_flow_through_curate(engines, tmp_path):
     assert len(index) == 2 and all(row["license"] == "CC0-1.0" and row["has_audio"] for row in index)
     captions = {row["caption"] for row in index}
     assert all("moving" in c for c in captions)
+
+
+def test_dataset_gate_by_part_agrees_with_the_whole_table_gate(curated, tmp_path):
+    """validate split over the index's and the ledger's parts (what runs beyond
+    runtime.driver_max_rows) passes the same output and catches the same tampering."""
+    from curation.dataset import validate_output
+    from curation.gates import GateFailed
+
+    assert validate_output(str(curated), at_scale=True) == validate_output(str(curated), at_scale=False)
+    bad = tmp_path / "bad"
+    shutil.copytree(curated, bad)
+    tars = sorted((bad / "shards").rglob("*.tar"))
+    with tarfile.open(tars[0]) as tf:  # a sample loses its caption
+        members = [(m, tf.extractfile(m).read()) for m in tf.getmembers()]
+    victim = next(m.name for m, _ in members if m.name.endswith(".txt"))
+    with tarfile.open(tars[0], "w") as tf:
+        for m, data in members:
+            if m.name != victim:
+                tf.addfile(m, io.BytesIO(data))
+    orphan = tars[0].with_name("shard-999999.tar")  # a tar no index row names
+    shutil.copyfile(tars[-1], orphan)
+    (bad / "ledger.parquet").unlink()  # a ledger row twice (the parts are what large runs read)
+    part = sorted((bad / "ledger").glob("part-*.parquet"))[0]
+    t = pq.read_table(part)
+    pq.write_table(pa.concat_tables([t, t.slice(0, 1)]), part)
+    dup = t.column("item_id")[0].as_py()
+    messages = {}
+    for at_scale in (False, True):
+        with pytest.raises(GateFailed) as e:
+            validate_output(str(bad), at_scale=at_scale)
+        messages[at_scale] = str(e.value)
+    for msg in messages.values():
+        assert "has_txt" in msg and victim.split(".")[0] in msg
+        assert "ledger: expect_column_values_to_be_unique" in msg and dup in msg
+    # The orphan tar: its samples sit in a shard the index does not name (read whole), or a tar
+    # no index part lists (by part: only the listed tars are read).
+    assert "in_index_same_shard" in messages[False]
+    assert "unexpected shard file:shards/" in messages[True] and orphan.name in messages[True]

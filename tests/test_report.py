@@ -306,3 +306,35 @@ def test_report_shows_clips_judged_from_their_sources_and_the_encode_saving(tmp_
     assert (f"{0.5 * n:.1f} s of candidate clips analysed from their sources, {0.5 * n_kept:.1f} s encoded "
             f"({100 * n_kept // n}%)") in page
     assert report.encode_saving(store.read("score"), store.read("extract")) == (0.5 * n, 0.5 * n_kept)
+
+
+def test_large_run_report_reads_a_sample_of_videos(tmp_path, clip_files, ray_session, monkeypatch):
+    """Beyond max_rows the workers read a hash sample of the videos (a clip with its video, the
+    same items in every table); the page says so, and shows the run's exact funnel."""
+    from curation import report
+
+    storage, out = Storage(), str(tmp_path / "out")
+    store = build_output(storage, out, clip_files)
+    for name in ("vfar", "vnear", "vmid", "vlast"):  # more videos, one clip each
+        store.write_part("ingest", [_base(name, "ingest")])
+        for st in ("clips", "extract"):
+            store.write_part(st, [{**_clip(0, st, clip_files[0]), "item_id": clip_key(name, 0, 0), "parent_id": name}])
+    monkeypatch.setattr(report, "SAMPLE_CLIPS", 5)  # of 11 candidate clips
+    tables, rate = report.read_tables(store, max_rows=0)
+    assert rate == 5 / 11
+    full, _ = report.read_tables(store, max_rows=None)
+    videos = lambda t: {r["parent_id"] or r["item_id"] for r in t.to_pylist()}  # noqa: E731
+    kept = videos(tables["ingest"])
+    assert 0 < len(kept) < 5
+    for st in ("clips", "extract", "score", "shard"):
+        if tables[st] is None:
+            continue
+        assert videos(tables[st]) <= kept
+        # a clip comes with its video: every clip of a sampled video, none of the others
+        assert sorted(tables[st]["item_id"].to_pylist()) == sorted(
+            r["item_id"] for r in full[st].to_pylist() if (r["parent_id"] or r["item_id"]) in kept)
+    funnel = [{"stage": "probe", "rows": 123457, "passed": 123450, "rejected": 5, "failed": 2}]
+    write_report(storage, out, store, RULES, RUN, funnel=funnel, max_rows=0)
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert "show a sample of 45% of the videos" in page
+    assert "<td>123457</td><td>123450</td><td>5</td><td>2</td>" in page
