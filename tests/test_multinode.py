@@ -1,6 +1,6 @@
 """``curate --ray-address`` against a Ray cluster of two nodes (two raylets on this machine):
 the stage code travels to the cluster as a runtime_env package, and the media stages' tasks run
-on both nodes."""
+on both nodes; with ``runtime.driver_max_rows: 0`` every table takes the workers' path."""
 
 from __future__ import annotations
 
@@ -45,6 +45,9 @@ def test_curate_runs_its_stages_on_more_than_one_node(two_node_cluster, media, p
         w.writerows({"uri": str(v), "license": "CC0-1.0"} for v in videos)
     policy = yaml.safe_load(DEMO_POLICY_FILE.read_text())
     policy["scoring"] = {r: {"score_only": True} for r in ("text", "borders", "jitter", "static", "motion")}
+    # Every table through the paths large runs take: the workers read, gate, balance, shard, write
+    # the ledger and index, and the dataset gate runs per part (no table is "small" here).
+    policy["runtime"] = {**policy.get("runtime", {}), "driver_max_rows": 0}
     (tmp_path / "policy.yaml").write_text(yaml.safe_dump(policy))
     env = {**os.environ, "PREFECT_API_URL": prefect_harness, "COLUMNS": "200"}
     env.pop("RAY_ADDRESS", None)
@@ -57,4 +60,6 @@ def test_curate_runs_its_stages_on_more_than_one_node(two_node_cluster, media, p
     nodes = {m.group(1): int(m.group(2)) for m in re.finditer(r"^\W*(\w+)\W.*?(\d+|-)\s*\W*$", r.stdout, re.M)
              if m.group(2).isdigit()}
     assert max(nodes.get(s, 0) for s in ("shots", "score", "extract")) == 2, r.stdout
-    assert (out / "index.parquet").exists()
+    assert (out / "index.parquet").exists() and list((out / "ledger").glob("part-*.parquet"))
+    assert (out / "_stages" / "balance" / "_FINISHED.json").exists()  # balance ran on the workers
+    assert (out / "_stages" / "shard" / "_FINISHED.json").exists()  # so did the shard stage
