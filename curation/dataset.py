@@ -41,7 +41,7 @@ def validate_output(output: str, storage: Storage | None = None, at_scale: bool 
         raise OutputError(f"{output} is not a finished reelflow dataset (missing: {missing or ['_stages/run.json']})")
     policy = policy_from_dict(info["policy"], origin=f"{output}/_stages/{RUN_FILE}")
     if at_scale is None:
-        at_scale = dataset_gate.output_rows(storage, output) > policy.runtime.driver_max_rows
+        at_scale = dataset_gate.more_rows_than(storage, output, policy.runtime.driver_max_rows)
     if at_scale:
         # Large outputs: the same suite, split by part over the Ray workers.
         from curation.pipeline import ensure_ray
