@@ -9,8 +9,11 @@ flat in N, wall-time log-log slope <= 1.1).
 Steps, in the pipeline's shape:
 - ingest: synthetic input rows made and written by the workers (as a manifest read as a dataset);
 - probe, filter, shots (1:1 per video), clips (1:N), score, extract, caption (1:1 per clip):
-  ``pipeline.run_media_stage`` with stand-in stages whose ``process`` only adds columns (caption
-  adds an 8-d pseudo-random embedding from the key);
+  ``pipeline.run_media_stage`` with stand-in stages whose ``process`` only adds columns (score adds
+  dedup's inputs - a content signature, 8 frame hashes and a 32-d embedding - with 15% planted
+  exact, near and semantic copies; caption adds an 8-d pseudo-random embedding from the key);
+- dedup: the real dedup stage (exact, near and semantic levels as shuffles over Ray tasks), and its
+  gate (``duplicate_of`` joined against the inputs);
 - rerun: every per-item stage again over its finished table (resume's anti-join; nothing to do);
 - gate(caption): the per-item stage gate as the flow runs it (``table_gates``);
 - balance: the real balance stage (k-means fitted on a sample, assignment and writes as maps), and
@@ -35,6 +38,7 @@ import sys
 import tempfile
 import threading
 import time
+import zlib
 from pathlib import Path
 
 for k, v in {"RAY_USAGE_STATS_ENABLED": "0", "GX_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}.items():
@@ -53,7 +57,7 @@ from curation.records import CLIP, OK, STAGE_SCHEMAS, VIDEO, clip_key  # noqa: E
 from curation.stage_store import StageStore  # noqa: E402
 from curation.stages import Stage, StageContext  # noqa: E402
 from curation.storage import Storage  # noqa: E402
-from curation.table_stages import BalanceStage  # noqa: E402
+from curation.table_stages import BalanceStage, DedupStage  # noqa: E402
 
 # Workers cannot import this script by name: ship its stage classes by value.
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -99,16 +103,42 @@ class Clips(_Cheap):
                 for i in range(self.per_video)]
 
 
+def _frames(key: str) -> np.ndarray:
+    return np.frombuffer(hashlib.sha512(key.encode()).digest(), np.uint64).copy()
+
+
+def _embedding(key: str) -> np.ndarray:
+    return np.random.default_rng(zlib.crc32(key.encode())).standard_normal(EMB_DIMS).astype(np.float32)
+
+
+EMB_DIMS = 32  # a stand-in for CLIP's 512: the semantic level's cost is per clip, k-means on a sample
+
+
 class Score(_Cheap):
+    """Dedup's inputs with planted copies of the video before: of every 20 videos, the 2nd's clips
+    are exact copies, the 4th's near copies (two bits off per frame hash), the 6th's semantic
+    copies (embedding noise 1e-3): 15% duplicates, each of an original no other level touches."""
+
     name, input_stage = "score", "clips"
 
     def adds(self, row):
+        v, clip = int(row["parent_id"][1:], 16), round(row["start_s"] / 4.0)
+        key = lambda back: clip_key(f"v{v - back:016x}", 0, clip)  # noqa: E731
+        sig, frames, emb = row["item_id"], _frames(row["item_id"]), _embedding(row["item_id"])
+        if v % 20 == 1:
+            sig, frames, emb = key(1), _frames(key(1)), _embedding(key(1))
+        elif v % 20 == 3:
+            frames = _frames(key(1)) ^ np.uint64(0b101)
+        elif v % 20 == 5:
+            emb = _embedding(key(1)) + np.float32(1e-3)
         return {"motion_mean": 1.5, "static": 0.1, "cuts_per_s": 0.0, "border_fraction": 0.0, "sharpness": 100.0,
-                "mean_luma": 0.4, "text_conf_max": 0.0}
+                "mean_luma": 0.4, "text_conf_max": 0.0, "aesthetic_score": float(clip + v % 7),
+                "content_signature": hashlib.sha1(sig.encode()).hexdigest(), "phashes": frames.tolist(),
+                "clip_embedding": emb.tolist()}
 
 
 class Extract(_Cheap):
-    name, input_stage = "extract", "score"
+    name, input_stage = "extract", "dedup"
     clip_uri = "/bench/clip.mp4"  # one small file every clip points at (the shard stage reads it)
 
     def adds(self, row):
@@ -125,7 +155,7 @@ class Caption(_Cheap):
         return {"caption": f"FPS-24 a synthetic clip {row['item_id']}", "caption_embedding": emb}
 
 
-STAGES = [Probe, Filter, Shots, Clips, Score, Extract, Caption]
+STAGES = [Probe, Filter, Shots, Clips, Score, Extract, Caption]  # dedup runs between score and extract
 
 
 def _ingest_rows(batch: pa.Table, run_id: str) -> pa.Table:
@@ -191,6 +221,10 @@ def run_one(n_videos: int, per_video: int, root: Path) -> list[dict]:
     step("ingest", ingest)
     for cls in STAGES:
         step(cls.name, lambda cls=cls: pipeline.run_media_stage(cls(ctx), store))
+        if cls is Score:
+            step("dedup", lambda: pipeline.run_table_stage(DedupStage(policy), store))
+            step("gate(dedup)", lambda: table_gates.check_stage_table("dedup", store, "score", "item_id", policy))
+            print(f"  dedup dropped (planted: 5% of clips at each level): {_dedup_levels(store)}", flush=True)
     step("rerun (finished)", lambda: [pipeline.run_media_stage(cls(ctx), store) for cls in STAGES])
 
     def half_done() -> None:
@@ -211,6 +245,22 @@ def run_one(n_videos: int, per_video: int, root: Path) -> list[dict]:
                                                  part_rows=policy.runtime.part_rows, single_file_max_rows=0))
     shutil.rmtree(out, ignore_errors=True)
     return steps
+
+
+def _count_levels(batch: pa.Table) -> pa.Table:
+    return batch.group_by("dedup_level").aggregate([("dedup_level", "count")])
+
+
+def _dedup_levels(store: StageStore) -> dict[str, int]:
+    """Clips each dedup level dropped, counted by the workers."""
+    ds = ray_tables.read_table(store, "dedup", columns=["dedup_level"]).map_batches(_count_levels,
+                                                                                  batch_format="pyarrow")
+    got: dict[str, int] = {}
+    for b in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+        for level, n in zip(b["dedup_level"].to_pylist(), b["dedup_level_count"].to_pylist()):
+            if level is not None:
+                got[level] = got.get(level, 0) + n
+    return dict(sorted(got.items()))
 
 
 def _gate(store: StageStore, policy) -> None:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 import ray
 
-from curation import balance_stage, ray_tables, shard_stage
+from curation import balance_stage, dedup_stage, ray_tables, shard_stage
 from curation import shard as shard_mod
 from curation.records import CLIP, FAILED, OK, SCORE_ANALYSIS_SCHEMA, STAGE_ORDER, STAGE_SCHEMAS, clip_key, to_table
 from curation.stage_store import StageStore
@@ -242,11 +242,12 @@ def run_table_stage(stage: TableStage, store: StageStore, progress: Progress | N
 
     All-or-nothing like the shard stage: its decisions depend on the whole set, so a table that
     does not cover exactly the current inputs is cleared and recomputed (deterministically).
-    Balance beyond ``runtime.driver_max_rows`` runs on the workers (``balance_stage``)."""
+    Beyond ``runtime.driver_max_rows`` both run on the workers (``dedup_stage``, ``balance_stage``)."""
     t0 = time.perf_counter()
-    if stage.name == "balance" and not ray_tables.small_tables(store, [stage.input_stage, stage.name],
-                                                               stage.policy.runtime.driver_max_rows):
-        n, skipped = balance_stage.run_distributed(stage.policy, store, progress)
+    distributed = {"balance": balance_stage.run_distributed, "dedup": dedup_stage.run_distributed}
+    if stage.name in distributed and not ray_tables.small_tables(store, [stage.input_stage, stage.name],
+                                                                 stage.policy.runtime.driver_max_rows):
+        n, skipped = distributed[stage.name](stage.policy, store, progress)
         return StageRun(stage.name, n, skipped, n - skipped, 0, time.perf_counter() - t0)
     # Sorted by key: part files come back in any order, and k-means and tie-breaks must not care.
     inputs = sorted((r for r in store.read(stage.input_stage).to_pylist() if r["status"] == OK),

@@ -9,10 +9,11 @@ The stage's suite (``gates.stage_expectations``) splits in two:
   ``runtime.broadcast_join_max_ids`` ids, one task audits both id columns as sets; beyond it,
   Ray Data's groupby and hash joins do, and no process holds all the ids.
 
-- column means the suite bounds (balance's weights: mean 1), from per-part sums and counts.
+- column means the suite bounds (balance's weights: mean 1), from per-part sums and counts;
+- references (dedup's ``duplicate_of`` names one of the stage's own ok inputs): the distinct
+  values anti-joined with the input ids, as the id audits are.
 
-The message and exit code are those of ``gates.check_stage``, which still gates dedup (its
-``duplicate_of`` must name one of its own inputs: a join not written here yet) in the driver.
+The message and exit code are those of ``gates.check_stage``.
 """
 
 from __future__ import annotations
@@ -36,9 +37,19 @@ TABLE_WIDE = ("expect_column_values_to_be_unique", "expect_column_distinct_value
               "expect_table_row_count_to_equal")
 
 
+REFERENCES = {"dedup": "duplicate_of"}  # column whose values must be ids of the stage's ok inputs
+
+
+def _is_reference(e, stage: str) -> bool:
+    return (e.expectation_type == "expect_column_values_to_be_in_set"
+            and e.configuration.kwargs.get("column") == REFERENCES.get(stage))
+
+
 def row_expectations(stage: str, policy) -> list:
-    """The stage's suite without its table-wide expectations: what holds part by part."""
-    return [e for e in gates.stage_expectations(stage, set(), "item_id", policy) if e.expectation_type not in TABLE_WIDE]
+    """The stage's suite without its table-wide expectations (and its references, a join): what
+    holds part by part."""
+    return [e for e in gates.stage_expectations(stage, set(), "item_id", policy)
+            if e.expectation_type not in TABLE_WIDE and not _is_reference(e, stage)]
 
 
 def check_stage_table(stage: str, store: StageStore, input_stage: str | None, id_column: str, policy) -> int:
@@ -126,7 +137,39 @@ def _table_failures(stage: str, store: StageStore, input_stage: str | None, id_c
         failures.append(f)
     if n_inputs:
         failures += _mean_failures(stage, store, policy)
+    if stage in REFERENCES and inputs is not None:
+        failures += _reference_failures(stage, store, inputs, broadcast)
     return failures
+
+
+def _reference_failures(stage: str, store: StageStore, inputs, small: bool) -> list[FailedExpectation]:
+    """Values of ``REFERENCES[stage]`` that name no ok input (dedup: a duplicate of an unknown clip)."""
+    column = REFERENCES[stage]
+    refs = ray_tables.read_table(store, stage, columns=[column])
+    if refs is None:
+        return []
+    refs = refs.map_batches(_distinct_non_null, fn_kwargs={"column": column}, batch_format="pyarrow").materialize()
+    if small:
+        unknown = ray.get(_unknown_task.remote(list(refs.to_arrow_refs()),
+                                               list(inputs.materialize().to_arrow_refs())))
+    else:
+        n = max(2, math.ceil(refs.count() / 1_000_000))
+        distinct = refs.groupby("id").count().select_columns(["id"])  # a value named from many parts counts once
+        unknown = _first_and_count(distinct.join(inputs.select_columns(["item_id"]), "left_anti", num_partitions=n,
+                                                 on=("id",), right_on=("item_id",)), "id")
+    if not unknown[1]:
+        return []
+    f = _failure("expect_column_values_to_be_in_set", {"column": column}, unknown[0], unknown[1])
+    f.detail = f"{unknown[1]} value(s) name no ok input of the stage"
+    return [f]
+
+
+@ray.remote(num_cpus=ray_tables.IO_TASK_CPUS)
+def _unknown_task(ref_refs: list, in_refs: list) -> Ids:
+    named = {x for t in ray.get(ref_refs) for x in t["id"].to_pylist()}
+    known = {x for t in ray.get(in_refs) for x in t["item_id"].to_pylist()}
+    unknown = sorted(named - known)
+    return unknown[:SHOWN_IDS], len(unknown)
 
 
 def _mean_failures(stage: str, store: StageStore, policy) -> list[FailedExpectation]:

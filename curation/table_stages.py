@@ -52,44 +52,57 @@ class DedupStage(TableStage):
     input_stage = "score"
 
     def run(self, rows: list[dict]) -> list[dict]:
-        from curation.dedup import DedupConfig, run_dedup
-        from curation.dedup.exact import ExactConfig
-        from curation.dedup.near import NearConfig
-        from curation.dedup.semantic import SemanticConfig, ray_map_partitions
+        from curation.dedup import run_dedup
+        from curation.dedup.semantic import ray_map_partitions
 
         cfg = self.policy.dedup
         out = [{**r, "stage": self.name, "duplicate_of": None, "dedup_level": None, "dedup_similarity": None}
                for r in rows]
         if not cfg.enabled or len(rows) < 2:
             return out
-        qcol = cfg.quality_score
-        quality = [_num(r.get(qcol)) for r in rows]
+        quality = [_num(r.get(cfg.quality_score)) for r in rows]
         if all(math.isnan(q) for q in quality):  # e.g. no aesthetics weights: rank by sharpness
-            quality = [_num(r.get("sharpness")) for r in rows]
+            quality = [_num(r.get(FALLBACK_QUALITY)) for r in rows]
         phashes = np.asarray([r["phashes"] for r in rows], np.uint64) if all(r.get("phashes") for r in rows) else None
         emb = _embeddings(rows, "clip_embedding")
-        dcfg = DedupConfig(
-            exact=ExactConfig(enabled=cfg.exact),
-            near=NearConfig(enabled=cfg.near.enabled, max_hamming=cfg.near.max_hamming,
-                            min_agreement=cfg.near.min_agreement),
-            semantic=SemanticConfig(enabled=cfg.semantic.enabled, threshold=cfg.semantic.threshold),
-        )
         mapper = ray_map_partitions if emb is not None and len(rows) >= cfg.ray_min_items else None
         decisions = run_dedup(
             keys=[r["item_id"] for r in rows], quality=quality, duration=[_num(r.get("duration_s")) for r in rows],
             signatures=[r.get("content_signature") for r in rows], phashes=phashes, embeddings=emb,
-            cfg=dcfg, map_partitions=mapper,
+            cfg=dedup_config(self.policy), map_partitions=mapper,
         )
         by_key = {d.key: d for d in decisions}
-        unit = {"exact": "identical decoded content", "near": "frame agreement", "semantic": "cosine"}
         for r in out:
             d = by_key.get(r["item_id"])
             if d is None:
                 continue
-            detail = unit[d.level] if d.level == "exact" else f"{unit[d.level]} {d.similarity:.3f}"
-            r.update(status=REJECTED, reason=f"dedup: {d.level} duplicate of {d.duplicate_of} ({detail})",
+            r.update(status=REJECTED, reason=dedup_reason(d.level, d.duplicate_of, d.similarity),
                      duplicate_of=d.duplicate_of, dedup_level=d.level, dedup_similarity=float(d.similarity))
         return out
+
+
+FALLBACK_QUALITY = "sharpness"  # ranks duplicates when no clip has a dedup.quality_score
+_UNIT = {"exact": "identical decoded content", "near": "frame agreement", "semantic": "cosine"}
+
+
+def dedup_reason(level: str, duplicate_of: str, similarity: float) -> str:
+    detail = _UNIT[level] if level == "exact" else f"{_UNIT[level]} {similarity:.3f}"
+    return f"dedup: {level} duplicate of {duplicate_of} ({detail})"
+
+
+def dedup_config(policy: Policy):
+    """The dedup levels' settings from the policy (``curation.dedup.DedupConfig``)."""
+    from curation.dedup import DedupConfig
+    from curation.dedup.exact import ExactConfig
+    from curation.dedup.near import NearConfig
+    from curation.dedup.semantic import SemanticConfig
+
+    cfg = policy.dedup
+    return DedupConfig(
+        exact=ExactConfig(enabled=cfg.exact),
+        near=NearConfig(enabled=cfg.near.enabled, max_hamming=cfg.near.max_hamming, min_agreement=cfg.near.min_agreement),
+        semantic=SemanticConfig(enabled=cfg.semantic.enabled, threshold=cfg.semantic.threshold),
+    )
 
 
 class BalanceStage(TableStage):

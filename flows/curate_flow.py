@@ -23,7 +23,6 @@ from curation import gates, ledger, pipeline, ray_tables, run_outputs, source_an
 from curation.dataset import OutputError, read_run_info, validate_output, write_run_info
 from curation.lease import LeaseHeld, LeaseLost, WriterLease
 from curation.policy import Policy, load_policy
-from curation.records import OK
 from curation.stage_store import StageStore
 from curation.stages import StageContext
 from curation.storage import S3Config, Storage
@@ -108,20 +107,10 @@ def shard_task(ctx: StageContext) -> dict:
 
 
 @task(name="gate", task_run_name="gate-{stage_name}", cache_policy=NO_CACHE)
-def gate_task(stage_name: str, input_stage: str | None, id_column: str, ctx: StageContext,
-              whole_table: bool = False) -> int:
-    """The stage's GX suite, run where the table lies (``table_gates``; small tables in this
-    process). Dedup's still runs whole in this process: its ``duplicate_of`` must name one of its
-    own inputs, a join ``table_gates`` does not do yet."""
-    store = StageStore(ctx.storage, ctx.output)
-    if not whole_table:
-        n = table_gates.check_stage_table(stage_name, store, input_stage, id_column, ctx.policy)
-    else:
-        table = store.read(stage_name)
-        inputs = store.read(input_stage).to_pylist()
-        expected = {r["item_id"] for r in inputs if r["status"] == OK}
-        gates.check_stage(stage_name, table, expected, id_column, ctx.policy)
-        n = table.num_rows
+def gate_task(stage_name: str, input_stage: str | None, id_column: str, ctx: StageContext) -> int:
+    """The stage's GX suite, run where the table lies (``table_gates``; small tables in this process)."""
+    n = table_gates.check_stage_table(stage_name, StageStore(ctx.storage, ctx.output), input_stage, id_column,
+                                      ctx.policy)
     get_run_logger().info("gate %s: passed (%d rows)", stage_name, n)
     return n
 
@@ -251,8 +240,7 @@ def _curate(source: str, output: str, policy: Policy, run_id: str, storage: Stor
     for stage_cls in pipeline.STAGES:
         lease.check()  # another run took this OUTPUT over (our lease expired): stop writing
         runs[stage_cls.name] = stage_task.with_options(retries=retries)(stage_cls.name, ctx)
-        gate_task(stage_cls.name, stage_cls.input_stage, stage_cls.input_id_column, ctx,
-                  whole_table=stage_cls is pipeline.DedupStage)
+        gate_task(stage_cls.name, stage_cls.input_stage, stage_cls.input_id_column, ctx)
         if stage_cls.name == "score":
             # Every candidate is judged: the sources' analysis frames (a work file of the shots
             # stage's one decode, ~2.8 MB per source second) have no reader left.
