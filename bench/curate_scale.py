@@ -43,21 +43,19 @@ from pathlib import Path
 
 for k, v in {"RAY_USAGE_STATS_ENABLED": "0", "GX_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}.items():
     os.environ.setdefault(k, v)
-if not os.environ.get("PYTHONPATH"):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
+import checkout  # noqa: E402,F401  (reelflow from this checkout when it is not installed)
 import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import ray  # noqa: E402
 import ray.cloudpickle  # noqa: E402
 
-from curation import gates, pipeline, ray_tables, run_outputs, table_gates  # noqa: E402
-from curation.policy import policy_from_dict  # noqa: E402
-from curation.records import CLIP, OK, STAGE_SCHEMAS, VIDEO, clip_key  # noqa: E402
-from curation.stage_store import StageStore  # noqa: E402
-from curation.stages import Stage, StageContext  # noqa: E402
-from curation.storage import Storage  # noqa: E402
-from curation.table_stages import BalanceStage, DedupStage  # noqa: E402
+from reelflow.curation import gates, pipeline, ray_tables, run_outputs, table_gates  # noqa: E402
+from reelflow.curation.policy import policy_from_dict  # noqa: E402
+from reelflow.curation.records import CLIP, OK, STAGE_SCHEMAS, VIDEO, clip_key  # noqa: E402
+from reelflow.curation.stage_store import StageStore  # noqa: E402
+from reelflow.curation.stages import Stage, StageContext  # noqa: E402
+from reelflow.curation.storage import Storage  # noqa: E402
+from reelflow.curation.table_stages import BalanceStage, DedupStage  # noqa: E402
 
 # Workers cannot import this script by name: ship its stage classes by value.
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])

@@ -37,10 +37,10 @@ for k, v in {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "RAY_USAGE_STATS_ENABL
              "GX_ANALYTICS_ENABLED": "false", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}.items():
     os.environ.setdefault(k, v)
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import checkout  # noqa: E402,F401  (reelflow from this checkout when it is not installed)
 
-from curation.policy import Policy  # noqa: E402
-from curation.samples import make_cut_video  # noqa: E402
+from reelflow.curation.policy import Policy  # noqa: E402
+from reelflow.curation.samples import make_cut_video  # noqa: E402
 
 SHOT_LENGTHS = [2.0, 5.0, 7.5, 9.0, 12.0, 14.0]  # s; 2 s shots are shorter than the 4 s minimum clip
 
@@ -111,7 +111,7 @@ def curate(manifest: Path, output: Path) -> tuple[float, dict]:
     start-up (engines, first imports, model loads), so the N / 2N difference holds none of it. (In
     one long-lived process the first run alone paid the warm-up, and the marginal came out low.)"""
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "flows.cli", "curate", str(manifest), str(output)],
+    proc = subprocess.run([sys.executable, "-m", "reelflow.flows.cli", "curate", str(manifest), str(output)],
                           capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1],
                           env={**os.environ, "COLUMNS": "200"})
     elapsed = time.perf_counter() - t0
@@ -122,7 +122,7 @@ def curate(manifest: Path, output: Path) -> tuple[float, dict]:
 
 def _printed_funnel(stdout: str) -> list[dict]:
     """The per-stage seconds from the funnel table ``reelflow curate`` prints."""
-    from curation.records import STAGE_ORDER
+    from reelflow.curation.records import STAGE_ORDER
 
     rows = []
     for line in stdout.splitlines():
@@ -135,8 +135,8 @@ def _printed_funnel(stdout: str) -> list[dict]:
 def bench_set(which: str, args, tmp: Path) -> dict:
     import pyarrow.parquet as pq
 
-    from curation.stage_store import StageStore
-    from curation.storage import Storage
+    from reelflow.curation.stage_store import StageStore
+    from reelflow.curation.storage import Storage
 
     d = tmp / which
     (d / "src").mkdir(parents=True)

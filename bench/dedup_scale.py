@@ -34,11 +34,9 @@ import resource
 import subprocess
 import sys
 import time
-from pathlib import Path
 
+import checkout  # noqa: E402,F401  (reelflow from this checkout when it is not installed)
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 F = 8  # sampled frames per clip
 
@@ -125,8 +123,8 @@ def _quality(origin: np.ndarray, decisions: list) -> dict:
 def child(level: str, n: int, dim: int) -> dict:
     """One (level, n) measurement. The level runs first, so the peak RSS is the level's own (plus
     its input); the baselines run after it."""
-    from curation.dedup import DedupConfig, ExactConfig, NearConfig, SemanticConfig, run_dedup
-    from curation.dedup.near import agreement, candidate_pairs
+    from reelflow.curation.dedup import DedupConfig, ExactConfig, NearConfig, SemanticConfig, run_dedup
+    from reelflow.curation.dedup.near import agreement, candidate_pairs
 
     keys = np.arange(n).astype(str)
     rng = np.random.default_rng(1)

@@ -13,20 +13,17 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
-from pathlib import Path
 
 for k, v in {"GX_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}.items():
     os.environ.setdefault(k, v)
-if not os.environ.get("PYTHONPATH"):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import checkout  # noqa: E402,F401  (reelflow from this checkout when it is not installed)
 
-from curation import gates, pipeline  # noqa: E402
-from curation.policy import load_policy  # noqa: E402
-from curation.records import OK  # noqa: E402
-from curation.stage_store import StageStore  # noqa: E402
-from curation.storage import Storage  # noqa: E402
+from reelflow.curation import gates, pipeline  # noqa: E402
+from reelflow.curation.policy import load_policy  # noqa: E402
+from reelflow.curation.records import OK  # noqa: E402
+from reelflow.curation.stage_store import StageStore  # noqa: E402
+from reelflow.curation.storage import Storage  # noqa: E402
 
 
 def main() -> None:

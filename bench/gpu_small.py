@@ -35,20 +35,20 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import checkout  # noqa: E402,F401  (reelflow from this checkout when it is not installed)
 
-from models.configs import ModelConfig, get_config  # noqa: E402
-from models.flow_matching import euler_sample, flow_matching_loss, guided_velocity, resolution_shift  # noqa: E402
-from models.text_encoder import TextEncoder, load_backbone  # noqa: E402
-from models.video_transformer import VideoTransformer, count_params  # noqa: E402
-from training.checkpoint import build_models  # noqa: E402
-from training.eval import PromptSpec, probe_prompts, summarize  # noqa: E402
-from training.shape_metrics import judge, measure  # noqa: E402
-from training.steps import encode_latents, tae_step, trainable_module, video_step  # noqa: E402
-from training.synthetic_shapes import ShapeClip, random_clip, render_clip  # noqa: E402
+from reelflow.models.configs import ModelConfig, get_config  # noqa: E402
+from reelflow.models.flow_matching import euler_sample, flow_matching_loss, guided_velocity, resolution_shift  # noqa: E402
+from reelflow.models.text_encoder import TextEncoder, load_backbone  # noqa: E402
+from reelflow.models.video_transformer import VideoTransformer, count_params  # noqa: E402
+from reelflow.training.checkpoint import build_models  # noqa: E402
+from reelflow.training.eval import PromptSpec, probe_prompts, summarize  # noqa: E402
+from reelflow.training.shape_metrics import judge, measure  # noqa: E402
+from reelflow.training.steps import encode_latents, tae_step, trainable_module, video_step  # noqa: E402
+from reelflow.training.synthetic_shapes import ShapeClip, random_clip, render_clip  # noqa: E402
 
 try:  # the sampler's prompt rule (FPS token) where this checkout has it; else the same rule inline
-    from training.captions import with_rate
+    from reelflow.training.captions import with_rate
 except ImportError:  # pragma: no cover
     def with_rate(prompt: str, fps: float) -> str:
         return prompt if prompt.startswith("FPS-") else f"FPS-{max(1, round(fps))} {prompt}"
@@ -384,7 +384,7 @@ def sample_probe(models, specs: list[PromptSpec], device: torch.device, chunk: i
     shift, guidance and decode; frames come back as uint8 (P, T, H, W, 3) instead of an mp4."""
     cfg = models.config
     models.eval()
-    r, s = cfg.tae.temporal_compression, cfg.tae.spatial_compression
+    s = cfg.tae.spatial_compression
     lt, lh, lw = cfg.tae.latent_frames(cfg.sample.frames), cfg.sample.height // s, cfg.sample.width // s
     pt, ph, pw = cfg.video.patch_size
     shift = resolution_shift((lt // pt) * (lh // ph) * (lw // pw), cfg.flow.shift_base_tokens) \

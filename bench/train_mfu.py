@@ -78,21 +78,19 @@ import os  # noqa: E402
 import re  # noqa: E402
 import socket  # noqa: E402
 import statistics  # noqa: E402
-import sys  # noqa: E402
 import tempfile  # noqa: E402
 import traceback  # noqa: E402
 from dataclasses import asdict, dataclass, field  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+import checkout  # noqa: E402,F401  (reelflow from this checkout when it is not installed)
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from models.flow_matching import FlowMatchingConfig, flow_matching_loss  # noqa: E402
-from models.video_transformer import VideoTransformer, VideoTransformerConfig, count_params  # noqa: E402
-from training.parallel import clip_grad_norm, parallelize  # noqa: E402
-from training.schedule import ParallelismSpec  # noqa: E402
+from reelflow.models.flow_matching import FlowMatchingConfig, flow_matching_loss  # noqa: E402
+from reelflow.models.video_transformer import VideoTransformer, VideoTransformerConfig, count_params  # noqa: E402
+from reelflow.training.parallel import clip_grad_norm, parallelize  # noqa: E402
+from reelflow.training.schedule import ParallelismSpec  # noqa: E402
 
 # Dense bf16 datasheet peaks (TFLOP/s), first match on the device name wins (as bench/gpu_small.py).
 SPEC_BF16_TFLOPS = {"H200 NVL": 836.0, "H100 NVL": 835.0, "H100 PCIe": 756.0, "H200": 989.0, "H100": 989.0,
@@ -219,7 +217,7 @@ def sync(device: torch.device) -> None:
 
 
 def make_optimizer(module: torch.nn.Module) -> torch.optim.Optimizer:
-    """training.loop.StageRunner.make_optimizer: no weight decay on norms, biases, gains."""
+    """reelflow.training.loop.StageRunner.make_optimizer: no weight decay on norms, biases, gains."""
     params = [p for p in module.parameters() if p.requires_grad]
     groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": WEIGHT_DECAY},
               {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]

@@ -18,7 +18,6 @@ import argparse
 import itertools
 import json
 import os
-import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -27,9 +26,9 @@ from pathlib import Path
 for k, v in {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "RAY_USAGE_STATS_ENABLED": "0", "DO_NOT_TRACK": "1"}.items():
     os.environ.setdefault(k, v)
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import checkout  # noqa: E402,F401  (reelflow from this checkout when it is not installed)
 
-from training.schedule import Schedule, load_schedule  # noqa: E402
+from reelflow.training.schedule import Schedule, load_schedule  # noqa: E402
 
 WARMUP_STEPS = 2  # untimed baseline steps: first-call allocations and autograd set-up
 
@@ -80,9 +79,9 @@ def curated_dataset(root: Path, clips: int) -> Path:
     import yaml
     from typer.testing import CliRunner
 
-    from curation.policy import DEMO_POLICY_FILE
-    from flows.cli import app
-    from training.synthetic_shapes import write_synthetic_dataset
+    from reelflow.curation.policy import DEMO_POLICY_FILE
+    from reelflow.flows.cli import app
+    from reelflow.training.synthetic_shapes import write_synthetic_dataset
 
     manifest = write_synthetic_dataset(root / "src", num_clips=clips, seed=0, width=320, height=180, fps=24,
                                        seconds=3.0)
@@ -103,9 +102,9 @@ def baseline(schedule: Schedule, index: int, dataset: str, output: str, prefetch
     """(samples/s, decode ms per batch) of the in-memory loop for stage `index`."""
     import torch
 
-    from curation.storage import Storage
-    from training.loop import StageRunner, kind_at, step_generator
-    from training.trainer import worker_config
+    from reelflow.curation.storage import Storage
+    from reelflow.training.loop import StageRunner, kind_at, step_generator
+    from reelflow.training.trainer import worker_config
 
     stage = schedule.stages[index]
     runner = StageRunner(worker_config(schedule, index, dataset, output, Storage()), rank=0, world_size=1)
@@ -147,8 +146,8 @@ def steady_state(rows: list[dict]) -> tuple[float, float]:
 def run(schedule: Schedule, dataset: str, output: str, prefetch: int, baseline_steps: int | None) -> list[StageResult]:
     import torch
 
-    from curation.storage import Storage
-    from training.trainer import run_stage, stage_metrics
+    from reelflow.curation.storage import Storage
+    from reelflow.training.trainer import run_stage, stage_metrics
 
     torch.set_num_threads(1)  # as a Ray Train worker (OMP_NUM_THREADS=1)
     results = []
@@ -205,8 +204,8 @@ def main() -> None:
 
     import ray
 
-    from curation.pipeline import ensure_ray
-    from training.handoff import check_schedule_fits
+    from reelflow.curation.pipeline import ensure_ray
+    from reelflow.training.handoff import check_schedule_fits
 
     schedule = bench_schedule(args.schedule, args.stages.split(",") if args.stages else None, args.iterations,
                               args.log_every)

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.cluster import kmeans_plusplus
 
-from curation.dedup.groups import components
-from curation.dedup.semantic import l2_normalize, nearest_centroids, spherical_kmeans
+from reelflow.curation.dedup.groups import components
+from reelflow.curation.dedup.semantic import l2_normalize, nearest_centroids, spherical_kmeans
 
 
 @dataclass(frozen=True)

@@ -30,12 +30,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import ray
 
-from curation import ray_tables
-from curation.balance import BalanceConfig, fit_centroids, merge_lut, n_clusters
-from curation.dedup.semantic import l2_normalize, nearest_centroids
-from curation.policy import Policy
-from curation.records import STAGE_SCHEMAS
-from curation.stage_store import StageStore
+from reelflow.curation import ray_tables
+from reelflow.curation.balance import BalanceConfig, fit_centroids, merge_lut, n_clusters
+from reelflow.curation.dedup.semantic import l2_normalize, nearest_centroids
+from reelflow.curation.policy import Policy
+from reelflow.curation.records import STAGE_SCHEMAS
+from reelflow.curation.stage_store import StageStore
 
 INPUT = "caption"
 EMBEDDINGS = ("clip_embedding", "caption_embedding")  # BalanceStage's order: video, then caption

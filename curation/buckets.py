@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-from curation.policy import BucketPolicy
+from reelflow.curation.policy import BucketPolicy
 
 
 def aspect_bucket(width: int, height: int, cfg: BucketPolicy) -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from curation.policy import ClipPolicy
+from reelflow.curation.policy import ClipPolicy
 
 
 @dataclass(frozen=True)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 
-from curation import dataset_gate, gates, output_tables
-from curation.shard_samples import shard_samples
-from curation.policy import Policy, policy_from_dict
-from curation.stage_store import StageStore
-from curation.storage import Storage, join
+from reelflow.curation import dataset_gate, gates, output_tables
+from reelflow.curation.policy import Policy, policy_from_dict
+from reelflow.curation.shard_samples import shard_samples
+from reelflow.curation.stage_store import StageStore
+from reelflow.curation.storage import Storage, join
 
 RUN_FILE = "run.json"
 
@@ -44,7 +44,7 @@ def validate_output(output: str, storage: Storage | None = None, at_scale: bool 
         at_scale = dataset_gate.more_rows_than(storage, output, policy.runtime.driver_max_rows)
     if at_scale:
         # Large outputs: the same suite, split by part over the Ray workers.
-        from curation.pipeline import ensure_ray
+        from reelflow.curation.pipeline import ensure_ray
 
         ensure_ray()
         return dataset_gate.check_dataset_at_scale(storage, output, policy)

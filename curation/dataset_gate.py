@@ -27,12 +27,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
 
-from curation import gates, output_tables, ray_tables, table_gates
-from curation.gates import FailedExpectation, GateFailed
-from curation.records import INDEX_SCHEMA, LEDGER_SCHEMA
-from curation.shard_samples import tar_samples
-from curation.stage_store import StageStore
-from curation.storage import S3Config, Storage, join
+from reelflow.curation import gates, output_tables, ray_tables, table_gates
+from reelflow.curation.gates import FailedExpectation, GateFailed
+from reelflow.curation.records import INDEX_SCHEMA, LEDGER_SCHEMA
+from reelflow.curation.shard_samples import tar_samples
+from reelflow.curation.stage_store import StageStore
+from reelflow.curation.storage import S3Config, Storage, join
 
 HEAVY_COLUMNS = ("clip_embedding", "caption_embedding")  # never read by the gate
 NOT_ROW_LOCAL = (*table_gates.TABLE_WIDE, "expect_table_columns_to_match_set")

@@ -37,17 +37,22 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import ray
 
-from curation import ray_tables
-from curation.dedup.groups import components, keep_best
-from curation.dedup.near import NearConfig, _rotl, agreement, band_layout
-from curation.dedup.semantic import (SemanticConfig, l2_normalize, nearest_centroids, partition_pairs,
-                                     spherical_kmeans)
-from curation.dedup.signatures import hamming
-from curation.policy import Policy
-from curation.ray_tables import TableRef
-from curation.records import REJECTED, STAGE_SCHEMAS
-from curation.stage_store import StageStore
-from curation.table_stages import FALLBACK_QUALITY, dedup_config, dedup_reason
+from reelflow.curation import ray_tables
+from reelflow.curation.dedup.groups import components, keep_best
+from reelflow.curation.dedup.near import NearConfig, _rotl, agreement, band_layout
+from reelflow.curation.dedup.semantic import (
+    SemanticConfig,
+    l2_normalize,
+    nearest_centroids,
+    partition_pairs,
+    spherical_kmeans,
+)
+from reelflow.curation.dedup.signatures import hamming
+from reelflow.curation.policy import Policy
+from reelflow.curation.ray_tables import TableRef
+from reelflow.curation.records import REJECTED, STAGE_SCHEMAS
+from reelflow.curation.stage_store import StageStore
+from reelflow.curation.table_stages import FALLBACK_QUALITY, dedup_config, dedup_reason
 
 INPUT = "score"
 FIT_SAMPLE_MAX = 200_000  # rows the semantic level's k-means sees (one task: rows x dims x 4 bytes)

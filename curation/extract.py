@@ -11,10 +11,9 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-
-from curation.failures import ItemTimeout
-from curation.safe_open import FFMPEG_INPUT_FLAGS, open_media
-from curation.policy import OutputPolicy
+from reelflow.curation.failures import ItemTimeout
+from reelflow.curation.policy import OutputPolicy
+from reelflow.curation.safe_open import FFMPEG_INPUT_FLAGS, open_media
 
 
 class ExtractError(RuntimeError):

@@ -6,7 +6,7 @@ and the value (``short_side=240<720``), which goes verbatim into the ledger.
 
 from __future__ import annotations
 
-from curation.policy import LimitsPolicy, Policy
+from reelflow.curation.policy import LimitsPolicy, Policy
 
 
 def check_license(license_id: str | None, policy: Policy) -> str | None:

@@ -16,8 +16,8 @@ from functools import lru_cache
 import pandas as pd
 import pyarrow as pa
 
-from curation import item_rules
-from curation.records import LEDGER_SCHEMA, STAGE_SCHEMAS, STATUSES, TERMINAL_STATUSES, INDEX_SCHEMA
+from reelflow.curation import item_rules
+from reelflow.curation.records import INDEX_SCHEMA, LEDGER_SCHEMA, STAGE_SCHEMAS, STATUSES, TERMINAL_STATUSES
 
 MAX_ROWS_SHOWN = 10
 SHARD_PATH_REGEX = r"^shards/[A-Za-z0-9_\-]+/shard-[0-9]{6}\.tar$"

@@ -12,9 +12,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from curation.scoring.camera_motion import CAMERA_LABELS
-from curation.policy import Policy
-from curation.records import CLIP_STAGES, ENCODED_STAGES, SCORED_STAGES
+from reelflow.curation.policy import Policy
+from reelflow.curation.records import CLIP_STAGES, ENCODED_STAGES, SCORED_STAGES
+from reelflow.curation.scoring.camera_motion import CAMERA_LABELS
 
 # Clip tables, in pipeline order (clips .. shard); those whose rows carry scores; those whose ok
 # rows have an encoded clip (extract onwards: judge before encode).

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from curation.storage import Storage, is_s3, join, split_s3
+from reelflow.curation.storage import Storage, is_s3, join, split_s3
 
 LEASE_NAME = "_lease.json"
 log = logging.getLogger(__name__)

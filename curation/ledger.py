@@ -24,9 +24,19 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curation import records
-from curation.records import ACCEPTED, CLIP, FAILED, INDEX_COLUMNS, INDEX_SCHEMA, LEDGER_SCHEMA, OK, REJECTED, VIDEO
-from curation.stage_store import StageStore, _superseded_dropped
+from reelflow.curation import records
+from reelflow.curation.records import (
+    ACCEPTED,
+    CLIP,
+    FAILED,
+    INDEX_COLUMNS,
+    INDEX_SCHEMA,
+    LEDGER_SCHEMA,
+    OK,
+    REJECTED,
+    VIDEO,
+)
+from reelflow.curation.stage_store import StageStore, _superseded_dropped
 
 VIDEO_STAGES = list(records.VIDEO_STAGES)
 CLIP_STAGES = list(records.CLIP_STAGES)

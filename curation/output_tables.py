@@ -19,7 +19,7 @@ import tempfile
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curation.storage import Storage, join
+from reelflow.curation.storage import Storage, join
 
 LEDGER = "ledger"
 INDEX = "index"

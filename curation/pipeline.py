@@ -12,22 +12,43 @@ import json
 import logging
 import math
 import os
+import shutil
+import tempfile
 import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import pyarrow as pa
 import ray
 
-from curation import balance_stage, dedup_stage, ray_tables, shard_stage
-from curation import shard as shard_mod
-from curation.records import CLIP, FAILED, OK, SCORE_ANALYSIS_SCHEMA, STAGE_ORDER, STAGE_SCHEMAS, clip_key, to_table
-from curation.stage_store import StageStore
-from curation.stages import (CaptionStage, ClipPlanStage, ExtractStage, FilterStage, ProbeStage, ScoreStage,
-                             ShotsStage, Stage, StageContext)
-from curation.table_stages import BalanceStage, DedupStage, TableStage
-from curation.storage import join
+from reelflow.curation import balance_stage, dedup_stage, ray_tables, shard_stage
+from reelflow.curation import shard as shard_mod
+from reelflow.curation.records import (
+    CLIP,
+    FAILED,
+    OK,
+    SCORE_ANALYSIS_SCHEMA,
+    STAGE_ORDER,
+    STAGE_SCHEMAS,
+    clip_key,
+    to_table,
+)
+from reelflow.curation.stage_store import StageStore
+from reelflow.curation.stages import (
+    CaptionStage,
+    ClipPlanStage,
+    ExtractStage,
+    FilterStage,
+    ProbeStage,
+    ScoreStage,
+    ShotsStage,
+    Stage,
+    StageContext,
+)
+from reelflow.curation.storage import join
+from reelflow.curation.table_stages import BalanceStage, DedupStage, TableStage
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +66,27 @@ class StageRun:
     nodes: int = 0  # Ray nodes whose workers processed this stage's inputs in this run
 
 
+def package_dir() -> str:
+    """A directory named ``reelflow`` holding this installation's packages, for Ray's
+    ``py_modules`` (it ships a directory under its own name). An installed wheel is one already;
+    a checkout (editable install: the packages sit at the repo root beside tests and data) gets a
+    copy of just the packages, made once per process."""
+    global _package_dir
+    here = Path(__file__).resolve().parents[1]
+    if here.name == "reelflow":
+        return str(here)
+    if _package_dir is None:
+        dest = Path(tempfile.mkdtemp(prefix="reelflow-py-modules-")) / "reelflow"
+        for name in PACKAGES:
+            shutil.copytree(here / name, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        _package_dir = str(dest)
+    return _package_dir
+
+
+PACKAGES = ("curation", "flows", "models", "training")  # installed as reelflow.<name> (pyproject.toml)
+_package_dir: str | None = None
+
+
 def ensure_ray(address: str | None = None) -> None:
     """Connect to ``address`` / ``RAY_ADDRESS`` when given, else start (or reuse) a local Ray."""
     if ray.is_initialized():
@@ -53,13 +95,9 @@ def ensure_ray(address: str | None = None) -> None:
     address = address or os.environ.get("RAY_ADDRESS") or None
     kwargs: dict = {"include_dashboard": False, "logging_level": logging.WARNING, "log_to_driver": False}
     if address:
-        import curation
-        import models
-        import training
-
         # Ship our packages to the cluster's workers so they run the same code as the driver
         # (curation stages; the training loop and the models for Ray Train workers).
-        kwargs["runtime_env"] = {"py_modules": [curation, models, training]}
+        kwargs["runtime_env"] = {"py_modules": [package_dir()]}
     ray.init(address=address, **kwargs)
     _quiet_ray_data()
 

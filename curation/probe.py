@@ -11,8 +11,8 @@ from pathlib import Path
 
 import av
 
-from curation.records import FAILED, REJECTED
-from curation.safe_open import open_media, refused_format
+from reelflow.curation.records import FAILED, REJECTED
+from reelflow.curation.safe_open import open_media, refused_format
 
 
 @dataclass

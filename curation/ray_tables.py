@@ -31,9 +31,9 @@ import ray
 from ray.data import Dataset, Datasink
 from ray.data.block import BlockAccessor
 
-from curation.records import OK, STAGE_SCHEMAS
-from curation.stage_store import StageStore, part_name
-from curation.storage import S3Config, Storage
+from reelflow.curation.records import OK, STAGE_SCHEMAS
+from reelflow.curation.stage_store import StageStore, part_name
+from reelflow.curation.storage import S3Config, Storage
 
 # Parts a read task reads: one part (64 rows by default) a task would be all task overhead.
 PARTS_PER_READ_TASK = 8

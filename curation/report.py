@@ -34,11 +34,11 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
-from curation import output_tables, ray_tables
-from curation.ledger import build_ledger
-from curation.records import CLIP, FAILED, OK, REJECTED, SCORE_COLUMNS, STAGE_ORDER, STAGE_SCHEMAS, VIDEO
-from curation.stage_store import StageStore, _superseded_dropped
-from curation.storage import Storage, join
+from reelflow.curation import output_tables, ray_tables
+from reelflow.curation.ledger import build_ledger
+from reelflow.curation.records import CLIP, FAILED, OK, REJECTED, SCORE_COLUMNS, STAGE_ORDER, STAGE_SCHEMAS, VIDEO
+from reelflow.curation.stage_store import StageStore, _superseded_dropped
+from reelflow.curation.storage import Storage, join
 
 REPORT_STAGES = list(STAGE_ORDER)
 SCORE_STAGE = "score"

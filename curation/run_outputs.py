@@ -21,13 +21,23 @@ from dataclasses import dataclass
 import pyarrow as pa
 import ray
 
-from curation import output_tables
-from curation.ledger import (FUNNEL_STAGES, INDEX_PARTS_PER_TASK, MAX_PARTITIONS, ROWS_PER_PARTITION, Tally,
-                             dataset_summary, funnel_rows, index_table, map_stage_parts, reduce_partition)
-from curation.ray_tables import TableRef
-from curation.records import INDEX_SCHEMA, LEDGER_SCHEMA
-from curation.stage_store import StageStore
-from curation.storage import join
+from reelflow.curation import output_tables
+from reelflow.curation.ledger import (
+    FUNNEL_STAGES,
+    INDEX_PARTS_PER_TASK,
+    MAX_PARTITIONS,
+    ROWS_PER_PARTITION,
+    Tally,
+    dataset_summary,
+    funnel_rows,
+    index_table,
+    map_stage_parts,
+    reduce_partition,
+)
+from reelflow.curation.ray_tables import TableRef
+from reelflow.curation.records import INDEX_SCHEMA, LEDGER_SCHEMA
+from reelflow.curation.stage_store import StageStore
+from reelflow.curation.storage import join
 
 
 @ray.remote(num_cpus=1)

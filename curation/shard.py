@@ -18,10 +18,10 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from curation.buckets import bucket_name
-from curation.policy import Policy
-from curation.records import SCORE_COLUMNS
-from curation.storage import Storage, join
+from reelflow.curation.buckets import bucket_name
+from reelflow.curation.policy import Policy
+from reelflow.curation.records import SCORE_COLUMNS
+from reelflow.curation.storage import Storage, join
 
 # A fixed member mtime makes tars byte-identical across reruns (tar headers carry mtimes).
 TAR_MTIME = 0.0

@@ -8,9 +8,8 @@ import tarfile
 
 import pandas as pd
 
-from curation.policy import Policy
-from curation.storage import Storage, join
-
+from reelflow.curation.policy import Policy
+from reelflow.curation.storage import Storage, join
 
 # Tars read at a time by ``validate``: reading is I/O (S3 GETs, disk), streamed, so memory stays
 # at one member per tar in flight whatever the shard size.

@@ -33,13 +33,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import ray
 
-from curation import ray_tables
-from curation import shard as shard_mod
-from curation.buckets import bucket_name
-from curation.records import OK, STAGE_SCHEMAS, to_table
-from curation.stage_store import StageStore, part_name
-from curation.stages import StageContext
-from curation.storage import join
+from reelflow.curation import ray_tables
+from reelflow.curation import shard as shard_mod
+from reelflow.curation.buckets import bucket_name
+from reelflow.curation.records import OK, STAGE_SCHEMAS, to_table
+from reelflow.curation.stage_store import StageStore, part_name
+from reelflow.curation.stages import StageContext
+from reelflow.curation.storage import join
 
 SHARD_INPUT = "balance"  # the last stage before sharding
 PLAN_COLUMNS = ["item_id", "width", "height", "duration_s", "clip_bytes"]

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
-from curation.policy import ShotPolicy
+from reelflow.curation.policy import ShotPolicy
 
 
 def detect_adaptive(path: str | Path, cfg: ShotPolicy) -> list[tuple[float, float]]:
     """Cuts of one source on their own (the shots stage gets them from its one decode instead)."""
-    from curation.source_analysis import decode_source
+    from reelflow.curation.source_analysis import decode_source
 
     cuts = AdaptiveCuts(cfg)
     decoded = decode_source(path, [cuts])
@@ -88,7 +88,7 @@ class TransNetV2Detector:
         return TransNetV2Stream(self)
 
     def detect(self, path: str | Path) -> list[tuple[float, float]]:
-        from curation.source_analysis import decode_source
+        from reelflow.curation.source_analysis import decode_source
 
         sink = self.stream()
         decode_source(path, [sink])

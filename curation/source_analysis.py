@@ -35,9 +35,9 @@ from typing import Callable, Iterator
 import av
 import numpy as np
 
-from curation.safe_open import open_media
-from curation.scoring.frames import AnalysisClip, _analysis_size, clip_audio_command, stereo_s32_to_mono
-from curation.storage import Storage, is_s3, join
+from reelflow.curation.safe_open import open_media
+from reelflow.curation.scoring.frames import AnalysisClip, _analysis_size, clip_audio_command, stereo_s32_to_mono
+from reelflow.curation.storage import Storage, is_s3, join
 
 FRAMES_FILE, AUDIO_FILE, INDEX_FILE = "frames.u8", "audio.f32", "index.json"
 AUDIO_RATE = 16000  # what the audio scorers read (scoring.frames.decode_for_analysis)

@@ -20,10 +20,10 @@ import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
-from curation.failures import redact
-from curation.policy import LimitsPolicy
-from curation.records import OK, REJECTED, VIDEO, video_id
-from curation.storage import Storage, basename, is_s3, join
+from reelflow.curation.failures import redact
+from reelflow.curation.policy import LimitsPolicy
+from reelflow.curation.records import OK, REJECTED, VIDEO, video_id
+from reelflow.curation.storage import Storage, basename, is_s3, join
 
 MANIFEST_SUFFIXES = (".csv", ".jsonl", ".parquet")
 MANIFEST_NAMES = tuple(f"manifest{s}" for s in MANIFEST_SUFFIXES)
@@ -53,12 +53,13 @@ def read_manifest(storage: Storage, uri: str, limits: LimitsPolicy | None = None
     except Exception as e:  # botocore errors for a missing key or bucket
         raise SourceError(f"cannot read manifest {uri}: {e}") from e
     table = _parse_manifest(data, uri)
-    missing = [c for c in ("uri", "license") if c not in table.column_names]
-    if missing:
-        raise SourceError(
-            f"manifest {uri} lacks required column(s) {missing}; it has {table.column_names}"
-        )
-    base = _parent(uri)
+    check_manifest_columns(table.column_names, uri)
+    return manifest_rows(table, _parent(uri), first_row=1)
+
+
+def manifest_rows(table: pa.Table, base: str, first_row: int) -> list[dict]:
+    """Manifest rows as input dicts: ``uri`` resolved against ``base`` (the manifest's folder),
+    text trimmed, ``manifest_row`` numbered from ``first_row`` (1 for the file's first row)."""
     rows = []
     for i, r in enumerate(table.to_pylist()):
         raw = r.get("uri")
@@ -68,10 +69,16 @@ def read_manifest(storage: Storage, uri: str, limits: LimitsPolicy | None = None
                 "uri": _resolve(base, raw) if raw else "",
                 "license": _clean(r.get("license")),
                 **{c: _clean(r.get(c)) for c in OPTIONAL_COLUMNS},
-                "manifest_row": i + 1,
+                "manifest_row": first_row + i,
             }
         )
     return rows
+
+
+def check_manifest_columns(names: list[str], uri: str) -> None:
+    missing = [c for c in ("uri", "license") if c not in names]
+    if missing:
+        raise SourceError(f"manifest {uri} lacks required column(s) {missing}; it has {names}")
 
 
 def _parse_manifest(data: bytes, uri: str) -> pa.Table:
@@ -94,6 +101,11 @@ def _clean(v) -> str | None:
         return None
     s = str(v).strip()
     return s or None
+
+
+def manifest_folder(uri: str) -> str:
+    """What a manifest's relative uris resolve against."""
+    return _parent(uri)
 
 
 def _parent(uri: str) -> str:
@@ -251,17 +263,25 @@ def ingest_rows(storage: Storage, source: str, run_id: str, policy) -> list[dict
     A uri listed with more than one distinct licence claim is rejected on every row, whatever
     the order of the rows; identical repeated rows are duplicates of the first.
     """
-    from curation.filters import check_license
-
     found = discover(storage, source, policy.limits)
+    return judge_inputs([{**r, "position": i} for i, r in enumerate(found)], run_id, policy)
+
+
+def judge_inputs(found: list[dict], run_id: str, policy) -> list[dict]:
+    """``ingest_rows``' rules over discovered rows, each with its ``position`` (0-based) among all
+    the source's inputs. ``found`` must hold every row of each uri it holds (the rules compare a
+    uri's rows: conflicting licences, repeats), in any order; rows come back in position order."""
+    from reelflow.curation.filters import check_license
+
+    found = sorted(found, key=lambda r: r["position"])
     claims: dict[str, list[str | None]] = {}
     for r in found:
         if r["uri"]:
             claims.setdefault(r["uri"], []).extend(r.get("license_claims") or [r.get("license")])
     out: list[dict] = []
     seen: dict[str, int] = {}
-    for i, r in enumerate(found):
-        uri = r["uri"]
+    for r in found:
+        uri, i = r["uri"], r["position"]
         # Empty or repeated URIs still get their own ledger row, under an id made unique by position.
         item = video_id(uri) if uri and uri not in seen else video_id(f"{uri}#input{i}")
         status, reason = OK, None

@@ -23,8 +23,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from curation.records import STAGE_SCHEMAS, to_table
-from curation.storage import Storage, basename, join
+from reelflow.curation.records import STAGE_SCHEMAS, to_table
+from reelflow.curation.storage import Storage, basename, join
 
 
 def part_name(input_ids: Iterable[str]) -> str:

@@ -21,11 +21,11 @@ from typing import ClassVar
 
 import numpy as np
 
-from curation import clip_plan, extract, filters, item_rules, probe, shots
-from curation.failures import deadline, describe, is_transient, redact
-from curation.policy import Policy
-from curation.records import ANALYSIS_COLUMN, CLIP, FAILED, OK, REJECTED, SCORE_COLUMNS, clip_key
-from curation.storage import S3Config, Storage, join, trim_cache
+from reelflow.curation import clip_plan, extract, filters, item_rules, probe, shots
+from reelflow.curation.failures import deadline, describe, is_transient, redact
+from reelflow.curation.policy import Policy
+from reelflow.curation.records import ANALYSIS_COLUMN, CLIP, FAILED, OK, REJECTED, SCORE_COLUMNS, clip_key
+from reelflow.curation.storage import S3Config, Storage, join, trim_cache
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +189,7 @@ class ShotsStage(Stage):
 
     def process(self, row: dict) -> list[dict]:
         """One decode of the source: its cuts, and its analysis frames for the score stage."""
-        from curation import source_analysis as sa
+        from reelflow.curation import source_analysis as sa
 
         local = self.ctx.storage.localize(row["source_uri"], self.ctx.cache_dir)
         cfg = self.ctx.policy.shots
@@ -305,7 +305,7 @@ class ExtractStage(Stage):
 
 def clip_embedder(policy: Policy):
     """The open_clip image embedder of ``policy.embeddings``, loaded; None without weights."""
-    from curation.captioning.clip_model import ClipConfig, ClipEmbedder
+    from reelflow.curation.captioning.clip_model import ClipConfig, ClipEmbedder
 
     e, c = policy.embeddings, policy.captions
     if not e.clip_checkpoint:
@@ -345,10 +345,10 @@ class ScoreStage(Stage):
         self._frames_for: str | None = None
 
     def setup(self) -> None:
-        from curation.scoring.aesthetics import AestheticScorer, AestheticsConfig
-        from curation.scoring.audio import AudioScorer
-        from curation.scoring.audio_tags import AudioTagger, AudioTaggerConfig
-        from curation.scoring.text import TextScorer
+        from reelflow.curation.scoring.aesthetics import AestheticsConfig, AestheticScorer
+        from reelflow.curation.scoring.audio import AudioScorer
+        from reelflow.curation.scoring.audio_tags import AudioTagger, AudioTaggerConfig
+        from reelflow.curation.scoring.text import TextScorer
 
         cfg = self.ctx.policy.scoring
         if not cfg.enabled:
@@ -366,12 +366,12 @@ class ScoreStage(Stage):
     # -- the fused CPU operator ---------------------------------------------------------------
     def analyze(self, row: dict) -> dict:
         """Decode once; CPU scores into the row, model inputs into ``ANALYSIS_COLUMN``."""
-        from curation.scoring.camera_motion import CameraMotionConfig, classify_camera_motion
-        from curation.dedup.signatures import content_signature, frame_phashes
-        from curation.captioning.clip_model import frame_indices
-        from curation.scoring import borders, jitter, motion, technical
-        from curation.scoring.frames import decode_for_analysis
-        from curation.scoring.text import TextConfig, sample_indices
+        from reelflow.curation.captioning.clip_model import frame_indices
+        from reelflow.curation.dedup.signatures import content_signature, frame_phashes
+        from reelflow.curation.scoring import borders, jitter, motion, technical
+        from reelflow.curation.scoring.camera_motion import CameraMotionConfig, classify_camera_motion
+        from reelflow.curation.scoring.frames import decode_for_analysis
+        from reelflow.curation.scoring.text import TextConfig, sample_indices
 
         cfg = self.ctx.policy.scoring
         storage = self.ctx.storage
@@ -423,7 +423,7 @@ class ScoreStage(Stage):
     def _source_frames(self, source_id: str | None):
         """The analysis frames the shots stage kept of ``source_id`` (the last source's stay open:
         a task's candidates come in source order), or None where there are none."""
-        from curation.source_analysis import SourceFrames, analysis_uri
+        from reelflow.curation.source_analysis import SourceFrames, analysis_uri
 
         if not source_id or not self.ctx.policy.scoring.analysis.keep_source_frames:
             return None
@@ -443,7 +443,7 @@ class ScoreStage(Stage):
 
     # -- the model operator -------------------------------------------------------------------
     def process(self, row: dict) -> list[dict]:
-        from curation.scoring.rules import apply_rules, verdict
+        from reelflow.curation.scoring.rules import apply_rules, verdict
 
         cfg = self.ctx.policy.scoring
         if not cfg.enabled:
@@ -504,10 +504,10 @@ class CaptionStage(Stage):
         self._needs_frames = False
 
     def setup(self) -> None:
-        from curation.captioning.assemble import CaptionConfig
-        from curation.captioning.captioner import VLMCaptioner, load_captioner
-        from curation.captioning.text_embed import TextEmbedConfig, TextEmbedder
-        from curation.captioning.transcribe import Transcriber, TranscribeConfig
+        from reelflow.curation.captioning.assemble import CaptionConfig
+        from reelflow.curation.captioning.captioner import VLMCaptioner, load_captioner
+        from reelflow.curation.captioning.text_embed import TextEmbedConfig, TextEmbedder
+        from reelflow.curation.captioning.transcribe import TranscribeConfig, Transcriber
 
         cfg = self.ctx.policy.captions
         device = "cuda" if cfg.num_gpus else "cpu"
@@ -521,7 +521,7 @@ class CaptionStage(Stage):
         self._needs_frames = isinstance(captioner, VLMCaptioner) or getattr(captioner, "needs_frames", False)
 
     def process(self, row: dict) -> list[dict]:
-        from curation.captioning.captioner import CaptionRequest
+        from reelflow.curation.captioning.captioner import CaptionRequest
 
         cfg = self.ctx.policy.captions
         if self._text is None:
@@ -537,7 +537,7 @@ class CaptionStage(Stage):
             out["tags"] = "; ".join(f"{t}={p:.2f}" for t, p in tags) or None
         frames = None
         if self._needs_frames:  # a VLM looks at the clip itself
-            from curation.scoring.frames import decode_for_analysis
+            from reelflow.curation.scoring.frames import decode_for_analysis
 
             video = self.ctx.storage.localize(row["clip_uri"], self.ctx.cache_dir)
             frames = decode_for_analysis(video, short_side=cfg.vlm_short_side, fps=1.0).frames

@@ -26,10 +26,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import ray
 
-from curation import gates, ray_tables
-from curation.gates import FailedExpectation, GateFailed
-from curation.records import OK
-from curation.stage_store import StageStore
+from reelflow.curation import gates, ray_tables
+from reelflow.curation.gates import FailedExpectation, GateFailed
+from reelflow.curation.records import OK
+from reelflow.curation.stage_store import StageStore
 
 ROWS_PER_GATE_TASK = 16384  # GX costs ~0.1 s a validation: fewer, larger batches
 SHOWN_IDS = 1000  # ids a failure keeps (its message shows the first ones and counts the rest)

@@ -15,8 +15,8 @@ from typing import ClassVar
 
 import numpy as np
 
-from curation.policy import Policy
-from curation.records import OK, REJECTED
+from reelflow.curation.policy import Policy
+from reelflow.curation.records import OK, REJECTED
 
 
 class TableStage(ABC):
@@ -52,8 +52,8 @@ class DedupStage(TableStage):
     input_stage = "score"
 
     def run(self, rows: list[dict]) -> list[dict]:
-        from curation.dedup import run_dedup
-        from curation.dedup.semantic import ray_map_partitions
+        from reelflow.curation.dedup import run_dedup
+        from reelflow.curation.dedup.semantic import ray_map_partitions
 
         cfg = self.policy.dedup
         out = [{**r, "stage": self.name, "duplicate_of": None, "dedup_level": None, "dedup_similarity": None}
@@ -92,10 +92,10 @@ def dedup_reason(level: str, duplicate_of: str, similarity: float) -> str:
 
 def dedup_config(policy: Policy):
     """The dedup levels' settings from the policy (``curation.dedup.DedupConfig``)."""
-    from curation.dedup import DedupConfig
-    from curation.dedup.exact import ExactConfig
-    from curation.dedup.near import NearConfig
-    from curation.dedup.semantic import SemanticConfig
+    from reelflow.curation.dedup import DedupConfig
+    from reelflow.curation.dedup.exact import ExactConfig
+    from reelflow.curation.dedup.near import NearConfig
+    from reelflow.curation.dedup.semantic import SemanticConfig
 
     cfg = policy.dedup
     return DedupConfig(
@@ -118,7 +118,7 @@ class BalanceStage(TableStage):
     input_stage = "caption"
 
     def run(self, rows: list[dict]) -> list[dict]:
-        from curation.balance import BalanceConfig, sampling_weights
+        from reelflow.curation.balance import BalanceConfig, sampling_weights
 
         cfg = self.policy.balance
         out = [{**r, "stage": self.name, "status": OK, "reason": None} for r in rows]

@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from flows.cli_env import quiet_env
+from reelflow.flows.cli_env import quiet_env
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_GATE = 0, 1, 2, 3
 
@@ -38,7 +38,7 @@ def _usage_error(msg: str) -> "typer.Exit":
 
 
 def _check_source(source: str) -> None:
-    from curation.storage import is_s3
+    from reelflow.curation.storage import is_s3
 
     if not is_s3(source) and not Path(source).exists():
         raise _usage_error(f"SOURCE does not exist: {source}")
@@ -48,16 +48,15 @@ def run_curate(source: str, output: str, policy: Optional[Path], ray_address: Op
                run_id: Optional[str]) -> int:
     """Run the flow with progress bars; print the funnel. Returns the exit code."""
     quiet_env()
-    from curation.dataset import OutputError
-    from curation.gates import GateFailed
-    from curation.lease import LeaseHeld, LeaseLost
-    from curation.policy import PolicyError, load_policy
-    from flows.cli_logging import run_log
-    from curation import sources
-    from curation.sources import SourceError
-
-    from curation.storage import Storage
-    from flows.curate_flow import expand_date
+    from reelflow.curation import sources
+    from reelflow.curation.dataset import OutputError
+    from reelflow.curation.gates import GateFailed
+    from reelflow.curation.lease import LeaseHeld, LeaseLost
+    from reelflow.curation.policy import PolicyError, load_policy
+    from reelflow.curation.sources import SourceError
+    from reelflow.curation.storage import Storage
+    from reelflow.flows.cli_logging import run_log
+    from reelflow.flows.curate_flow import expand_date
 
     source, output = expand_date(source), expand_date(output)
     _check_source(source)
@@ -70,7 +69,7 @@ def run_curate(source: str, output: str, policy: Optional[Path], ray_address: Op
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from flows import curate_flow
+    from reelflow.flows import curate_flow
 
     progress = Progress(TextColumn("{task.description:>8}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), console=console, transient=False)
@@ -84,7 +83,7 @@ def run_curate(source: str, output: str, policy: Optional[Path], ray_address: Op
     curate_flow.set_progress_hook(hook)
     with run_log("curate") as log_path:
         try:
-            from flows.engines import start_engines
+            from reelflow.flows.engines import start_engines
 
             start_engines(ray_address)
             with progress:
@@ -105,8 +104,8 @@ def run_curate(source: str, output: str, policy: Optional[Path], ray_address: Op
 
 
 def print_result(result: dict) -> None:
-    from curation import output_tables
-    from curation.storage import Storage, join
+    from reelflow.curation import output_tables
+    from reelflow.curation.storage import Storage, join
 
     t = Table(title=f"run {result['run_id']}: funnel")
     for col in ("stage", "rows", "passed", "rejected", "failed", "seconds", "nodes"):
@@ -132,8 +131,8 @@ def _print_not_accepted(output: str, limit: int = 15) -> None:
     """The inputs that produced no clip, with the ledger's reason: what a person checks first."""
     import pyarrow.compute as pc
 
-    from curation import output_tables
-    from curation.storage import Storage, basename
+    from reelflow.curation import output_tables
+    from reelflow.curation.storage import Storage, basename
 
     ledger = output_tables.read(Storage(), output, output_tables.LEDGER,
                                 columns=["kind", "status", "retryable", "source_uri", "stage", "reason"])
@@ -174,9 +173,9 @@ def curate(
 def validate(output: str = typer.Argument(..., help="A curated output directory or s3:// prefix.")) -> None:
     """Run the dataset's data-quality suite on OUTPUT: 0 pass, 3 fail."""
     quiet_env()
-    from curation.dataset import OutputError, validate_output
-    from curation.gates import GateFailed
-    from curation.policy import PolicyError
+    from reelflow.curation.dataset import OutputError, validate_output
+    from reelflow.curation.gates import GateFailed
+    from reelflow.curation.policy import PolicyError
 
     try:
         res = validate_output(output)
@@ -197,8 +196,8 @@ def demo(
 
     The source holds real CC/BSD clips, generated cuts, synthetic captioned shapes and bad files."""
     quiet_env()
-    from curation.policy import DEMO_POLICY_FILE
-    from curation.samples import build_demo_source
+    from reelflow.curation.policy import DEMO_POLICY_FILE
+    from reelflow.curation.samples import build_demo_source
 
     console.print(f"building demo source under {output / 'source'} ...")
     manifest = build_demo_source(output / "source")
@@ -207,7 +206,7 @@ def demo(
     if code == EXIT_OK:
         out.print(f"demo source: {manifest} (policy {DEMO_POLICY_FILE})")
     if code == EXIT_OK and train:
-        from flows.cli_train import run_train
+        from reelflow.flows.cli_train import run_train
 
         code = run_train(str(output / "dataset"), str(output / "train"), str(_demo_schedule(output)))
         if code == EXIT_OK:
@@ -222,7 +221,7 @@ def _demo_schedule(output: Path) -> Path:
     Written next to the run so the schedule the demo used is there to read."""
     import yaml
 
-    from training.schedule import SCHEDULES_DIR
+    from reelflow.training.schedule import SCHEDULES_DIR
 
     raw = yaml.safe_load((SCHEDULES_DIR / "tiny.yaml").read_text())
     raw["buckets"] = ["1x1"]
@@ -263,10 +262,10 @@ def _local_cpus(cap: int = 8) -> int:
 def _demo_sample_and_eval(output: Path) -> None:
     """The demo ends with what the trained model makes: a sample mp4 for a shapes prompt, and the
     shapes probe evaluated on the final model (what each sample shows, measured)."""
-    from flows.cli_eval import print_summary
-    from training.checkpoint import load_checkpoint
-    from training.eval import evaluate, probe_prompts
-    from training.generate import generate
+    from reelflow.flows.cli_eval import print_summary
+    from reelflow.training.checkpoint import load_checkpoint
+    from reelflow.training.eval import evaluate, probe_prompts
+    from reelflow.training.generate import generate
 
     models = load_checkpoint(output / "train" / "model.pt")
     prompt = probe_prompts()[0].prompt
@@ -292,7 +291,7 @@ def _add_synthetic_shapes(manifest: Path, num_clips: int = DEMO_SHAPES_CLIPS) ->
     and training time in proportion to its pixels."""
     import csv
 
-    from training.synthetic_shapes import write_synthetic_dataset
+    from reelflow.training.synthetic_shapes import write_synthetic_dataset
 
     shapes = write_synthetic_dataset(manifest.parent / "media" / "shapes", num_clips=num_clips, seed=0, width=64,
                                      height=64, fps=24, seconds=2.0, size_range=(0.2, 0.35), lead_in=DEMO_LEAD_IN)
@@ -302,11 +301,11 @@ def _add_synthetic_shapes(manifest: Path, num_clips: int = DEMO_SHAPES_CLIPS) ->
         csv.DictWriter(f, fieldnames=list(rows[0])).writerows(rows)
 
 
-from flows.cli_eval import eval_command  # noqa: E402
-from flows.cli_generate import generate_command  # noqa: E402  (imports torch lazily)
-from flows.cli_latents import latents_command  # noqa: E402
-from flows.cli_serve import serve_command  # noqa: E402
-from flows.cli_train import train_command  # noqa: E402
+from reelflow.flows.cli_eval import eval_command  # noqa: E402
+from reelflow.flows.cli_generate import generate_command  # noqa: E402  (imports torch lazily)
+from reelflow.flows.cli_latents import latents_command  # noqa: E402
+from reelflow.flows.cli_serve import serve_command  # noqa: E402
+from reelflow.flows.cli_train import train_command  # noqa: E402
 
 app.command("eval")(eval_command)
 app.command("generate")(generate_command)

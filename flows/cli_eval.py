@@ -52,8 +52,8 @@ def eval_command(
     """Generate every prompt of a prompt set and measure whether each sample follows its prompt."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from training.checkpoint import CheckpointError, load_checkpoint
-    from training.eval import ClipEvalConfig, ClipEvalError, evaluate, evaluate_tae, load_prompts
+    from reelflow.training.checkpoint import CheckpointError, load_checkpoint
+    from reelflow.training.eval import ClipEvalConfig, ClipEvalError, evaluate, evaluate_tae, load_prompts
 
     if (clip_model or clip_model_config) and not clip_checkpoint:
         _console.print("[bold red]error:[/] --clip-model / --clip-model-config need --clip-checkpoint PATH")
@@ -81,7 +81,7 @@ def eval_command(
 
 
 def print_summary(summary: dict, n: int) -> None:
-    from training.eval import CLIP_DISABLED
+    from reelflow.training.eval import CLIP_DISABLED
 
     t = Table(title=f"evaluation on {n} sample(s)")
     t.add_column("metric")

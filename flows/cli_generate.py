@@ -24,8 +24,8 @@ def generate_command(
 ) -> None:
     """Generate a video (and its soundtrack when the checkpoint has an audio model)."""
     # imported here so that `reelflow --help` does not pay for torch
-    from training.checkpoint import CheckpointError, load_checkpoint
-    from training.generate import generate
+    from reelflow.training.checkpoint import CheckpointError, load_checkpoint
+    from reelflow.training.generate import generate
 
     console = Console(stderr=True)
     try:

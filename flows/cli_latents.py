@@ -45,19 +45,19 @@ def latents_command(
 def run_latents_command(dataset: str, output: str, checkpoint: str, schedule: str = "tiny", stage: str | None = None,
                         ray_address: str | None = None, part_size: int = 64, workers: int | None = None,
                         kill_at_part: int | None = None) -> int:
-    from flows.cli_env import quiet_env
+    from reelflow.flows.cli_env import quiet_env
 
     quiet_env()
     import os
 
-    from curation.gates import GateFailed
-    from curation import output_tables
-    from curation.storage import Storage, is_s3
-    from training.checkpoint import CheckpointError
-    from training.data import DataError
-    from training.handoff import spatial_multiple
-    from training.latents import LatentsError, load_tae, run_latents, stage_spec
-    from training.schedule import ScheduleError, load_schedule
+    from reelflow.curation import output_tables
+    from reelflow.curation.gates import GateFailed
+    from reelflow.curation.storage import Storage, is_s3
+    from reelflow.training.checkpoint import CheckpointError
+    from reelflow.training.data import DataError
+    from reelflow.training.handoff import spatial_multiple
+    from reelflow.training.latents import LatentsError, load_tae, run_latents, stage_spec
+    from reelflow.training.schedule import ScheduleError, load_schedule
 
     storage = Storage()
     try:  # every input checked before Ray starts
@@ -78,7 +78,7 @@ def run_latents_command(dataset: str, output: str, checkpoint: str, schedule: st
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from curation.pipeline import ensure_ray
+    from reelflow.curation.pipeline import ensure_ray
 
     progress = Progress(TextColumn("{task.description:>8}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         console=_console, transient=False)
@@ -101,7 +101,7 @@ def run_latents_command(dataset: str, output: str, checkpoint: str, schedule: st
 
 
 def _pick_stage(plan, name: str | None):
-    from training.latents import LatentsError, check_stage_can_use_latents
+    from reelflow.training.latents import LatentsError, check_stage_can_use_latents
 
     if name is None:
         chosen = next((s for s in plan.stages if s.latents), None)
@@ -116,8 +116,8 @@ def _pick_stage(plan, name: str | None):
 
 
 def print_summary(summary, limit: int = 15) -> None:
-    from curation.storage import join
-    from training.latents import INDEX_FILE, LEDGER_FILE, MANIFEST_FILE, describe
+    from reelflow.curation.storage import join
+    from reelflow.training.latents import INDEX_FILE, LEDGER_FILE, MANIFEST_FILE, describe
 
     t = Table(title="latents per aspect bucket")
     for col in ("bucket", "clips", "pixels (T, H, W)", "latents (C, T, h, w)"):

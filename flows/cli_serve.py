@@ -12,7 +12,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from flows.deployments import DEFAULT_TIMEZONE, NIGHTLY_CRON  # plain constants: imports no Prefect
+from reelflow.flows.deployments import DEFAULT_TIMEZONE, NIGHTLY_CRON  # plain constants: imports no Prefect
 
 # Same meanings as flows/cli.py (not imported from there, so the command stands alone).
 EXIT_OK, EXIT_USAGE = 0, 2
@@ -61,10 +61,10 @@ def serve_command(
 
     from pydantic import ValidationError
 
-    from curation.policy import PolicyError, load_policy
-    from curation.storage import is_s3
-    from flows.deployments import CurateSchedule, TrainTrigger, build_deployments, serve
-    from training.schedule import ScheduleError, load_schedule
+    from reelflow.curation.policy import PolicyError, load_policy
+    from reelflow.curation.storage import is_s3
+    from reelflow.flows.deployments import CurateSchedule, TrainTrigger, build_deployments, serve
+    from reelflow.training.schedule import ScheduleError, load_schedule
 
     # A templated source ({date}) names a folder that may only appear by the run's date.
     if "{date}" not in source and not is_s3(source) and not Path(source).exists():

@@ -58,8 +58,8 @@ def _parse_count(text: str) -> int:
 def run_plan(schedule: str, gpus: int | None = None, gpu_memory: str = "80GB", text_params: str | None = None) -> int:
     """Print the plan of `schedule` (training/plan.py). Returns the exit code: nothing starts (no
     Ray, no Prefect), so it runs anywhere; bad input is EXIT_USAGE."""
-    from training.plan import parse_memory, plan_schedule
-    from training.schedule import ScheduleError, load_schedule
+    from reelflow.training.plan import parse_memory, plan_schedule
+    from reelflow.training.schedule import ScheduleError, load_schedule
 
     try:
         memory = parse_memory(gpu_memory)
@@ -83,7 +83,7 @@ def run_plan(schedule: str, gpus: int | None = None, gpu_memory: str = "80GB", t
 
 def print_plan(plan, name: str) -> None:
     """One table per stage, then what it comes to. docs/training-plan.md explains the columns."""
-    from training.plan import USABLE_FRACTION, fmt_bytes, fmt_count
+    from reelflow.training.plan import USABLE_FRACTION, fmt_bytes, fmt_count
 
     sch = plan.schedule
     device = ("GPU" if plan.on_gpu else "CPU worker") + ("s" if plan.gpus > 1 else "")
@@ -142,15 +142,15 @@ def print_plan(plan, name: str) -> None:
 
 def run_train(shards: str, output: str, schedule: str = "tiny", ray_address: str | None = None) -> int:
     """Run the train flow with progress bars; print the stages. Returns the exit code."""
-    from flows.cli_env import quiet_env
+    from reelflow.flows.cli_env import quiet_env
 
     quiet_env()
-    from curation.dataset import OutputError
-    from curation.gates import GateFailed
-    from curation import output_tables
-    from curation.storage import Storage, is_s3
-    from training.handoff import check_schedule_fits
-    from training.schedule import ScheduleError, load_schedule
+    from reelflow.curation import output_tables
+    from reelflow.curation.dataset import OutputError
+    from reelflow.curation.gates import GateFailed
+    from reelflow.curation.storage import Storage, is_s3
+    from reelflow.training.handoff import check_schedule_fits
+    from reelflow.training.schedule import ScheduleError, load_schedule
 
     try:  # fail fast, before Prefect or Ray start
         plan = load_schedule(schedule)
@@ -170,7 +170,7 @@ def run_train(shards: str, output: str, schedule: str = "tiny", ray_address: str
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from flows import train_flow
+    from reelflow.flows import train_flow
 
     progress = Progress(TextColumn("{task.description:>10}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=_console, transient=False)
@@ -184,7 +184,7 @@ def run_train(shards: str, output: str, schedule: str = "tiny", ray_address: str
 
     train_flow.set_progress_hook(hook)
     try:
-        from flows.engines import start_engines
+        from reelflow.flows.engines import start_engines
 
         start_engines(ray_address)  # Ray, Prefect's temporary server and GX side by side
         with progress:
@@ -202,7 +202,7 @@ def run_train(shards: str, output: str, schedule: str = "tiny", ray_address: str
 
 
 def print_result(result: dict) -> None:
-    from training.val_metrics import format_val
+    from reelflow.training.val_metrics import format_val
 
     t = Table(title="training stages")
     for col in ("stage", "model", "steps", "seconds", "loss", "val loss", "samples/s", "note"):

@@ -11,21 +11,31 @@ import shutil
 import tempfile
 import time
 import uuid
-from pathlib import Path
 from collections.abc import Callable
 from datetime import datetime, timezone
+from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from curation import gates, ledger, pipeline, ray_tables, run_outputs, source_analysis, sources, table_gates
-from curation.dataset import OutputError, read_run_info, validate_output, write_run_info
-from curation.lease import LeaseHeld, LeaseLost, WriterLease
-from curation.policy import Policy, load_policy
-from curation.stage_store import StageStore
-from curation.stages import StageContext
-from curation.storage import S3Config, Storage
+from reelflow.curation import (
+    gates,
+    ingest_stage,
+    ledger,
+    pipeline,
+    ray_tables,
+    run_outputs,
+    source_analysis,
+    sources,
+    table_gates,
+)
+from reelflow.curation.dataset import OutputError, read_run_info, validate_output, write_run_info
+from reelflow.curation.lease import LeaseHeld, LeaseLost, WriterLease
+from reelflow.curation.policy import Policy, load_policy
+from reelflow.curation.stage_store import StageStore
+from reelflow.curation.stages import StageContext
+from reelflow.curation.storage import S3Config, Storage
 
 # Set by the CLI to drive its progress bars: (stage, done, total). Tasks also log milestones.
 ProgressHook = Callable[[str, int, int], None]
@@ -82,11 +92,18 @@ STAGE_TASK = dict(retries=2, retry_delay_seconds=5, retry_condition_fn=retry_tra
 
 @task(name="ingest", task_run_name="ingest", **STAGE_TASK)
 def ingest_task(ctx: StageContext, source: str) -> None:
-    """List the source once; on resume the persisted input table is reused as-is."""
+    """List the source once; on resume the persisted input table is reused as-is. A manifest of
+    more than ``runtime.driver_max_rows`` rows is judged by the workers (``ingest_stage``)."""
     store = StageStore(ctx.storage, ctx.output)
-    if store.parts("ingest"):
+    if ingest_stage.finished(store):
         get_run_logger().info("ingest: resuming with the inputs already listed")
         return
+    rows = ingest_stage.estimated_rows(ctx.storage, source)
+    if rows is not None and rows > ctx.policy.runtime.driver_max_rows:
+        counts = ingest_stage.run_distributed(ctx.storage, source, ctx.run_id, ctx.policy, store)
+        get_run_logger().info("ingest: %d inputs (%s), judged by the workers", sum(counts.values()), counts)
+        return
+    store.clear("ingest")  # a crashed run's parts of the distributed path, if any
     rows = sources.ingest_rows(ctx.storage, source, ctx.run_id, ctx.policy)
     store.write_part("ingest", rows)
     get_run_logger().info("ingest: %d inputs", len(rows))
@@ -134,7 +151,7 @@ def outputs_task(ctx: StageContext) -> run_outputs.Outputs:
 def report_task(ctx: StageContext, funnel: list[dict] | None = None) -> str:
     """report.html: funnel, score histograms with thresholds, contact sheet of kept/rejected clips
     (from a sample of the clips when the tables hold more than ``runtime.driver_max_rows`` rows)."""
-    from curation.report import write_report
+    from reelflow.curation.report import write_report
 
     rules = [{"rule": name, "score": column, "min": r.min, "max": r.max,
               "enabled": r.enabled and _scorer_available(ctx.policy, name), "score_only": r.score_only}

@@ -149,7 +149,7 @@ class CurateSchedule(BaseModel):
 
 
 def curate_deployment(config: CurateSchedule) -> "RunnerDeployment":
-    from flows.curate_flow import curate
+    from reelflow.flows.curate_flow import curate
 
     return config.deployment().build(curate)
 
@@ -181,7 +181,7 @@ class TrainTrigger(BaseModel):
 
 
 def train_deployment(config: TrainTrigger) -> "RunnerDeployment":
-    from flows.train_flow import train
+    from reelflow.flows.train_flow import train
 
     return config.deployment().build(train)
 

@@ -38,7 +38,7 @@ def _start_prefect_server() -> None:
 
 
 def _warm_gates() -> None:
-    from curation import gates
+    from reelflow.curation import gates
 
     gates.warm_up()
 
@@ -46,7 +46,7 @@ def _warm_gates() -> None:
 def start_engines(ray_address: str | None = None) -> dict[str, float]:
     """Start Ray (or connect to ``ray_address``), Prefect's temporary server (when no API is
     configured) and the gates' GX context, concurrently. Returns seconds until each was up."""
-    from curation.pipeline import ensure_ray
+    from reelflow.curation.pipeline import ensure_ray
 
     t0 = time.perf_counter()
     ready: dict[str, float] = {}

@@ -21,15 +21,15 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from curation.dataset import OutputError, validate_output
-from curation import output_tables
-from curation.storage import S3Config, Storage, join
-from flows.curate_flow import STAGE_TASK, expand_date
-from training import gates
-from training.eval import check_clip_checkpoint
-from training.handoff import check_schedule_fits
-from training.schedule import Schedule, load_schedule
-from training.val_metrics import format_val
+from reelflow.curation import output_tables
+from reelflow.curation.dataset import OutputError, validate_output
+from reelflow.curation.storage import S3Config, Storage, join
+from reelflow.flows.curate_flow import STAGE_TASK, expand_date
+from reelflow.training import gates
+from reelflow.training.eval import check_clip_checkpoint
+from reelflow.training.handoff import check_schedule_fits
+from reelflow.training.schedule import Schedule, load_schedule
+from reelflow.training.val_metrics import format_val
 
 RUN_FILE = "run.json"
 
@@ -106,9 +106,9 @@ def prepare_run(schedule: Schedule, schedule_ref: str, shards: str, output: str,
 @task(name="gate-shards", task_run_name="gate-shards", cache_policy=NO_CACHE)
 def gate_shards_task(shards: str, schedule: Schedule) -> dict:
     """The curated dataset's own suite (shards <-> index <-> ledger), then what training needs."""
-    from training.data import ShardDataset
-    from training.handoff import model_config
-    from training.loop import batch_specs
+    from reelflow.training.data import ShardDataset
+    from reelflow.training.handoff import model_config
+    from reelflow.training.loop import batch_specs
 
     storage = Storage(S3Config.from_env())
     summary = validate_output(shards, storage)
@@ -128,7 +128,7 @@ def gate_shards_task(shards: str, schedule: Schedule) -> dict:
 def stage_task(schedule: Schedule, index: int, shards: str, output: str) -> dict:
     from dataclasses import asdict
 
-    from training.trainer import run_stage
+    from reelflow.training.trainer import run_stage
 
     logger = get_run_logger()
     stage = schedule.stages[index]
@@ -148,8 +148,8 @@ def latents_task(schedule: Schedule, index: int, shards: str, output: str) -> di
     The latent gate failing stops the flow (exit 3)."""
     from dataclasses import asdict
 
-    from training.latents import describe
-    from training.trainer import precompute_latents, read_outcome
+    from reelflow.training.latents import describe
+    from reelflow.training.trainer import precompute_latents, read_outcome
 
     logger = get_run_logger()
     storage = Storage(S3Config.from_env())
@@ -177,7 +177,7 @@ def latents_task(schedule: Schedule, index: int, shards: str, output: str) -> di
 
 @task(name="gate-stage", task_run_name="gate-{index}", cache_policy=NO_CACHE)
 def gate_stage_task(schedule: Schedule, index: int, output: str) -> int:
-    from training.trainer import stage_metrics
+    from reelflow.training.trainer import stage_metrics
 
     rows = stage_metrics(Storage(S3Config.from_env()), output, schedule, index)
     gates.check_stage_metrics(rows, schedule.stages[index], expect_val=schedule.val_fraction > 0)
@@ -192,9 +192,9 @@ def eval_stage_task(schedule: Schedule, index: int, output: str) -> dict:
     import tempfile
     from pathlib import Path
 
-    from training.eval import evaluate_stage
-    from training.loop import MODEL_FILE
-    from training.trainer import stage_dir
+    from reelflow.training.eval import evaluate_stage
+    from reelflow.training.loop import MODEL_FILE
+    from reelflow.training.trainer import stage_dir
 
     storage = Storage(S3Config.from_env())
     stage = schedule.stages[index]
@@ -222,8 +222,8 @@ def eval_stage_task(schedule: Schedule, index: int, output: str) -> dict:
 def finish_task(schedule: Schedule, output: str, outcomes: list[dict], evals: list[dict] | None = None) -> dict:
     """OUTPUT/model.pt, OUTPUT/metrics.parquet (training rows, then one ``split: eval`` row per
     evaluated stage with its ``eval_*`` metrics) and OUTPUT/report.html."""
-    from training.report import write_training_report
-    from training.trainer import copy_final, stage_metrics
+    from reelflow.training.report import write_training_report
+    from reelflow.training.trainer import copy_final, stage_metrics
 
     storage = Storage(S3Config.from_env())
     model = copy_final(storage, output, schedule)
@@ -254,7 +254,7 @@ def train(
     curate run (a directory or s3:// prefix holding index.parquet and shards/). ``{date}`` in
     SHARDS or OUTPUT is replaced by the run's scheduled date, as in the curate flow.
     """
-    from curation.pipeline import ensure_ray
+    from reelflow.curation.pipeline import ensure_ray
 
     logger = get_run_logger()
     shards, output = expand_date(shards), expand_date(output)

@@ -24,8 +24,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models.flow_matching import FlowMatchingConfig, euler_sample, flow_matching_loss, guided_velocity
-from models.layers import Block, FinalLayer, RMSNorm, TimestepEmbedder, init_linear_weights
+from reelflow.models.flow_matching import FlowMatchingConfig, euler_sample, flow_matching_loss, guided_velocity
+from reelflow.models.layers import Block, FinalLayer, RMSNorm, TimestepEmbedder, init_linear_weights
 
 
 @dataclass

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 
-from models.audio_model import AudioConfig
-from models.flow_matching import FlowMatchingConfig
-from models.tae import TAEConfig
-from models.text_encoder import TextEncoderConfig
-from models.video_transformer import VideoTransformerConfig
+from reelflow.models.audio_model import AudioConfig
+from reelflow.models.flow_matching import FlowMatchingConfig
+from reelflow.models.tae import TAEConfig
+from reelflow.models.text_encoder import TextEncoderConfig
+from reelflow.models.video_transformer import VideoTransformerConfig
 
 
 @dataclass

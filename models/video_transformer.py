@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models.layers import Block, FinalLayer, RMSNorm, TimestepEmbedder, init_linear_weights
+from reelflow.models.layers import Block, FinalLayer, RMSNorm, TimestepEmbedder, init_linear_weights
 
 
 @dataclass

@@ -37,7 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 # Import Prefect (and so configure its logging) now, while sys.stderr is pytest's session-wide
 # stream: a console handler bound to a CliRunner's temporary stream would outlive it.
-import flows.curate_flow  # noqa: E402,F401
+import reelflow.flows.curate_flow  # noqa: E402,F401
 
 
 def _free_port() -> int:
@@ -51,7 +51,7 @@ def ray_session():
     """One local Ray for the whole session (2 CPUs, like the machine)."""
     import ray
 
-    from curation.pipeline import ensure_ray
+    from reelflow.curation.pipeline import ensure_ray
 
     ensure_ray(None)
     yield ray
@@ -102,7 +102,7 @@ def s3_server():
 @pytest.fixture(scope="session")
 def media(tmp_path_factory) -> dict:
     """Real and generated sample media, made once per session."""
-    from curation import samples
+    from reelflow.curation import samples
 
     root = tmp_path_factory.mktemp("media")
     gen = samples.make_cut_video(root / "cuts.mp4", [3.0, 2.0, 2.5], size=(320, 180))

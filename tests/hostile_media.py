@@ -77,7 +77,7 @@ import subprocess
 from fractions import Fraction
 from pathlib import Path
 
-from curation import samples
+from reelflow.curation import samples
 
 FFMPEG = ["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-y"]
 

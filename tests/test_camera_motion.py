@@ -10,15 +10,15 @@ import cv2
 import numpy as np
 import pytest
 
-from curation.scoring.camera_motion import (
+from reelflow.curation.samples import write_frames_h264
+from reelflow.curation.scoring.camera_motion import (
     CAMERA_LABELS,
     CameraMotionConfig,
     camera_motion,
     classify_camera_motion,
 )
-from curation.scoring.frames import decode_for_analysis
-from curation.samples import write_frames_h264
-from curation.scoring.motion import MotionConfig, effective_fps, pair_flows
+from reelflow.curation.scoring.frames import decode_for_analysis
+from reelflow.curation.scoring.motion import MotionConfig, effective_fps, pair_flows
 
 W, H = 320, 240  # output frames; short side 240 < 256, so the analysis decode keeps them as they are
 FPS = 8  # the analysis rate: every encoded frame is one analysis frame

@@ -13,7 +13,7 @@ import types
 import numpy as np
 import pytest
 
-from curation.captioning.assemble import (
+from reelflow.curation.captioning.assemble import (
     CaptionConfig,
     assemble_caption,
     camera_prefix,
@@ -21,21 +21,21 @@ from curation.captioning.assemble import (
     template_description,
     truncate_words,
 )
-from curation.scoring.camera_motion import camera_motion
-from curation.captioning.captioner import (
-    CaptionRequest,
+from reelflow.curation.captioning.captioner import (
     Captioner,
+    CaptionRequest,
     TemplateCaptioner,
     VLMCaptioner,
     VLMConfig,
     load_captioner,
     make_tiny_vlm,
 )
-from curation.captioning.clip_model import ClipConfig, ClipEmbedder, frame_indices, make_tiny_clip_checkpoint
-from curation.captioning.common import ModelDisabled
-from curation.captioning.text_embed import TextEmbedder
-from curation.captioning.transcribe import Transcriber, TranscribeConfig, make_tiny_whisper_checkpoint
-from curation.scoring.frames import decode_for_analysis
+from reelflow.curation.captioning.clip_model import ClipConfig, ClipEmbedder, frame_indices, make_tiny_clip_checkpoint
+from reelflow.curation.captioning.common import ModelDisabled
+from reelflow.curation.captioning.text_embed import TextEmbedder
+from reelflow.curation.captioning.transcribe import TranscribeConfig, Transcriber, make_tiny_whisper_checkpoint
+from reelflow.curation.scoring.camera_motion import camera_motion
+from reelflow.curation.scoring.frames import decode_for_analysis
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,7 @@
 
 from typer.testing import CliRunner
 
-from flows.cli import app
+from reelflow.flows.cli import app
 
 runner = CliRunner()
 
@@ -39,7 +39,7 @@ def test_validate_on_a_non_dataset_exits_2(tmp_path):
 def test_date_template_in_source_and_output():
     from datetime import datetime, timedelta, timezone
 
-    from flows.curate_flow import expand_date
+    from reelflow.flows.curate_flow import expand_date
 
     when = datetime(2026, 11, 22, 1, 30, tzinfo=timezone(timedelta(hours=3)))  # 2026-11-21 22:30 UTC
     assert expand_date("s3://curated/nightly/{date}", when) == "s3://curated/nightly/2026-11-21"

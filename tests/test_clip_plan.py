@@ -1,7 +1,7 @@
 import random
 
-from curation.clip_plan import plan_clips
-from curation.policy import ClipPolicy
+from reelflow.curation.clip_plan import plan_clips
+from reelflow.curation.policy import ClipPolicy
 
 
 def test_short_shots_are_rejected_with_reason():

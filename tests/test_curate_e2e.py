@@ -22,8 +22,8 @@ import webdataset as wds
 import yaml
 from typer.testing import CliRunner
 
-from curation.policy import DEMO_POLICY_FILE
-from flows.cli import app
+from reelflow.curation.policy import DEMO_POLICY_FILE
+from reelflow.flows.cli import app
 
 pytestmark = pytest.mark.integration
 runner = CliRunner()
@@ -180,13 +180,13 @@ def test_poisoned_stage_table_stops_the_flow_at_its_gate(curated, source, tmp_pa
     for name in ("index.parquet", "ledger.parquet", "dataset.json"):
         (out / name).unlink()
     shutil.rmtree(out / "shards")
-    from curation.stage_store import StageStore
-    from curation.storage import Storage
+    from reelflow.curation.stage_store import StageStore
+    from reelflow.curation.storage import Storage
 
     probe = StageStore(Storage(), str(out)).read("probe").to_pylist()
     victim = next(r for r in probe if r["status"] == "ok")
     poison = [{**victim, "src_width": -5}]  # a duplicate row with an impossible width
-    from curation.records import STAGE_SCHEMAS, to_table
+    from reelflow.curation.records import STAGE_SCHEMAS, to_table
 
     pq.write_table(to_table(poison, STAGE_SCHEMAS["probe"]), out / "_stages" / "probe" / "part-poison.parquet")
     r = curate(source, out)
@@ -204,7 +204,7 @@ def test_sigkill_mid_run_then_resume_gives_identical_results(curated, source, en
     env = {**os.environ, "PREFECT_API_URL": engines["prefect_api_url"]}
     env.pop("RAY_ADDRESS", None)
     address = engines["ray"].get_runtime_context().gcs_address
-    cmd = [sys.executable, "-m", "flows.cli", "curate", str(source["manifest"]), str(out),
+    cmd = [sys.executable, "-m", "reelflow.flows.cli", "curate", str(source["manifest"]), str(out),
            "--policy", str(source["policy"]), "--run-id", RUN_ID, "--ray-address", address]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     extract_dir = out / "_stages" / "extract"
@@ -221,7 +221,7 @@ def test_sigkill_mid_run_then_resume_gives_identical_results(curated, source, en
     assert not (out / "index.parquet").exists()
     n_parts = len(list(extract_dir.glob("part-*.parquet")))
     # Judge before encode: only the clips that passed score and dedup reach extract.
-    from curation.records import ENCODED_STAGES
+    from reelflow.curation.records import ENCODED_STAGES
 
     total = len([r for r in read(curated, "ledger.parquet") if r["kind"] == "clip" and r["stage"] in ENCODED_STAGES])
     assert 1 <= n_parts < total  # genuinely midway through extraction
@@ -234,8 +234,8 @@ def test_sigkill_mid_run_then_resume_gives_identical_results(curated, source, en
     ref = {p.relative_to(curated): p.read_bytes() for p in (curated / "shards").rglob("*.tar")}
     got = {p.relative_to(out): p.read_bytes() for p in (out / "shards").rglob("*.tar")}
     assert got == ref
-    from curation.stage_store import StageStore
-    from curation.storage import Storage
+    from reelflow.curation.stage_store import StageStore
+    from reelflow.curation.storage import Storage
 
     extract = StageStore(Storage(), str(out)).read("extract").column("item_id").to_pylist()
     assert len(extract) == len(set(extract)) == total  # nothing extracted twice, nothing lost
@@ -269,7 +269,7 @@ def test_flow_publishes_funnel_and_summary_artifacts(curated):
 
 def test_synthetic_captioned_shapes_flow_through_curate(engines, tmp_path):
     """The models' synthetic CC0 data is an ordinary source: curate keeps it with its captions."""
-    from training.synthetic_shapes import write_synthetic_dataset
+    from reelflow.training.synthetic_shapes import write_synthetic_dataset
 
     manifest = write_synthetic_dataset(tmp_path / "shapes", num_clips=2, seed=3, width=320, height=180, fps=24,
                                        seconds=3.0)
@@ -285,8 +285,8 @@ def test_synthetic_captioned_shapes_flow_through_curate(engines, tmp_path):
 def test_dataset_gate_by_part_agrees_with_the_whole_table_gate(curated, tmp_path):
     """validate split over the index's and the ledger's parts (what runs beyond
     runtime.driver_max_rows) passes the same output and catches the same tampering."""
-    from curation.dataset import validate_output
-    from curation.gates import GateFailed
+    from reelflow.curation.dataset import validate_output
+    from reelflow.curation.gates import GateFailed
 
     assert validate_output(str(curated), at_scale=True) == validate_output(str(curated), at_scale=False)
     bad = tmp_path / "bad"

@@ -13,7 +13,6 @@ first; a SIGKILLed holder's lease is taken over. A gate stop reads like one.
 from __future__ import annotations
 
 import csv
-import io
 import json
 import os
 import shutil
@@ -24,15 +23,15 @@ import textwrap
 from pathlib import Path
 
 import boto3
+import hostile_media as hm
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from s3_proxy import FaultyS3Proxy
 from typer.testing import CliRunner
 
-import hostile_media as hm
-from curation.policy import DEMO_POLICY_FILE
-from flows.cli import app
-from s3_proxy import FaultyS3Proxy
+from reelflow.curation.policy import DEMO_POLICY_FILE
+from reelflow.flows.cli import app
 
 pytestmark = pytest.mark.integration
 runner = CliRunner()
@@ -169,9 +168,9 @@ def test_a_gate_stop_shows_the_gate_not_a_traceback(curated, hostile, engines, t
     shutil.copytree(curated, out)
     for stage in ("filter", "shots", "clips", "score", "dedup", "extract", "caption", "balance", "shard"):
         shutil.rmtree(out / "_stages" / stage, ignore_errors=True)
-    from curation.records import STAGE_SCHEMAS, to_table
-    from curation.stage_store import StageStore
-    from curation.storage import Storage
+    from reelflow.curation.records import STAGE_SCHEMAS, to_table
+    from reelflow.curation.stage_store import StageStore
+    from reelflow.curation.storage import Storage
 
     victim = next(r for r in StageStore(Storage(), str(out)).read("probe").to_pylist() if r["status"] == "ok")
     pq.write_table(to_table([{**victim, "src_fps": 5000.0}], STAGE_SCHEMAS["probe"]),
@@ -179,7 +178,7 @@ def test_a_gate_stop_shows_the_gate_not_a_traceback(curated, hostile, engines, t
     env = {**os.environ, "PREFECT_API_URL": engines["prefect_api_url"], "REELFLOW_LOG_DIR": str(tmp_path / "logs")}
     env.pop("RAY_ADDRESS", None)
     address = engines["ray"].get_runtime_context().gcs_address
-    proc = subprocess.run([sys.executable, "-m", "flows.cli", "curate", str(hostile["manifest"]), str(out),
+    proc = subprocess.run([sys.executable, "-m", "reelflow.flows.cli", "curate", str(hostile["manifest"]), str(out),
                            "--policy", str(hostile["policy"]), "--ray-address", address],
                           env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 3, proc.stderr[-3000:]
@@ -205,7 +204,7 @@ def test_throttling_and_cut_downloads_are_retryable_and_a_resume_accepts_them(en
     client = boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1")
     client.create_bucket(Bucket="hostile-raw")
     # Three different small videos (copies of one would be deduplicated into one).
-    from training.synthetic_shapes import write_synthetic_dataset
+    from reelflow.training.synthetic_shapes import write_synthetic_dataset
 
     shapes = write_synthetic_dataset(tmp_path / "shapes", num_clips=1, seed=5, width=160, height=96, fps=24,
                                      seconds=2.5).parent / "clips"
@@ -243,8 +242,8 @@ def test_throttling_and_cut_downloads_are_retryable_and_a_resume_accepts_them(en
     videos = {k: v[0] for k, v in _videos(out).items()}
     assert {n: v["status"] for n, v in videos.items()} == {
         "good.mp4": "accepted", "throttled.mp4": "accepted", "cut.mp4": "accepted", "truncated.mp4": "failed"}
-    from curation.stage_store import StageStore
-    from curation.storage import Storage
+    from reelflow.curation.stage_store import StageStore
+    from reelflow.curation.storage import Storage
 
     for stage in ("probe", "extract"):
         ids = StageStore(Storage(), str(out)).read(stage).column("item_id").to_pylist()
@@ -266,8 +265,8 @@ def test_a_second_run_on_a_live_output_is_refused_then_takes_over_a_killed_one(e
     out = tmp_path / "out"
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import time
-        from curation.lease import WriterLease
-        from curation.storage import Storage
+        from reelflow.curation.lease import WriterLease
+        from reelflow.curation.storage import Storage
         WriterLease(Storage(), {str(out)!r}, "nightly-2026-11-28", ttl_s=60).acquire()
         print("held", flush=True)
         time.sleep(600)

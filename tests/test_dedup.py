@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from curation.dedup import (
+from reelflow.curation.dedup import (
     DedupConfig,
     ExactConfig,
     NearConfig,
@@ -24,9 +24,9 @@ from curation.dedup import (
     run_dedup,
     semantic_pairs,
 )
-from curation.dedup.near import agreement, band_layout, candidate_pairs
-from curation.dedup.semantic import l2_normalize, partitions
-from curation.dedup.signatures import pack_phash
+from reelflow.curation.dedup.near import agreement, band_layout, candidate_pairs
+from reelflow.curation.dedup.semantic import l2_normalize, partitions
+from reelflow.curation.dedup.signatures import pack_phash
 
 RNG = np.random.default_rng(7)
 
@@ -246,7 +246,7 @@ def _ffmpeg(*args: str) -> None:
 
 
 def _sigs(path, start=0.0, end=None):
-    from curation.scoring.frames import decode_for_analysis
+    from reelflow.curation.scoring.frames import decode_for_analysis
 
     frames = decode_for_analysis(path, start_s=start, end_s=end, short_side=256, fps=8).frames
     return content_signature(frames), frame_phashes(frames)

@@ -10,7 +10,7 @@ import json
 import numpy as np
 import pytest
 
-from curation.records import clip_key
+from reelflow.curation.records import clip_key
 
 N = 2600  # above semantic.single_partition_below: the k-means partitions and their shuffle run
 
@@ -55,21 +55,20 @@ def _score_rows(n: int, seed: int = 0) -> list[dict]:
     return rows
 
 
-def _policy(base: dict, max_rows: int, broadcast_max: int = 1_000_000, **dedup):
-    from curation.policy import policy_from_dict
+def _policy(base: dict, max_rows: int, **dedup):
+    from reelflow.curation.policy import policy_from_dict
 
     return policy_from_dict({**base, "dedup": {**base["dedup"], **dedup},
-                             "runtime": {**base["runtime"], "driver_max_rows": max_rows,
-                                         "broadcast_join_max_ids": broadcast_max}})
+                             "runtime": {**base["runtime"], "driver_max_rows": max_rows}})
 
 
 @pytest.mark.parametrize("variant", ["every level", "no quality scores, one clip without frame hashes"])
 def test_dedup_on_the_workers_matches_the_driver(tmp_path, ray_session, variant):
-    from curation import dedup_stage, pipeline, table_gates
-    from curation.policy import demo_policy
-    from curation.stage_store import StageStore
-    from curation.storage import Storage
-    from curation.table_stages import DedupStage
+    from reelflow.curation import dedup_stage, pipeline, table_gates
+    from reelflow.curation.policy import demo_policy
+    from reelflow.curation.stage_store import StageStore
+    from reelflow.curation.storage import Storage
+    from reelflow.curation.table_stages import DedupStage
 
     rows = _score_rows(N)
     if variant != "every level":
@@ -104,21 +103,19 @@ def test_dedup_on_the_workers_matches_the_driver(tmp_path, ray_session, variant)
                                rtol=1e-6)
 
 
-@pytest.mark.parametrize("broadcast_max", [1_000_000, 0], ids=["one audit task", "hash joins"])
-def test_dedup_gate_on_the_workers_names_a_duplicate_of_outside_the_inputs(tmp_path, ray_session, broadcast_max):
-    from curation import pipeline, table_gates
-    from curation.gates import GateFailed
-    from curation.policy import demo_policy
-    from curation.stage_store import StageStore
-    from curation.storage import Storage
-    from curation.table_stages import DedupStage
+def test_dedup_gate_on_the_workers_names_a_duplicate_of_outside_the_inputs(tmp_path, ray_session):
+    from reelflow.curation import pipeline, ray_tables, table_gates
+    from reelflow.curation.gates import GateFailed
+    from reelflow.curation.policy import demo_policy
+    from reelflow.curation.stage_store import StageStore
+    from reelflow.curation.storage import Storage
+    from reelflow.curation.table_stages import DedupStage
 
-    policy = _policy(json.loads(demo_policy().model_dump_json()), 0, broadcast_max)
+    policy = _policy(json.loads(demo_policy().model_dump_json()), 0)
     store = StageStore(Storage(), str(tmp_path))
     store.write_part("score", _score_rows(1200))
     pipeline.run_table_stage(DedupStage(policy), store)
-    if broadcast_max:  # as written, it passes (the hash joins' pass is timed once, in test_table_gates)
-        table_gates.check_stage_table("dedup", store, "score", "item_id", policy)
+    table_gates.check_stage_table("dedup", store, "score", "item_id", policy)  # as written, it passes
     table = store.read("dedup")
     rows = table.to_pylist()
     bad = next(r for r in rows if r["status"] == "rejected")
@@ -128,3 +125,8 @@ def test_dedup_gate_on_the_workers_names_a_duplicate_of_outside_the_inputs(tmp_p
     with pytest.raises(GateFailed) as e:
         table_gates.check_stage_table("dedup", store, "score", "item_id", policy)
     assert "duplicate_of" in str(e.value) and "v999_s0000_c00" in str(e.value)
+    # The same check as a hash join (beyond runtime.broadcast_join_max_ids ids): only the
+    # reference check here; the id audits' joins are timed once, in test_table_gates.
+    inputs = ray_tables.read_table(store, "score", columns=["item_id"], ok_only=True)
+    (f,) = table_gates._reference_failures("dedup", store, inputs, small=False)
+    assert f.rows == ["v999_s0000_c00"] and f.total == 1 and f.kwargs["column"] == "duplicate_of"

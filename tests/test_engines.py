@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from curation import gates
-from flows import engines as startup  # (`engines` is the session fixture's name)
+from reelflow.curation import gates
+from reelflow.flows import engines as startup  # (`engines` is the session fixture's name)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,7 +50,7 @@ def test_the_flow_uses_the_temporary_server_started_beside_ray(tmp_path):
 import logging, sys
 from prefect import flow
 from prefect.server.api.server import SubprocessASGIServer
-from flows.engines import start_engines
+from reelflow.flows.engines import start_engines
 ready = start_engines()
 assert "prefect" in ready and "ray" in ready and "gx" in ready, ready
 server = SubprocessASGIServer()

@@ -1,6 +1,6 @@
-from curation.buckets import aspect_bucket, bucket_name, duration_bucket
-from curation.filters import check_clip_duration, check_license, check_video
-from curation.policy import Policy, demo_policy
+from reelflow.curation.buckets import aspect_bucket, bucket_name, duration_bucket
+from reelflow.curation.filters import check_clip_duration, check_license, check_video
+from reelflow.curation.policy import Policy, demo_policy
 
 
 def row(w, h, d):

@@ -3,10 +3,10 @@
 import botocore.exceptions as be
 import pytest
 
-from curation.dataset import OutputError
-from curation.gates import GateFailed
-from curation.sources import SourceError
-from flows.curate_flow import _is_transient
+from reelflow.curation.dataset import OutputError
+from reelflow.curation.gates import GateFailed
+from reelflow.curation.sources import SourceError
+from reelflow.flows.curate_flow import _is_transient
 
 
 @pytest.mark.parametrize(
@@ -30,7 +30,7 @@ def test_only_transient_errors_are_retried(exc, transient):
 def test_prefect_retries_a_transient_failure_but_not_a_gate(prefect_harness):
     from prefect import flow, task
 
-    from flows.curate_flow import STAGE_TASK
+    from reelflow.flows.curate_flow import STAGE_TASK
 
     calls = {"transient": 0, "gate": 0}
     opts = {**STAGE_TASK, "retry_delay_seconds": 0}

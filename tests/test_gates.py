@@ -3,9 +3,9 @@
 import pyarrow as pa
 import pytest
 
-from curation.gates import GateFailed, check_stage
-from curation.policy import Policy
-from curation.records import STAGE_SCHEMAS, to_table
+from reelflow.curation.gates import GateFailed, check_stage
+from reelflow.curation.policy import Policy
+from reelflow.curation.records import STAGE_SCHEMAS, to_table
 
 
 def probe_row(i, **kw):
@@ -76,7 +76,7 @@ def test_failures_come_in_the_suite_s_order_and_a_bad_condition_fails_its_rules(
     import great_expectations.expectations as gxe
     import pandas as pd
 
-    from curation.gates import run_suite
+    from reelflow.curation.gates import run_suite
 
     df = pd.DataFrame({"item_id": ["a", "b", "c"], "status": ["ok", "ok", "rejected"], "x": [1, -1, -5]})
     suite = [

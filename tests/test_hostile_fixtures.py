@@ -11,12 +11,12 @@ import time
 import av
 import boto3
 import botocore.exceptions
+import hostile_media as hm
 import pytest
 from botocore.config import Config
-
-import hostile_media as hm
-from curation import samples
 from s3_proxy import FaultyS3Proxy
+
+from reelflow.curation import samples
 
 
 @pytest.fixture(scope="module")

@@ -14,11 +14,11 @@ import math
 
 import pytest
 
-from curation import gates
-from curation.pipeline import STAGES
-from curation.policy import demo_policy
-from curation.records import STAGE_SCHEMAS, to_table
-from curation.stages import Stage, StageContext
+from reelflow.curation import gates
+from reelflow.curation.pipeline import STAGES
+from reelflow.curation.policy import demo_policy
+from reelflow.curation.records import STAGE_SCHEMAS, to_table
+from reelflow.curation.stages import Stage, StageContext
 
 POLICY = demo_policy()
 # Stage tables in pipeline order, and the id column conservation checks for each.

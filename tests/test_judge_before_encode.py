@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from curation.extract import extract_clip
-from curation.policy import Policy
-from curation.samples import make_cut_video
-from curation.scoring.frames import decode_for_analysis
-from curation.stages import ScoreStage, StageContext
+from reelflow.curation.extract import extract_clip
+from reelflow.curation.policy import Policy
+from reelflow.curation.samples import make_cut_video
+from reelflow.curation.scoring.frames import decode_for_analysis
+from reelflow.curation.stages import ScoreStage, StageContext
 
 # |source - clip| allowed per score, as (absolute, relative to the clip's value): a score agrees
 # when the difference is within either. The span is sampled frame for frame as its clip would be
@@ -77,7 +77,7 @@ def stage(tmp_path_factory) -> ScoreStage:
 
 
 def _probe_row(src: Path, start: float, end: float) -> dict:
-    from curation.probe import probe_file
+    from reelflow.curation.probe import probe_file
 
     p = probe_file(src)
     return {"item_id": src.stem, "source_uri": str(src), "start_s": start, "end_s": end, "duration_s": end - start,
@@ -132,7 +132,7 @@ GRID_TOLERANCES = {**TOLERANCES, "sharpness": (5.0, 0.15)}
 def _kept_analysis(stage: ScoreStage, src: Path, row: dict) -> None:
     """What the shots stage leaves of ``src``: its analysis frames and audio, at the score
     stage's ``analysis_uri`` for the row's source id."""
-    from curation import source_analysis as sa
+    from reelflow.curation import source_analysis as sa
 
     uri = sa.analysis_uri(stage.ctx.output, row["parent_id"])
     folder = sa.staging_folder(stage.ctx.cache_dir, uri)

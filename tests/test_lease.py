@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from curation.lease import LeaseHeld, LeaseLost, WriterLease, read_lease
-from curation.storage import Storage, join
+from reelflow.curation.lease import LeaseHeld, LeaseLost, WriterLease, read_lease
+from reelflow.curation.storage import Storage, join
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -70,8 +70,8 @@ def test_lease_of_a_sigkilled_run_is_taken_over_after_it_expires(output):
     child = subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(f"""
             import time
-            from curation.lease import WriterLease
-            from curation.storage import Storage
+            from reelflow.curation.lease import WriterLease
+            from reelflow.curation.storage import Storage
             WriterLease(Storage(), {output!r}, "doomed-run", ttl_s=1.0, heartbeat_s=0.2).acquire()
             print("held", flush=True)
             time.sleep(60)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from curation.policy import DEMO_POLICY_FILE
+from reelflow.curation.policy import DEMO_POLICY_FILE
 
 pytestmark = pytest.mark.integration
 HERE = Path(__file__).parent
@@ -52,7 +52,7 @@ def test_curate_runs_its_stages_on_more_than_one_node(two_node_cluster, media, p
     env = {**os.environ, "PREFECT_API_URL": prefect_harness, "COLUMNS": "200"}
     env.pop("RAY_ADDRESS", None)
     out = tmp_path / "out"
-    r = subprocess.run([sys.executable, "-m", "flows.cli", "curate", str(manifest), str(out),
+    r = subprocess.run([sys.executable, "-m", "reelflow.flows.cli", "curate", str(manifest), str(out),
                         "--policy", str(tmp_path / "policy.yaml"), "--ray-address", two_node_cluster],
                        env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -61,5 +61,7 @@ def test_curate_runs_its_stages_on_more_than_one_node(two_node_cluster, media, p
              if m.group(2).isdigit()}
     assert max(nodes.get(s, 0) for s in ("shots", "score", "extract")) == 2, r.stdout
     assert (out / "index.parquet").exists() and list((out / "ledger").glob("part-*.parquet"))
-    assert (out / "_stages" / "balance" / "_FINISHED.json").exists()  # balance ran on the workers
+    assert (out / "_stages" / "ingest" / "_FINISHED.json").exists()  # the manifest was judged by the workers
+    assert (out / "_stages" / "dedup" / "_FINISHED.json").exists()  # dedup ran on the workers
+    assert (out / "_stages" / "balance" / "_FINISHED.json").exists()  # so did balance
     assert (out / "_stages" / "shard" / "_FINISHED.json").exists()  # so did the shard stage

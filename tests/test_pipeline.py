@@ -8,12 +8,12 @@ import sys
 import pytest
 import ray.cloudpickle
 
-from curation.pipeline import run_media_stage
-from curation.policy import policy_from_dict
-from curation.records import OK, VIDEO, video_id
-from curation.stage_store import StageStore
-from curation.stages import FilterStage, ProbeStage, ShotsStage, Stage, StageContext
-from curation.storage import Storage
+from reelflow.curation.pipeline import run_media_stage
+from reelflow.curation.policy import policy_from_dict
+from reelflow.curation.records import OK, VIDEO, video_id
+from reelflow.curation.stage_store import StageStore
+from reelflow.curation.stages import FilterStage, ProbeStage, ShotsStage, Stage, StageContext
+from reelflow.curation.storage import Storage
 
 pytestmark = pytest.mark.integration
 # Workers cannot import this test module by name: ship its classes by value.
@@ -104,7 +104,7 @@ class CrashWhilePlanningClips(Stage):
 
 
 def test_a_crash_in_a_one_to_many_stage_is_recorded_as_a_failed_clip(ray_session, tmp_path):
-    from curation.gates import check_stage
+    from reelflow.curation.gates import check_stage
 
     ctx = _ctx(tmp_path)
     store = StageStore(Storage(), str(tmp_path))

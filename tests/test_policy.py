@@ -1,8 +1,14 @@
 import pytest
 import yaml
 
-from curation.policy import (DEFAULT_POLICY_FILE, Policy, PolicyError, demo_policy, load_policy,
-                             policy_from_dict)
+from reelflow.curation.policy import (
+    DEFAULT_POLICY_FILE,
+    Policy,
+    PolicyError,
+    demo_policy,
+    load_policy,
+    policy_from_dict,
+)
 
 
 def test_defaults_follow_movie_gen():

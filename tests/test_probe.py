@@ -2,7 +2,7 @@ import subprocess
 
 import pytest
 
-from curation.probe import ProbeError, probe_file
+from reelflow.curation.probe import ProbeError, probe_file
 
 
 def test_real_videos(media):

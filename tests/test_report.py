@@ -18,12 +18,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from curation import samples
-from curation.records import EXTRACT, SCORE, SCORE_COLUMNS, STAGE_SCHEMAS, clip_key, to_table
-from curation import report
-from curation.report import write_report
-from curation.stage_store import StageStore
-from curation.storage import Storage, join
+from reelflow.curation import report, samples
+from reelflow.curation.records import EXTRACT, SCORE, SCORE_COLUMNS, STAGE_SCHEMAS, clip_key, to_table
+from reelflow.curation.report import write_report
+from reelflow.curation.stage_store import StageStore
+from reelflow.curation.storage import Storage, join
 
 RUN = "run-test"
 RULES = [
@@ -311,7 +310,7 @@ def test_report_shows_clips_judged_from_their_sources_and_the_encode_saving(tmp_
 def test_large_run_report_reads_a_sample_of_videos(tmp_path, clip_files, ray_session, monkeypatch):
     """Beyond max_rows the workers read a hash sample of the videos (a clip with its video, the
     same items in every table); the page says so, and shows the run's exact funnel."""
-    from curation import report
+    from reelflow.curation import report
 
     storage, out = Storage(), str(tmp_path / "out")
     store = build_output(storage, out, clip_files)

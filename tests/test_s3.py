@@ -13,8 +13,8 @@ import webdataset as wds
 import yaml
 from typer.testing import CliRunner
 
-from curation.policy import DEMO_POLICY_FILE
-from flows.cli import app
+from reelflow.curation.policy import DEMO_POLICY_FILE
+from reelflow.flows.cli import app
 
 pytestmark = pytest.mark.integration
 runner = CliRunner()

@@ -13,9 +13,9 @@ import cv2
 import numpy as np
 import pytest
 
-from curation.policy import Policy
-from curation.samples import make_cut_video
-from curation.stages import ScoreStage, StageContext
+from reelflow.curation.policy import Policy
+from reelflow.curation.samples import make_cut_video
+from reelflow.curation.stages import ScoreStage, StageContext
 
 
 def ffmpeg(*args: str) -> None:
@@ -101,7 +101,7 @@ def test_a_cut_heavy_clip_breaks_the_jitter_rule(stage, clips):
 def test_the_cpu_operator_ships_only_model_inputs_and_the_model_operator_finishes_the_row(stage, clips):
     """The two Ray operators, called in sequence as the pipeline does: analyze (decode + CPU
     scores, a small payload) then process (models + rules); same result as the one-call path."""
-    from curation.records import ANALYSIS_COLUMN
+    from reelflow.curation.records import ANALYSIS_COLUMN
 
     base = {"item_id": "t", "clip_uri": str(clips["text"]), "audio_uri": None, "status": "ok"}
     mid = stage.run_analyze(base)

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from curation.scoring.frames import decode_for_analysis
+from reelflow.curation.scoring.frames import decode_for_analysis
 
 
 def test_one_decode_gives_frames_at_analysis_rate_and_size(media):

@@ -13,11 +13,11 @@ import cv2
 import numpy as np
 import pytest
 
-from curation.scoring.aesthetics import AestheticScorer, AestheticsConfig, ScorerDisabled, aesthetic_head
-from curation.scoring.audio import AUDIO_SCORE_NAMES, AudioScorer
-from curation.samples import write_frames_h264
-from curation.scoring.frames import decode_for_analysis
-from curation.scoring.text import TextScorer, sample_indices, TextConfig
+from reelflow.curation.samples import write_frames_h264
+from reelflow.curation.scoring.aesthetics import AestheticsConfig, AestheticScorer, ScorerDisabled, aesthetic_head
+from reelflow.curation.scoring.audio import AUDIO_SCORE_NAMES, AudioScorer
+from reelflow.curation.scoring.frames import decode_for_analysis
+from reelflow.curation.scoring.text import TextConfig, TextScorer, sample_indices
 
 FFMPEG = ["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-y"]
 

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from curation.samples import make_cut_video
-from curation.scoring import borders, jitter, motion, technical
-from curation.scoring.frames import AnalysisClip, decode_for_analysis
+from reelflow.curation.samples import make_cut_video
+from reelflow.curation.scoring import borders, jitter, motion, technical
+from reelflow.curation.scoring.frames import AnalysisClip, decode_for_analysis
 
 W, H, FPS = 320, 180, 24
 

@@ -6,15 +6,15 @@ import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
 
-from curation import output_tables
-from curation.ledger import build_ledger
-from curation.run_outputs import write_outputs
-from curation.policy import demo_policy, policy_from_dict
-from curation.records import STAGE_SCHEMAS, clip_key
-from curation import shard as shard_mod
-from curation.shard import plan_shards, write_shard
-from curation.stage_store import StageStore
-from curation.storage import Storage
+from reelflow.curation import output_tables
+from reelflow.curation import shard as shard_mod
+from reelflow.curation.ledger import build_ledger
+from reelflow.curation.policy import demo_policy, policy_from_dict
+from reelflow.curation.records import STAGE_SCHEMAS, clip_key
+from reelflow.curation.run_outputs import write_outputs
+from reelflow.curation.shard import plan_shards, write_shard
+from reelflow.curation.stage_store import StageStore
+from reelflow.curation.storage import Storage
 
 
 def clip_row(i, w=320, h=180, dur=2.0, nbytes=100):
@@ -231,8 +231,8 @@ def _balance_rows(media, n: int) -> list[dict]:
 def test_shard_stage_by_the_workers_writes_the_driver_s_bytes(tmp_path, ray_session):
     """The distributed shard stage (a streamed plan, then one writer per shard) writes the same
     tars and the same shard table as the in-driver one; a rerun skips on its finished marker."""
-    from curation import pipeline, table_gates
-    from curation.stages import StageContext
+    from reelflow.curation import pipeline, table_gates
+    from reelflow.curation.stages import StageContext
 
     media = tmp_path / "media"
     media.mkdir()

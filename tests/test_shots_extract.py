@@ -1,9 +1,9 @@
 import av
 import pytest
 
-from curation.extract import extract_clip, output_size
-from curation.policy import OutputPolicy, ShotPolicy
-from curation.shots import TransNetV2Detector, detect_adaptive
+from reelflow.curation.extract import extract_clip, output_size
+from reelflow.curation.policy import OutputPolicy, ShotPolicy
+from reelflow.curation.shots import TransNetV2Detector, detect_adaptive
 
 
 def _near(found, expected, tol):

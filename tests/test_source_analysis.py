@@ -12,12 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from curation import shots, source_analysis as sa
-from curation.policy import Policy, policy_from_dict
-from curation.probe import probe_file
-from curation.records import OK
-from curation.samples import make_cut_video
-from curation.stages import ClipPlanStage, ScoreStage, ShotsStage, StageContext
+from reelflow.curation import shots
+from reelflow.curation import source_analysis as sa
+from reelflow.curation.policy import Policy, policy_from_dict
+from reelflow.curation.probe import probe_file
+from reelflow.curation.records import OK
+from reelflow.curation.samples import make_cut_video
+from reelflow.curation.stages import ClipPlanStage, ScoreStage, ShotsStage, StageContext
 
 
 # -- the grid -------------------------------------------------------------------------------------
@@ -129,7 +130,7 @@ def test_a_window_is_cut_out_upright(source, tmp_path):
     writer = sa.AnalysisWriter(tmp_path / "f", 256, 8.0)
     decoded = sa.decode_source(source, [writer])
     writer.close(decoded.end_time, audio=False)
-    from curation.storage import Storage
+    from reelflow.curation.storage import Storage
 
     frames = sa.SourceFrames.open(Storage(), str(tmp_path / "f"), tmp_path)
     clip = frames.clip(1.0, 3.0)

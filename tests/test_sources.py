@@ -4,10 +4,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from curation.policy import Policy
-from curation.records import OK, REJECTED
-from curation.sources import SourceError, discover, ingest_rows
-from curation.storage import Storage
+from reelflow.curation.policy import Policy
+from reelflow.curation.records import OK, REJECTED
+from reelflow.curation.sources import SourceError, discover, ingest_rows
+from reelflow.curation.storage import Storage
 
 
 @pytest.fixture

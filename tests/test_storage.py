@@ -1,7 +1,7 @@
 import boto3
 import pytest
 
-from curation.storage import S3Config, Storage, join, split_s3
+from reelflow.curation.storage import S3Config, Storage, join, split_s3
 
 
 def test_join_and_split():

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import pytest
 
-from curation.gates import GateFailed
-from curation.policy import policy_from_dict
-from curation.records import OK, VIDEO
-from curation.stage_store import StageStore
-from curation.storage import Storage
-from curation.table_gates import check_stage_table
+from reelflow.curation.gates import GateFailed
+from reelflow.curation.policy import policy_from_dict
+from reelflow.curation.records import OK, VIDEO
+from reelflow.curation.stage_store import StageStore
+from reelflow.curation.storage import Storage
+from reelflow.curation.table_gates import check_stage_table
 
 pytestmark = pytest.mark.integration
 

@@ -10,12 +10,12 @@ import time
 
 import botocore.exceptions as be
 import pytest
-
-from curation.failures import ItemTimeout, deadline, describe, is_transient, redact
-from curation.policy import Policy, policy_from_dict
-from curation.sources import SourceError, discover, ingest_rows
-from curation.storage import Storage
 from hostile_media import conflicting_licence_manifest, huge_sidecar, nested_json_sidecar
+
+from reelflow.curation.failures import ItemTimeout, deadline, describe, is_transient, redact
+from reelflow.curation.policy import Policy, policy_from_dict
+from reelflow.curation.sources import SourceError, discover, ingest_rows
+from reelflow.curation.storage import Storage
 
 
 def _by_uri(rows: list[dict]) -> dict[str, list[dict]]:
@@ -246,8 +246,8 @@ def test_redact_removes_credentials(monkeypatch):
 
 def test_credentials_never_travel_in_a_ray_runtime_env(monkeypatch):
     """Training workers get a runtime_env (stored by the cluster, shown by its dashboard): no keys."""
-    from training.schedule import load_schedule
-    from training.trainer import _worker_env
+    from reelflow.training.schedule import load_schedule
+    from reelflow.training.trainer import _worker_env
 
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAEXAMPLEKEYID0000")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret-value-that-must-stay-home")
@@ -260,7 +260,7 @@ def test_credentials_never_travel_in_a_ray_runtime_env(monkeypatch):
 def test_worker_cache_keeps_under_its_limit_oldest_first(tmp_path):
     import os
 
-    from curation.storage import trim_cache
+    from reelflow.curation.storage import trim_cache
 
     for i, name in enumerate(("old.mp4", "mid.mp4", "new.mp4")):
         p = tmp_path / name

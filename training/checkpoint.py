@@ -13,11 +13,11 @@ from pathlib import Path
 
 import torch
 
-from models.audio_model import AudioTransformer
-from models.configs import ModelConfig, get_config
-from models.tae import TemporalAutoencoder
-from models.text_encoder import TextEncoder, build_text_encoder
-from models.video_transformer import VideoTransformer
+from reelflow.models.audio_model import AudioTransformer
+from reelflow.models.configs import ModelConfig, get_config
+from reelflow.models.tae import TemporalAutoencoder
+from reelflow.models.text_encoder import TextEncoder, build_text_encoder
+from reelflow.models.video_transformer import VideoTransformer
 
 FORMAT = "reelflow-generation/1"
 

@@ -33,9 +33,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
-from curation import output_tables
-from curation.storage import Storage, join
-from training.captions import FPS_TOKEN, at_rate
+from reelflow.curation import output_tables
+from reelflow.curation.storage import Storage, join
+from reelflow.training.captions import FPS_TOKEN, at_rate
 
 log = logging.getLogger(__name__)
 

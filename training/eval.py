@@ -38,8 +38,8 @@ import numpy as np
 import torch
 import yaml
 
-from training.shape_metrics import judge, measure, parse_prompt
-from training.synthetic_shapes import COLOURS, SHAPES, ShapeClip, render_clip
+from reelflow.training.shape_metrics import judge, measure, parse_prompt
+from reelflow.training.synthetic_shapes import COLOURS, SHAPES, ShapeClip, render_clip
 
 PROBE_DIRECTIONS = ("right", "left", "up", "down")
 # Metric -> how the summary aggregates it (mean of per-sample 0/1 verdicts, or the median).
@@ -99,7 +99,7 @@ class ClipScorer:
 def load_clip_scorer(cfg: ClipEvalConfig) -> ClipScorer:
     """Load the configured CLIP model once. Raises ClipEvalError naming the checkpoint when it is
     missing or does not load (rather than a traceback from inside open_clip or torch)."""
-    from curation.captioning.clip_model import ClipConfig, ClipEmbedder
+    from reelflow.curation.captioning.clip_model import ClipConfig, ClipEmbedder
 
     where = f"CLIP checkpoint {cfg.checkpoint}"
     if not cfg.model and Path(cfg.checkpoint).is_file():
@@ -120,8 +120,8 @@ def load_clip_scorer(cfg: ClipEvalConfig) -> ClipScorer:
 def check_clip_checkpoint(spec) -> None:
     """Before training: the schedule's ``eval.clip_checkpoint`` (and model config) exist, so a
     mistyped path stops the run now rather than at the first stage's evaluation, after its training."""
-    from curation.storage import Storage
-    from training.schedule import ScheduleError
+    from reelflow.curation.storage import Storage
+    from reelflow.training.schedule import ScheduleError
 
     if not (spec.enabled and spec.clip_checkpoint):
         return
@@ -242,8 +242,8 @@ def evaluate(checkpoint, prompts: list[PromptSpec] | None = None, seeds: int = 1
     """Generate every prompt x seed, save the mp4s under ``out_dir/samples``, measure them. Without
     ``out_dir`` the outputs go to a new temporary directory (``result.out_dir``), never into the
     caller's working directory. With ``clip`` each sample also gets its ``clip_score``."""
-    from training.checkpoint import GenerationModels, load_checkpoint
-    from training.generate import generate
+    from reelflow.training.checkpoint import GenerationModels, load_checkpoint
+    from reelflow.training.generate import generate
 
     models = checkpoint if isinstance(checkpoint, GenerationModels) else load_checkpoint(checkpoint)
     # Once per evaluation, and before any sampling: a bad CLIP path fails before minutes of generation.
@@ -289,7 +289,7 @@ def evaluate_soundtrack(models, prompts: list[PromptSpec], seeds: int = 1,
     (``training.generate.soundtrack``), and measure sync and silence against the rendered bounces
     (training/shape_metrics.py). ``v2a_sync_error_ms`` is the median over clips with a bounce.
     ``steps``: sampler steps, as ``generate`` takes them (default: the audio model's)."""
-    from training.generate import conditioning_prompt, soundtrack
+    from reelflow.training.generate import conditioning_prompt, soundtrack
 
     models.eval()
     cfg = models.config
@@ -318,7 +318,7 @@ def evaluate_tae(checkpoint, prompts: list[PromptSpec] | None = None, seeds: int
     ``out_dir`` the reconstructions are saved (``tae/``) with a contact sheet."""
     from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-    from training.checkpoint import GenerationModels, load_checkpoint
+    from reelflow.training.checkpoint import GenerationModels, load_checkpoint
 
     models = checkpoint if isinstance(checkpoint, GenerationModels) else load_checkpoint(checkpoint)
     cfg = models.config
@@ -341,7 +341,7 @@ def evaluate_tae(checkpoint, prompts: list[PromptSpec] | None = None, seeds: int
             v = judge(m, cfg.sample.fps, colour=clip.colour, shape=clip.shape, direction=seen)
             rows.append(v)
             if out_dir is not None:
-                from training.generate import write_mp4
+                from reelflow.training.generate import write_mp4
 
                 path = write_mp4(Path(out_dir) / "tae" / f"p{i:03d}_s{seed}.mp4", rec, cfg.sample.fps)
                 sheet_rows.append({"prompt": f"reconstruction of: {spec.prompt}", "seed": seed, "sample": str(path),
@@ -416,7 +416,7 @@ def evaluate_stage(checkpoint: str | Path, model_kind: str, spec, out_dir: str |
     (sound judged once the audio model has trained). Later stages keep the TAE frozen, so its
     figures are not measured again. Writes out_dir/{summary.json, and metrics.parquet,
     contact_sheet.png, samples/ or tae_contact_sheet.png, tae/}; returns the summary."""
-    from training.checkpoint import load_checkpoint
+    from reelflow.training.checkpoint import load_checkpoint
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -15,8 +15,8 @@ from __future__ import annotations
 import great_expectations.expectations as gxe
 import pandas as pd
 
-from curation.gates import KEY_REGEX, SHARD_PATH_REGEX, FailedExpectation, GateFailed, run_suite
-from training.schedule import Schedule, StageSpec
+from reelflow.curation.gates import KEY_REGEX, SHARD_PATH_REGEX, FailedExpectation, GateFailed, run_suite
+from reelflow.training.schedule import Schedule, StageSpec
 
 INDEX_COLUMNS = ["key", "shard", "caption", "duration_s", "fps", "width", "height", "aspect_bucket",
                  "has_audio", "sampling_weight"]

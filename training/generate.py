@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.audio_model import LogMel, generate_audio, video_conditioning
-from models.flow_matching import euler_sample, guided_velocity, resolution_shift
-from models.configs import SampleConfig
-from training.checkpoint import GenerationModels, load_checkpoint
-from training.captions import with_rate
+from reelflow.models.audio_model import LogMel, generate_audio, video_conditioning
+from reelflow.models.configs import SampleConfig
+from reelflow.models.flow_matching import euler_sample, guided_velocity, resolution_shift
+from reelflow.training.captions import with_rate
+from reelflow.training.checkpoint import GenerationModels, load_checkpoint
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 

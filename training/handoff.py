@@ -14,11 +14,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from curation.storage import Storage, is_s3
-from models.configs import ModelConfig, get_config
-from models.video_transformer import VideoTransformer
-from training.checkpoint import GenerationModels, build_models, load_checkpoint
-from training.schedule import Schedule, StageSpec
+from reelflow.curation.storage import Storage, is_s3
+from reelflow.models.configs import ModelConfig, get_config
+from reelflow.models.video_transformer import VideoTransformer
+from reelflow.training.checkpoint import GenerationModels, build_models, load_checkpoint
+from reelflow.training.schedule import Schedule, StageSpec
 
 
 @dataclass(frozen=True)
@@ -41,8 +41,8 @@ def model_config(schedule: Schedule) -> ModelConfig:
 def check_schedule_fits(schedule: Schedule) -> None:
     """Raise ScheduleError for stages the models cannot take (frame counts off the TAE's 1 + r*k
     grid, audio spans longer than the audio model's window): before any stage runs."""
-    from training.schedule import ScheduleError
-    from training.steps import audio_frames
+    from reelflow.training.schedule import ScheduleError
+    from reelflow.training.steps import audio_frames
 
     config = model_config(schedule)
     problems = []
@@ -68,7 +68,7 @@ def _audio_span_problems(schedule: Schedule, config: ModelConfig) -> list[str]:
     the trained span keep their random initialisation. Measured on the demo: trained on 40 audio
     frames and sampled on 71, the tiny audio model made the same clicks for every video, at the end
     of its trained span and of its window (38% of bounces heard within a frame, by coincidence)."""
-    from training.steps import audio_frames
+    from reelflow.training.steps import audio_frames
 
     audio = [st for st in schedule.stages if st.model == "audio"]
     video = [st for st in schedule.stages if st.model == "video" and st.data != "image"]

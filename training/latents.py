@@ -52,14 +52,21 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from curation.gates import FailedExpectation, GateFailed
-from curation.shard import write_tar
-from curation.storage import Storage, is_s3, join
-from training.checkpoint import read_payload
-from training.checkpoint import CheckpointError
-from training.data import (WHOLE_CLIP_MAX_BYTES, BatchSpec, ClipInfo, PlannedBatch, PlannedSample, ShardDataset,
-                           bucket_size, eligible_clips)
-from training.schedule import Schedule, StageSpec
+from reelflow.curation.gates import FailedExpectation, GateFailed
+from reelflow.curation.shard import write_tar
+from reelflow.curation.storage import Storage, is_s3, join
+from reelflow.training.checkpoint import CheckpointError, read_payload
+from reelflow.training.data import (
+    WHOLE_CLIP_MAX_BYTES,
+    BatchSpec,
+    ClipInfo,
+    PlannedBatch,
+    PlannedSample,
+    ShardDataset,
+    bucket_size,
+    eligible_clips,
+)
+from reelflow.training.schedule import Schedule, StageSpec
 
 log = logging.getLogger(__name__)
 
@@ -176,8 +183,8 @@ def load_tae(checkpoint: str, storage: Storage | None = None):
     """(ModelConfig, TemporalAutoencoder in eval mode, frozen) from a generation checkpoint,
     without building the other models (the 30B video transformer of a moviegen checkpoint is
     memory-mapped, never loaded)."""
-    from models.configs import ModelConfig
-    from models.tae import TemporalAutoencoder
+    from reelflow.models.configs import ModelConfig
+    from reelflow.models.tae import TemporalAutoencoder
 
     path = str((storage or Storage()).localize(checkpoint)) if is_s3(checkpoint) else checkpoint
     payload = read_payload(path, mmap=True, name=checkpoint)
@@ -532,7 +539,7 @@ def check_latents(ledger: list[dict], eligible: list[str], shapes: dict[str, lis
     import great_expectations.expectations as gxe
     import pandas as pd
 
-    from curation.gates import run_suite
+    from reelflow.curation.gates import run_suite
 
     df = pd.DataFrame(ledger, columns=[f.name for f in LEDGER_SCHEMA])
     df["shape_text"] = [json.dumps(s) if s is not None else None for s in df["shape"]]

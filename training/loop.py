@@ -35,18 +35,31 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from models.configs import ModelConfig
-from training.checkpoint import save_checkpoint
-from training.captions import FPS_TOKEN
-from training.data import Batch, BatchSpec, DataError, Prefetcher, ShardDataset, bucket_size, eligible_clips
-from training.handoff import Grid, initial_models, spatial_multiple
-from training.parallel import clip_grad_norm, is_sharded, parallelize, unwrap
-from training.schedule import Schedule, StageSpec, schedule_from_dict
-from training.steps import audio_frames, audio_step, check_audio_span, encode_latents, tae_step, trainable_module, video_step
-from training.throughput import StepFlops, bf16_peak_tflops
-from training.train_state import (LoopPosition, full_module_state, generation_parts, load_train_state,
-                                  save_train_state)
-from training.val_metrics import ValSums, format_val
+from reelflow.models.configs import ModelConfig
+from reelflow.training.captions import FPS_TOKEN
+from reelflow.training.checkpoint import save_checkpoint
+from reelflow.training.data import Batch, BatchSpec, DataError, Prefetcher, ShardDataset, bucket_size, eligible_clips
+from reelflow.training.handoff import Grid, initial_models, spatial_multiple
+from reelflow.training.parallel import clip_grad_norm, is_sharded, parallelize, unwrap
+from reelflow.training.schedule import Schedule, StageSpec, schedule_from_dict
+from reelflow.training.steps import (
+    audio_frames,
+    audio_step,
+    check_audio_span,
+    encode_latents,
+    tae_step,
+    trainable_module,
+    video_step,
+)
+from reelflow.training.throughput import StepFlops, bf16_peak_tflops
+from reelflow.training.train_state import (
+    LoopPosition,
+    full_module_state,
+    generation_parts,
+    load_train_state,
+    save_train_state,
+)
+from reelflow.training.val_metrics import ValSums, format_val
 
 log = logging.getLogger(__name__)
 
@@ -198,7 +211,7 @@ class StageRunner:
         self.module = trainable_module(self.models, self.stage.model)
         self.mel = None
         if self.stage.model == "audio":
-            from models.audio_model import LogMel
+            from reelflow.models.audio_model import LogMel
 
             check_audio_span(self.models, self.stage.frames, self.stage.fps)
             self.mel = LogMel(self.models.config.audio).to(self.device)
@@ -218,7 +231,7 @@ class StageRunner:
         # its video batches are never decoded. A clip missing there is encoded on the fly, as above.
         self.precomputed = None
         if cfg.latents and "video" in self.specs:
-            from training.latents import LatentSpec, PrecomputedLatents
+            from reelflow.training.latents import LatentSpec, PrecomputedLatents
 
             fallback = self.latent_cache or LatentCache(LATENT_CACHE_BYTES)
             self.precomputed = PrecomputedLatents(cfg.latents, fallback=fallback)
@@ -428,7 +441,7 @@ def train_loop_per_worker(config: dict) -> None:
 def _with_progress(report, uri: str):
     """Also publish each metric row where the driver can see it (local or S3 OUTPUT): the CLI's
     progress bar and the flow's logs follow a stage that may run for days."""
-    from curation.storage import Storage
+    from reelflow.curation.storage import Storage
 
     storage = Storage()
 

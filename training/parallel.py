@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from training.schedule import ParallelismSpec
+from reelflow.training.schedule import ParallelismSpec
 
 log = logging.getLogger(__name__)
 

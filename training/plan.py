@@ -35,12 +35,12 @@ import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from models.audio_model import AudioConfig
-from models.configs import ModelConfig
-from models.tae import TAEConfig
-from models.text_encoder import TextEncoderConfig
-from models.video_transformer import VideoTransformerConfig
-from training.schedule import Schedule, StageSpec
+from reelflow.models.audio_model import AudioConfig
+from reelflow.models.configs import ModelConfig
+from reelflow.models.tae import TAEConfig
+from reelflow.models.text_encoder import TextEncoderConfig
+from reelflow.models.video_transformer import VideoTransformerConfig
+from reelflow.training.schedule import Schedule, StageSpec
 
 GB = 10**9
 GiB = 2**30
@@ -206,7 +206,7 @@ def text_trainable_params(cfg: TextEncoderConfig, backbone_dim: int | None) -> i
 
 def _minilm_dir() -> str | None:
     try:
-        from models.text_encoder import minilm_path
+        from reelflow.models.text_encoder import minilm_path
 
         return minilm_path()
     except Exception:  # the weights package is optional for a plan
@@ -569,8 +569,8 @@ def stage_workloads(schedule: Schedule, config: ModelConfig, stage: StageSpec, b
                     attention: str = "flash") -> dict[str, Workload]:
     """The batch kinds a stage trains on (a joint stage: image and video), each at the aspect
     bucket with the most tokens."""
-    from training.data import bucket_size
-    from training.handoff import spatial_multiple
+    from reelflow.training.data import bucket_size
+    from reelflow.training.handoff import spatial_multiple
 
     kinds = {"image": ["image"], "video": ["video"], "joint": ["image", "video"]}[stage.data]
     buckets = schedule.buckets or DEFAULT_BUCKETS
@@ -613,7 +613,7 @@ def stage_workloads(schedule: Schedule, config: ModelConfig, stage: StageSpec, b
             out[kind] = Workload(kind, frames, h, w, n, t, fl, blk, 0.0 if precomputed else enc_walk.flops, acts,
                                  encode)
         else:
-            from training.steps import audio_frames
+            from reelflow.training.steps import audio_frames
 
             a = config.audio
             na = audio_frames(a, frames, stage.fps)
@@ -816,8 +816,8 @@ def _first_fit(rows: list[Row]) -> Row | None:
 def plan_stage(schedule: Schedule, config: ModelConfig, stage: StageSpec, gpus: int, gpu_memory: int,
                attention: str = "flash", text_params: int | None = None, peak_flops: float = H100_BF16_FLOPS,
                mfu: float = ASSUMED_MFU) -> StagePlan:
-    from training.data import bucket_size
-    from training.handoff import spatial_multiple
+    from reelflow.training.data import bucket_size
+    from reelflow.training.handoff import spatial_multiple
 
     on_gpu = schedule.use_gpu
     bf16 = schedule.precision == "bf16" and on_gpu  # training/loop.py autocasts on CUDA only
@@ -939,7 +939,7 @@ def plan_schedule(schedule: Schedule, gpus: int | None = None, gpu_memory: int =
                   attention: str = "flash", text_params: int | None = None) -> Plan:
     """The plan for every stage of `schedule` on `gpus` devices (default: its num_workers) of
     `gpu_memory` bytes each."""
-    from training.handoff import model_config
+    from reelflow.training.handoff import model_config
 
     gpus = gpus or schedule.num_workers
     if gpus < 1:

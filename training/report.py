@@ -23,11 +23,11 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 from matplotlib.transforms import blended_transform_factory
 
-from curation.report import CSS as CURATION_CSS
-from curation.report import figure_data_uri, html_text
-from curation.storage import Storage, join
-from training.schedule import Schedule, StageSpec
-from training.val_metrics import LOSS_PREFIX, bucket_losses, is_bucket_key
+from reelflow.curation.report import CSS as CURATION_CSS
+from reelflow.curation.report import figure_data_uri, html_text
+from reelflow.curation.storage import Storage, join
+from reelflow.training.schedule import Schedule, StageSpec
+from reelflow.training.val_metrics import LOSS_PREFIX, bucket_losses, is_bucket_key
 
 MODEL_FILE = "model.pt"  # OUTPUT/model.pt: the last stage's checkpoint (training.trainer.copy_final)
 INPUT_BOUND = 0.3  # mean share of a stage's time spent waiting for data above which it is input-bound

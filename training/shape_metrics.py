@@ -40,7 +40,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy import ndimage
 
-from training.synthetic_shapes import COLOURS, DIRECTIONS, SHAPES
+from reelflow.training.synthetic_shapes import COLOURS, DIRECTIONS, SHAPES
 
 BRIGHT = 60  # max channel value that counts as "lit" (background is black, 0)
 MIN_AREA, MAX_AREA = 0.002, 0.35  # blob area as a fraction of the frame
@@ -173,7 +173,7 @@ def measure(frames: np.ndarray, fps: float, audio: np.ndarray | None = None, sam
     track = [(i, c) for i, c in enumerate(centroids) if c is not None]
     direction = None
     if len(track) >= 2:
-        (i0, c0), (i1, c1) = track[0], track[min(2, len(track) - 1)]
+        (_, c0), (_, c1) = track[0], track[min(2, len(track) - 1)]
         direction = direction_of(c1[0] - c0[0], c1[1] - c0[1])
     bounce_frames = _reversals(centroids, extents=extents, size=(w, h))
     sync, stray = None, None

@@ -17,10 +17,10 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from models.audio_model import AudioConfig, LogMel, audio_flow_loss, video_conditioning
-from models.flow_matching import flow_matching_loss
-from models.tae import tae_loss
-from training.checkpoint import GenerationModels
+from reelflow.models.audio_model import AudioConfig, LogMel, audio_flow_loss, video_conditioning
+from reelflow.models.flow_matching import flow_matching_loss
+from reelflow.models.tae import tae_loss
+from reelflow.training.checkpoint import GenerationModels
 
 
 class VideoWithText(nn.Module):

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from training.generate import write_mp4
+from reelflow.training.generate import write_mp4
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (230, 40, 40), "green": (40, 200, 60), "blue": (50, 90, 240),

@@ -114,7 +114,7 @@ def _clean_fqn(name: str) -> str:
 
 def _load_legacy(directory: Path, module: nn.Module, optimizer: torch.optim.Optimizer,
                  device: torch.device) -> LoopPosition:
-    from training.parallel import unwrap
+    from reelflow.training.parallel import unwrap
 
     payload = torch.load(directory / LEGACY_STATE_FILE, map_location=device, weights_only=True)
     unwrap(module).load_state_dict(payload["module"])

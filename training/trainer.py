@@ -26,14 +26,13 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-
-from curation import output_tables
-from curation.storage import S3Config, Storage, is_s3, join, split_s3
-from training.data import bucket_size
-from training.handoff import model_config, spatial_multiple, stage_grid
-from training.latents import LatentSummary, LatentsError, load_tae, read_manifest, run_latents, stage_spec
-from training.loop import METRICS_FILE, MODEL_FILE, WorkerConfig, read_metrics
-from training.schedule import Schedule
+from reelflow.curation import output_tables
+from reelflow.curation.storage import S3Config, Storage, is_s3, join, split_s3
+from reelflow.training.data import bucket_size
+from reelflow.training.handoff import model_config, spatial_multiple, stage_grid
+from reelflow.training.latents import LatentsError, LatentSummary, load_tae, read_manifest, run_latents, stage_spec
+from reelflow.training.loop import METRICS_FILE, MODEL_FILE, WorkerConfig, read_metrics
+from reelflow.training.schedule import Schedule
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +154,7 @@ def run_stage(schedule: Schedule, index: int, dataset: str, output: str, storage
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from training.loop import train_loop_per_worker
+    from reelflow.training.loop import train_loop_per_worker
 
     storage = storage or Storage()
     # Workers run in their own directories: give them absolute local paths.

@@ -50,7 +50,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from curation.captioning.assemble import (
+from reelflow.curation.captioning.assemble import (
     CaptionConfig,
     assemble_caption,
     clean_text,
@@ -58,8 +58,8 @@ from curation.captioning.assemble import (
     template_description,
     truncate_words,
 )
-from curation.captioning.clip_model import frame_indices
-from curation.captioning.common import ModelDisabled, local_weights
+from reelflow.curation.captioning.clip_model import frame_indices
+from reelflow.curation.captioning.common import ModelDisabled, local_weights
 
 DEFAULT_VLM_PROMPT = (
     "Describe this video in detail in one paragraph: the setting, the main subjects and what they "
@@ -295,8 +295,14 @@ def make_tiny_vlm(path: str | Path, arch: str = "llava", seed: int = 0) -> Path:
     torch.manual_seed(seed)
     special = [0, 1, 2, 3, 4]
     if arch == "llava":
-        from transformers import (CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig,
-                                  LlavaForConditionalGeneration, LlavaProcessor)
+        from transformers import (
+            CLIPImageProcessor,
+            CLIPVisionConfig,
+            LlamaConfig,
+            LlavaConfig,
+            LlavaForConditionalGeneration,
+            LlavaProcessor,
+        )
 
         tok, vocab = _tiny_tokenizer({"extra_special_tokens": {"image_token": "<image>"}})
         chat = ("{% for m in messages %}{{ m['role'] }} : {% for c in m['content'] %}"
@@ -317,8 +323,13 @@ def make_tiny_vlm(path: str | Path, arch: str = "llava", seed: int = 0) -> Path:
         gen = model.generation_config
         gen.bos_token_id, gen.eos_token_id, gen.pad_token_id = 1, 2, 0
     elif arch == "vision-encoder-decoder":
-        from transformers import (GPT2Config, VisionEncoderDecoderConfig, VisionEncoderDecoderModel, ViTConfig,
-                                  ViTImageProcessor)
+        from transformers import (
+            GPT2Config,
+            VisionEncoderDecoderConfig,
+            VisionEncoderDecoderModel,
+            ViTConfig,
+            ViTImageProcessor,
+        )
 
         tok, vocab = _tiny_tokenizer()
         enc = ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from curation.captioning.common import ModelDisabled, local_weights
+from reelflow.curation.captioning.common import ModelDisabled, local_weights
 
 # A small general-purpose taxonomy for zero-shot tags when the caller brings none: broad scene,
 # subject and style concepts a caption can name. Phrased to follow "a video of ...".

@@ -20,7 +20,7 @@ def local_weights(uri: str, what: str, allow_dir: bool = False) -> Path:
 
     Raises ``FileNotFoundError`` naming ``what`` when nothing is there (a directory counts only
     when ``allow_dir``: Hugging Face-style model folders)."""
-    from curation.storage import Storage
+    from reelflow.curation.storage import Storage
 
     path = Storage().localize(uri)
     if path.is_file() or (allow_dir and path.is_dir()):

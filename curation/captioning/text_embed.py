@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from curation.captioning.common import ModelDisabled
+from reelflow.curation.captioning.common import ModelDisabled
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from curation.captioning.common import ModelDisabled, local_weights
+from reelflow.curation.captioning.common import ModelDisabled, local_weights
 
 SAMPLE_RATE = 16000  # Hz: whisper's input rate (and the analysis decode's audio rate)
 

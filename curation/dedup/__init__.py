@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from curation.dedup.exact import ExactConfig, exact_groups
-from curation.dedup.groups import components, keep_best
-from curation.dedup.near import NearConfig, agreement, near_pairs
-from curation.dedup.semantic import (
+from reelflow.curation.dedup.exact import ExactConfig, exact_groups
+from reelflow.curation.dedup.groups import components, keep_best
+from reelflow.curation.dedup.near import NearConfig, agreement, near_pairs
+from reelflow.curation.dedup.semantic import (
     MapPartitions,
     SemanticConfig,
     l2_normalize,
@@ -33,7 +33,7 @@ from curation.dedup.semantic import (
     ray_map_partitions,
     semantic_pairs,
 )
-from curation.dedup.signatures import content_signature, frame_phashes
+from reelflow.curation.dedup.signatures import content_signature, frame_phashes
 
 __all__ = [
     "DedupConfig",

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from curation.dedup.signatures import hamming
+from reelflow.curation.dedup.signatures import hamming
 
 
 @dataclass(frozen=True)

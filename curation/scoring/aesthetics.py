@@ -38,9 +38,9 @@ from pathlib import Path
 
 import numpy as np
 
-from curation.captioning.clip_model import load_open_clip
-from curation.captioning.common import ModelDisabled, local_weights
-from curation.scoring.frames import AnalysisClip
+from reelflow.curation.captioning.clip_model import load_open_clip
+from reelflow.curation.captioning.common import ModelDisabled, local_weights
+from reelflow.curation.scoring.frames import AnalysisClip
 
 MOVIEGEN_MIN_AESTHETIC = 4.0  # Movie Gen: keep clips whose middle frame scores >= 4.0
 

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from curation.scoring.frames import AnalysisClip
+from reelflow.curation.scoring.frames import AnalysisClip
 
 AUDIO_SCORE_NAMES = (
     "audio_has_audio", "audio_loudness_dbfs", "audio_peak_dbfs", "audio_silent_fraction",

@@ -56,8 +56,8 @@ from pathlib import Path
 
 import numpy as np
 
-from curation.scoring.aesthetics import ScorerDisabled
-from curation.scoring.frames import AnalysisClip
+from reelflow.curation.scoring.aesthetics import ScorerDisabled
+from reelflow.curation.scoring.frames import AnalysisClip
 
 AUDIO_TAG_SCORE_NAMES = ("audio_music_prob", "audio_speech_prob", "audio_top_label_prob")
 
@@ -89,7 +89,7 @@ def _local_dir(uri: str) -> Path:
     """A local directory for ``uri``: the directory itself, or the files under an s3:// prefix,
     each fetched through ``Storage.localize`` (ETag-keyed cache) and laid out under one cache
     directory keyed by the fetched versions."""
-    from curation.storage import Storage, is_s3
+    from reelflow.curation.storage import Storage, is_s3
 
     if not is_s3(uri):
         path = Path(uri)

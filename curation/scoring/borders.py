@@ -38,7 +38,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from curation.scoring.frames import AnalysisClip
+from reelflow.curation.scoring.frames import AnalysisClip
 
 
 @dataclass(frozen=True)

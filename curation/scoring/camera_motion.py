@@ -46,8 +46,8 @@ import cv2
 import numpy as np
 
 if TYPE_CHECKING:
-    from curation.scoring.frames import AnalysisClip
-    from curation.scoring.motion import MotionConfig
+    from reelflow.curation.scoring.frames import AnalysisClip
+    from reelflow.curation.scoring.motion import MotionConfig
 
 REFERENCE_SHORT_SIDE = 256  # px: displacements are reported as if frames had this short side
 REFERENCE_FPS = 8.0  # Hz: displacements are reported per 1/8 s (the default analysis rate)
@@ -244,7 +244,7 @@ def camera_motion(clip: AnalysisClip, cfg: CameraMotionConfig = CameraMotionConf
                   pairs: np.ndarray | None = None) -> CameraMotion:
     """Camera-motion label of an ``AnalysisClip``; pass ``flows``/``pairs`` from ``pair_flows`` when
     the motion scorer already computed them (flow is the costly part)."""
-    from curation.scoring.motion import MotionConfig, effective_fps, flow_pairs, pair_flows
+    from reelflow.curation.scoring.motion import MotionConfig, effective_fps, flow_pairs, pair_flows
 
     gray = clip.gray
     motion_cfg = motion_cfg or MotionConfig()

@@ -15,7 +15,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from curation.safe_open import FFMPEG_INPUT_FLAGS, open_media
+from reelflow.curation.safe_open import FFMPEG_INPUT_FLAGS, open_media
 
 
 @dataclass

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from curation.scoring.frames import AnalysisClip
+from reelflow.curation.scoring.frames import AnalysisClip
 
 MOVIEGEN_MAX_CUTS_PER_S = 0.85  # Movie Gen: PySceneDetect shots per second >= 0.85 -> drop
 

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from curation.scoring.frames import AnalysisClip
+from reelflow.curation.scoring.frames import AnalysisClip
 
 REFERENCE_SHORT_SIDE = 256  # px: motion is reported as if frames had this short side
 REFERENCE_FPS = 8.0  # Hz: motion is reported per 1/8 s (the default analysis rate)

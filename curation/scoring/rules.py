@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from curation.policy import ScoringPolicy
+from reelflow.curation.policy import ScoringPolicy
 
 
 @dataclass(frozen=True)

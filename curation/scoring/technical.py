@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from curation.scoring.frames import AnalysisClip
+from reelflow.curation.scoring.frames import AnalysisClip
 
 
 @dataclass(frozen=True)

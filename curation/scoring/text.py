@@ -48,7 +48,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from curation.scoring.frames import AnalysisClip
+from reelflow.curation.scoring.frames import AnalysisClip
 
 TEXT_SCORE_NAMES = ("text_conf_max", "text_area_max", "text_area_mean", "text_boxes_max", "text_frames_sampled")
 

@@ -15,14 +15,14 @@ torch.set_num_threads(1)  # under CPU contention, one thread beats two fighting 
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory):
-    from training.checkpoint import make_tiny_checkpoint
+    from reelflow.training.checkpoint import make_tiny_checkpoint
 
     return make_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt", seed=0)
 
 
 @pytest.fixture(scope="session")
 def minilm_text_encoder():
-    from models.configs import tiny
-    from models.text_encoder import build_text_encoder
+    from reelflow.models.configs import tiny
+    from reelflow.models.text_encoder import build_text_encoder
 
     return build_text_encoder(tiny().text)

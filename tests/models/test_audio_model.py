@@ -2,7 +2,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from models.audio_model import (
+from reelflow.models.audio_model import (
     AudioTransformer,
     LogMel,
     audio_flow_loss,
@@ -13,9 +13,9 @@ from models.audio_model import (
     video_conditioning,
     window_starts,
 )
-from models.configs import tiny
-from models.flow_matching import FlowMatchingConfig
-from training.synthetic_shapes import ShapeClip, render_clip
+from reelflow.models.configs import tiny
+from reelflow.models.flow_matching import FlowMatchingConfig
+from reelflow.training.synthetic_shapes import ShapeClip, render_clip
 
 
 def test_forward_shape_and_mask_conditioning():

@@ -3,7 +3,7 @@ import math
 import torch
 import torch.nn as nn
 
-from models.flow_matching import (
+from reelflow.models.flow_matching import (
     FlowMatchingConfig,
     drop_condition,
     euler_sample,
@@ -15,7 +15,7 @@ from models.flow_matching import (
     shift_time,
     target_velocity,
 )
-from models.layers import timestep_embedding
+from reelflow.models.layers import timestep_embedding
 
 MODES = torch.tensor([[math.cos(a), math.sin(a)] for a in torch.arange(8) * (2 * math.pi / 8)]) * 2.0
 

@@ -6,8 +6,8 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from flows.cli_generate import generate_command
-from training.checkpoint import CheckpointError, load_checkpoint, make_tiny_checkpoint
+from reelflow.flows.cli_generate import generate_command
+from reelflow.training.checkpoint import CheckpointError, load_checkpoint, make_tiny_checkpoint
 
 app = typer.Typer()
 app.command("generate")(generate_command)

@@ -3,11 +3,11 @@ noise with the prompt reproduces the clip's latents (and, decoded, its frames)."
 
 import torch
 
-from models.configs import tiny
-from models.flow_matching import euler_sample, flow_matching_loss, guided_velocity
-from models.tae import TemporalAutoencoder
-from models.video_transformer import VideoTransformer
-from training.synthetic_shapes import ShapeClip, render_clip
+from reelflow.models.configs import tiny
+from reelflow.models.flow_matching import euler_sample, flow_matching_loss, guided_velocity
+from reelflow.models.tae import TemporalAutoencoder
+from reelflow.models.video_transformer import VideoTransformer
+from reelflow.training.synthetic_shapes import ShapeClip, render_clip
 
 
 def test_tiny_video_model_overfits_one_clip(minilm_text_encoder):

@@ -7,9 +7,9 @@ the output layer. Not counted: text encoders, the TAE, the audio front end.
 
 import torch
 
-from models.audio_model import AudioTransformer
-from models.configs import get_config
-from models.video_transformer import VideoTransformer, count_params
+from reelflow.models.audio_model import AudioTransformer
+from reelflow.models.configs import get_config
+from reelflow.models.video_transformer import VideoTransformer, count_params
 
 
 def test_published_sizes_on_meta_device():

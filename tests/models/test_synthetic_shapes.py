@@ -4,7 +4,7 @@ import json
 import av
 import numpy as np
 
-from training.synthetic_shapes import COLOURS, ShapeClip, render_clip, write_synthetic_dataset
+from reelflow.training.synthetic_shapes import COLOURS, ShapeClip, render_clip, write_synthetic_dataset
 
 
 def centroid(frame: np.ndarray) -> np.ndarray:

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from models.tae import (
+from reelflow.models.tae import (
     AttentionBlock,
     Conv25d,
     TAEConfig,
@@ -10,7 +10,7 @@ from models.tae import (
     pad_frames_to_valid,
     tae_loss,
 )
-from training.synthetic_shapes import ShapeClip, render_clip
+from reelflow.training.synthetic_shapes import ShapeClip, render_clip
 
 
 def tiny_cfg(**kw) -> TAEConfig:
@@ -168,8 +168,8 @@ def test_small_objects_survive_a_short_training_of_the_tiny_config():
     ~(1, 1, 2) against ~(204, 179, 126); measured): this test fails on that setting."""
     import numpy as np
 
-    from models.configs import tiny
-    from training.synthetic_shapes import random_clip
+    from reelflow.models.configs import tiny
+    from reelflow.training.synthetic_shapes import random_clip
 
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
@@ -199,8 +199,8 @@ def test_one_channel_per_group_norm_is_blind_to_colour_and_the_tiny_config_is_no
     """GroupNorm with one channel per group is an instance norm: a frame with a dim red object and
     a frame with a bright red one normalise to the same map (the object's level is lost). The
     tiny/small configs use one group per frame (norm_groups=1), which keeps channel ratios."""
-    from models.configs import tiny
-    from models.tae import FrameGroupNorm, _num_groups
+    from reelflow.models.configs import tiny
+    from reelflow.models.tae import FrameGroupNorm, _num_groups
 
     frame = torch.zeros(1, 4, 1, 8, 8)
     frame[..., 2:5, 2:5] = 10.0  # large against GroupNorm's eps

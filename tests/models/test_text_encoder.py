@@ -3,7 +3,7 @@ import shutil
 import pytest
 import torch
 
-from models.text_encoder import TextEncoder, TextEncoderConfig, build_text_encoder, minilm_path, quoted_spans
+from reelflow.models.text_encoder import TextEncoder, TextEncoderConfig, build_text_encoder, minilm_path, quoted_spans
 
 
 def test_minilm_real_weights_frozen_and_meaningful(minilm_text_encoder):

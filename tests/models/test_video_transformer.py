@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from models.video_transformer import VideoTransformer, VideoTransformerConfig
+from reelflow.models.video_transformer import VideoTransformer, VideoTransformerConfig
 
 
 def tiny_model(**kw) -> VideoTransformer:

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from curation.policy import DEMO_POLICY_FILE
+from reelflow.curation.policy import DEMO_POLICY_FILE
 
 
 @dataclass(frozen=True)
@@ -41,8 +41,8 @@ def shapes_dataset(engines, tmp_path_factory) -> CuratedShapes:
     """8 landscape (320x180) and 3 portrait (180x320) synthetic 3 s clips with audio, curated with
     the demo policy (motion rules score-only): two aspect buckets (16x9, 9x16), two shards, 48 kHz
     FLAC audio. Takes about 1.5 min (Ray + Prefect start-up included)."""
-    from flows.cli import app
-    from training.synthetic_shapes import write_synthetic_dataset
+    from reelflow.flows.cli import app
+    from reelflow.training.synthetic_shapes import write_synthetic_dataset
 
     root = tmp_path_factory.mktemp("shapes")
     land = write_synthetic_dataset(root / "landscape", num_clips=8, seed=11, width=320, height=180, fps=24,

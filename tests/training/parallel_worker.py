@@ -29,9 +29,9 @@ STEPS, BATCH = 3, 4
 
 
 def _models():
-    from models.configs import get_config
-    from models.text_encoder import TextEncoderConfig
-    from training.checkpoint import build_models
+    from reelflow.models.configs import get_config
+    from reelflow.models.text_encoder import TextEncoderConfig
+    from reelflow.training.checkpoint import build_models
 
     config = get_config("tiny", with_audio=False)
     # The character encoder alone: no MiniLM load per process (the Ray Train test covers the frozen backbone)
@@ -46,10 +46,10 @@ def _run(rank: int, world: int, port: int, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     torch.set_num_threads(1)
-    from training.parallel import clip_grad_norm, parallelize
-    from training.schedule import ParallelismSpec
-    from training.steps import trainable_module, video_step
-    from training.train_state import full_module_state
+    from reelflow.training.parallel import clip_grad_norm, parallelize
+    from reelflow.training.schedule import ParallelismSpec
+    from reelflow.training.steps import trainable_module, video_step
+    from reelflow.training.train_state import full_module_state
 
     results = {}
     for name, spec in CONFIGS.items():

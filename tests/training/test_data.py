@@ -4,7 +4,6 @@ pass) on fake indexes, and decoding real curated shards (shapes, buckets, audio,
 from __future__ import annotations
 
 import dataclasses
-
 import io
 import itertools
 import logging
@@ -19,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from training.data import (
+from reelflow.training.data import (
     Batch,
     BatchIterable,
     BatchSpec,
@@ -64,8 +63,8 @@ def by_epoch(planned, epochs: int) -> dict[int, list]:
 
 # -- sizes, splits ---------------------------------------------------------------------------------
 def test_a_sample_caption_carries_the_rate_it_was_resampled_to_and_generation_prepends_it():
-    from models.configs import SampleConfig
-    from training.generate import conditioning_prompt
+    from reelflow.models.configs import SampleConfig
+    from reelflow.training.generate import conditioning_prompt
 
     video = BatchSpec(kind="video", resolution=64, multiple=8, frames=9, fps=8)
     image = BatchSpec(kind="image", resolution=64, multiple=8)
@@ -116,7 +115,7 @@ def test_bucket_size_keeps_aspect_and_area_on_the_multiple():
 
 def test_a_small_dataset_always_holds_one_clip_out():
     """With few clips the hash may hold none out; one is held out all the same (never in train)."""
-    from training.data import ClipInfo, eligible_clips
+    from reelflow.training.data import ClipInfo, eligible_clips
 
     clips = [ClipInfo(key=f"k{i}", shard="shards/a/shard-000000.tar", bucket="16x9", duration_s=3.0, fps=24,
                       has_audio=True) for i in range(3)]
@@ -254,7 +253,7 @@ def test_not_a_dataset_raises_data_error(tmp_path):
 
 # -- decoding helpers ------------------------------------------------------------------------------
 def test_decode_frames_picks_the_nearest_frame(tmp_path):
-    from training.generate import write_mp4
+    from reelflow.training.generate import write_mp4
 
     levels = np.arange(48) * 5  # frame i is a flat grey of level 5 * i: its index reads back
     frames = np.repeat(levels[:, None, None, None], 3, axis=3) * np.ones((1, 32, 48, 3))
@@ -271,7 +270,7 @@ def test_decode_frames_picks_the_nearest_frame(tmp_path):
 
 
 def test_a_window_cut_from_the_whole_decoded_clip_is_the_window_decoded_alone(tmp_path):
-    from training.generate import write_mp4
+    from reelflow.training.generate import write_mp4
 
     rng = np.random.default_rng(0)
     frames = rng.integers(0, 256, (40, 24, 40, 3), dtype=np.uint8)  # every frame distinct
@@ -370,7 +369,7 @@ def test_video_batches_with_audio_from_real_shards(shapes_dataset):
 
 @pytest.mark.integration
 def test_random_windows_cut_from_clips_decoded_once_match_window_decodes(shapes_dataset, monkeypatch):
-    import training.data as data
+    import reelflow.training.data as data
 
     spec = BatchSpec(kind="video", resolution=32, multiple=8, frames=5, fps=8, batch_size=4, audio_sample_rate=16000)
     images = BatchSpec(kind="image", resolution=32, multiple=8, batch_size=4)
@@ -485,7 +484,7 @@ def test_corrupt_or_missing_members_are_skipped_and_reported(shapes_dataset, tmp
                                              else None if name == f"{missing}.mp4" else data))
     ds = ShardDataset(str(out))
     spec = BatchSpec(kind="image", resolution=32, multiple=8, batch_size=len(land), split="val", val_fraction=1.0)
-    with caplog.at_level(logging.WARNING, logger="training.data"):
+    with caplog.at_level(logging.WARNING, logger="reelflow.training.data"):
         got = list(ds.batches(spec))
         list(ds.batches(spec))  # a second pass: counted again, not logged again
     keys = [k for b in got for k in b.keys]
@@ -524,7 +523,7 @@ def test_reads_a_dataset_on_s3_like_a_local_one(shapes_dataset, s3_server, tmp_p
 def test_batches_are_decoded_ahead_only_where_a_core_is_free():
     import os
 
-    from training.loop import prefetch_depth
+    from reelflow.training.loop import prefetch_depth
 
     cores = len(os.sched_getaffinity(0))
     before = torch.get_num_threads()
@@ -540,7 +539,7 @@ def test_batches_are_decoded_ahead_only_where_a_core_is_free():
 
 
 def test_prefetcher_keeps_order_and_raises_decoder_errors_in_the_consumer():
-    from training.data import DataError, Prefetcher
+    from reelflow.training.data import DataError, Prefetcher
 
     assert list(Prefetcher(iter(range(7)), depth=2)) == list(range(7))
 
@@ -555,7 +554,7 @@ def test_prefetcher_keeps_order_and_raises_decoder_errors_in_the_consumer():
 
 
 def test_a_start_window_always_begins_at_the_clip_start_and_random_does_not():
-    from training.data import ClipInfo, start_time
+    from reelflow.training.data import ClipInfo, start_time
 
     clip = ClipInfo(key="k", shard="s.tar", bucket="1x1", duration_s=4.0, fps=24.0, has_audio=False)
     fixed = BatchSpec(kind="video", resolution=64, multiple=8, frames=9, fps=8, window="start")
@@ -567,7 +566,7 @@ def test_a_start_window_always_begins_at_the_clip_start_and_random_does_not():
 
 
 def test_a_bucket_filter_keeps_only_the_named_aspect_buckets():
-    from training.data import ClipInfo, eligible_clips
+    from reelflow.training.data import ClipInfo, eligible_clips
 
     clips = [ClipInfo(key=f"k{i}", shard="s.tar", bucket=b, duration_s=3.0, fps=24.0, has_audio=False)
              for i, b in enumerate(["1x1", "16x9", "1x1", "4x3"])]

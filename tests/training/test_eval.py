@@ -12,12 +12,12 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from curation.gates import GateFailed
-from training import shape_metrics as sm
-from training.eval import load_prompts, probe_prompts, summarize
-from training.gates import check_learning
-from training.schedule import StageSpec
-from training.synthetic_shapes import COLOURS, DIRECTIONS, random_clip, render_clip
+from reelflow.curation.gates import GateFailed
+from reelflow.training import shape_metrics as sm
+from reelflow.training.eval import load_prompts, probe_prompts, summarize
+from reelflow.training.gates import check_learning
+from reelflow.training.schedule import StageSpec
+from reelflow.training.synthetic_shapes import COLOURS, DIRECTIONS, random_clip, render_clip
 
 FPS = 8
 
@@ -69,7 +69,7 @@ def test_an_empty_frame_fails_every_asked_metric():
 def test_a_bounce_in_sync_does_not_pass_when_the_object_is_not_present():
     """An object seen in 6 of 9 frames (below the 80% that counts as present), bouncing on its
     click: sound is judged only for a present object (the demo's blank samples scored 50% sync)."""
-    from training.synthetic_shapes import ShapeClip, render_clip
+    from reelflow.training.synthetic_shapes import ShapeClip, render_clip
 
     frames, audio, _ = render_clip(ShapeClip("red", "circle", "right", start=(0.75, 0.5)), 64, 64, FPS,
                                    num_frames=9, sample_rate=16000)
@@ -107,7 +107,7 @@ def test_a_bounce_nobody_hears_misses_by_the_clip_s_length_and_counts_in_the_med
     """A silent soundtrack under a bouncing clip: its error is finite (the clip's length), so the
     summary's median counts it; an infinite one was dropped and left the few heard bounces to speak
     for all (a demo reported a 97 ms median with 24% of bounces within a frame)."""
-    from training.synthetic_shapes import ShapeClip, render_clip
+    from reelflow.training.synthetic_shapes import ShapeClip, render_clip
 
     frames, audio, _ = render_clip(ShapeClip("red", "circle", "right", start=(0.75, 0.5)), 64, 64, FPS,
                                    num_frames=9, sample_rate=16000)
@@ -122,7 +122,7 @@ def test_a_bounce_nobody_hears_misses_by_the_clip_s_length_and_counts_in_the_med
 def test_clicks_all_over_the_clip_are_not_in_sync_with_its_one_bounce():
     """The sync error is symmetric: a click on every frame puts one near the bounce too, but every
     other click misses it (nearest-onset alone scored an untrained, noisy audio model at 79 ms)."""
-    from training.synthetic_shapes import ShapeClip, render_clip
+    from reelflow.training.synthetic_shapes import ShapeClip, render_clip
 
     frames, audio, bounces = render_clip(ShapeClip("red", "circle", "right", start=(0.75, 0.5)), 64, 64, FPS,
                                          num_frames=9, sample_rate=16000)
@@ -160,7 +160,7 @@ def test_sound_below_the_audible_floor_is_silence_and_above_it_is_not():
 def test_the_reference_clips_for_sound_bounce_within_the_frames_a_model_generates():
     """evaluate_soundtrack judges the audio model on rendered video: that video must show bounces
     within the tiny model's 9 frames (1.1 s at 8 fps), or sync would go unmeasured."""
-    from training.eval import reference_clip
+    from reelflow.training.eval import reference_clip
 
     bounced = []
     for i, spec in enumerate(probe_prompts()):
@@ -176,9 +176,9 @@ def test_the_reference_clips_for_sound_bounce_within_the_frames_a_model_generate
 def test_an_untrained_audio_model_fails_the_soundtrack_evaluation():
     import torch
 
-    from models.configs import tiny
-    from training.checkpoint import build_models
-    from training.eval import evaluate_soundtrack
+    from reelflow.models.configs import tiny
+    from reelflow.training.checkpoint import build_models
+    from reelflow.training.eval import evaluate_soundtrack
 
     torch.manual_seed(0)
     models = build_models(tiny(with_audio=True))
@@ -224,7 +224,7 @@ def test_summary_aggregates_shares_and_the_median_sync():
 def test_the_printed_table_says_why_a_metric_has_no_value():
     from rich.console import Console
 
-    import flows.cli_eval as cli_eval
+    import reelflow.flows.cli_eval as cli_eval
 
     console = Console(record=True, width=200)
     original, cli_eval._out = cli_eval._out, console
@@ -254,8 +254,8 @@ def test_learning_gate_names_the_metric_and_the_miss():
 
 @pytest.mark.integration
 def test_reelflow_eval_end_to_end_on_a_tiny_checkpoint(tmp_path):
-    from flows.cli import app
-    from training.checkpoint import make_tiny_checkpoint
+    from reelflow.flows.cli import app
+    from reelflow.training.checkpoint import make_tiny_checkpoint
 
     ckpt = make_tiny_checkpoint(tmp_path / "tiny.pt")
     prompts = tmp_path / "prompts.yaml"
@@ -283,7 +283,7 @@ def test_reelflow_eval_end_to_end_on_a_tiny_checkpoint(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_clip(tmp_path_factory) -> dict:
     """A tiny random open_clip model on disk (curation's test checkpoint): file + model config."""
-    from curation.captioning.clip_model import make_tiny_clip_checkpoint
+    from reelflow.curation.captioning.clip_model import make_tiny_clip_checkpoint
 
     return make_tiny_clip_checkpoint(tmp_path_factory.mktemp("clip"))
 
@@ -315,8 +315,8 @@ def _independent_clip_score(clip: dict, frames: list[np.ndarray], prompt: str) -
 def test_clip_score_is_the_prompt_against_the_mean_frame_embedding(tiny_clip):
     """On a rendered clip whose frames differ (a shape crossing the frame), so which frames are
     embedded, and how, shows in the score."""
-    from training.eval import ClipEvalConfig, load_clip_scorer
-    from training.synthetic_shapes import ShapeClip
+    from reelflow.training.eval import ClipEvalConfig, load_clip_scorer
+    from reelflow.training.synthetic_shapes import ShapeClip
 
     frames, _, _ = render_clip(ShapeClip("red", "circle", "right", speed=0.9), 64, 64, FPS, num_frames=21)
     scorer = load_clip_scorer(ClipEvalConfig(str(tiny_clip["checkpoint"]), tiny_clip["model"], str(tiny_clip["config"])))
@@ -330,9 +330,9 @@ def test_clip_score_is_the_prompt_against_the_mean_frame_embedding(tiny_clip):
 
 @pytest.mark.integration
 def test_reelflow_eval_scores_prompt_video_similarity_with_a_configured_clip_checkpoint(tmp_path, tiny_clip):
-    from flows.cli import app
-    from training.checkpoint import make_tiny_checkpoint
-    from training.eval import ClipEvalConfig, ClipEvalError, PromptSpec, evaluate
+    from reelflow.flows.cli import app
+    from reelflow.training.checkpoint import make_tiny_checkpoint
+    from reelflow.training.eval import ClipEvalConfig, ClipEvalError, PromptSpec, evaluate
 
     ckpt = make_tiny_checkpoint(tmp_path / "tiny.pt")
     prompt = "A red circle moves right across a black background, bouncing off the walls."
@@ -353,8 +353,8 @@ def test_reelflow_eval_scores_prompt_video_similarity_with_a_configured_clip_che
     line = next(x for x in r.output.splitlines() if "clip_score" in x)
     assert f"{score[0]:.3f}" in line and "disabled" not in r.output
     # The schedule's eval block configures the same thing for the evaluation after each stage.
-    from training.eval import evaluate_stage
-    from training.schedule import EvalSpec
+    from reelflow.training.eval import evaluate_stage
+    from reelflow.training.schedule import EvalSpec
 
     spec = EvalSpec(prompts=str(prompts), steps=1, clip_checkpoint=str(tiny_clip["checkpoint"]),
                     clip_model=tiny_clip["model"], clip_model_config=str(tiny_clip["config"]))
@@ -382,8 +382,8 @@ def test_reelflow_eval_scores_prompt_video_similarity_with_a_configured_clip_che
 
 
 def test_a_missing_clip_checkpoint_in_the_schedule_stops_training_before_it_starts(tmp_path):
-    from training.eval import check_clip_checkpoint
-    from training.schedule import EvalSpec, ScheduleError
+    from reelflow.training.eval import check_clip_checkpoint
+    from reelflow.training.schedule import EvalSpec, ScheduleError
 
     weights = tmp_path / "clip.pt"
     with pytest.raises(ScheduleError, match=f"eval.clip_checkpoint: not found: {weights}"):
@@ -397,8 +397,8 @@ def test_a_missing_clip_checkpoint_in_the_schedule_stops_training_before_it_star
 
 
 def test_evaluate_without_an_output_directory_writes_nowhere_near_the_working_directory(tmp_path, monkeypatch):
-    from training.checkpoint import make_tiny_checkpoint
-    from training.eval import PromptSpec, evaluate
+    from reelflow.training.checkpoint import make_tiny_checkpoint
+    from reelflow.training.eval import PromptSpec, evaluate
 
     ckpt = make_tiny_checkpoint(tmp_path / "tiny.pt")
     work = tmp_path / "cwd"

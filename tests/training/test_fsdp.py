@@ -12,10 +12,10 @@ import pytest
 import torch
 import yaml
 
-from curation.storage import Storage
-from training.checkpoint import load_checkpoint
-from training.schedule import SCHEDULES_DIR, schedule_from_dict
-from training.trainer import run_stage, stage_metrics
+from reelflow.curation.storage import Storage
+from reelflow.training.checkpoint import load_checkpoint
+from reelflow.training.schedule import SCHEDULES_DIR, schedule_from_dict
+from reelflow.training.trainer import run_stage, stage_metrics
 
 pytestmark = pytest.mark.integration
 
@@ -28,9 +28,9 @@ def _uneven_validation_seed(raw: dict, dataset: str) -> int:
     """A split seed under which the held-out video batches are odd in number: one worker validates
     one batch more than the other (under FSDP a forward is a collective; under DDP too, through its
     buffer broadcast: an uneven pass once hung both)."""
-    from training.data import ShardDataset, eligible_clips
-    from training.handoff import model_config
-    from training.loop import batch_specs
+    from reelflow.training.data import ShardDataset, eligible_clips
+    from reelflow.training.handoff import model_config
+    from reelflow.training.loop import batch_specs
 
     data = ShardDataset(dataset)
     for seed in range(50):

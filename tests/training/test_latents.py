@@ -29,13 +29,21 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from curation.gates import GateFailed
-from curation.storage import Storage
-from training.data import bucket_size
-from training.handoff import spatial_multiple
-from training.latents import (FAILED, MANIFEST_FILE, OK, LatentsError, check_latents, load_tae, run_latents,
-                              stage_spec)
-from training.schedule import ScheduleError, schedule_from_dict
+from reelflow.curation.gates import GateFailed
+from reelflow.curation.storage import Storage
+from reelflow.training.data import bucket_size
+from reelflow.training.handoff import spatial_multiple
+from reelflow.training.latents import (
+    FAILED,
+    MANIFEST_FILE,
+    OK,
+    LatentsError,
+    check_latents,
+    load_tae,
+    run_latents,
+    stage_spec,
+)
+from reelflow.training.schedule import ScheduleError, schedule_from_dict
 
 pytestmark = pytest.mark.integration
 
@@ -64,8 +72,8 @@ def _raw(ckpt: Path, **over) -> dict:
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory) -> Path:
     """A tiny generation checkpoint (random weights) whose TAE has a measured-looking latent scale."""
-    from models.configs import get_config
-    from training.checkpoint import build_models, save_checkpoint
+    from reelflow.models.configs import get_config
+    from reelflow.training.checkpoint import build_models, save_checkpoint
 
     path = tmp_path_factory.mktemp("ckpt") / "model.pt"
     with torch.random.fork_rng():
@@ -78,7 +86,7 @@ def ckpt(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def encoded(ray_session, shapes_dataset, ckpt, tmp_path_factory):
     """The stage's latents at their default place in a training OUTPUT, as the train flow makes them."""
-    from training.trainer import precompute_latents, stage_latents_dir
+    from reelflow.training.trainer import precompute_latents, stage_latents_dir
 
     out = tmp_path_factory.mktemp("train") / "out"
     schedule = schedule_from_dict(_raw(ckpt))
@@ -90,7 +98,7 @@ def encoded(ray_session, shapes_dataset, ckpt, tmp_path_factory):
 
 
 def test_the_stage_latents_are_complete_and_a_rerun_is_a_no_op(encoded, shapes_dataset):
-    from training.trainer import precompute_latents
+    from reelflow.training.trainer import precompute_latents
 
     s = encoded["summary"]
     assert (s.ok, s.failed, s.eligible) == (len(shapes_dataset.keys), 0, len(shapes_dataset.keys))
@@ -105,9 +113,9 @@ def test_the_stage_latents_are_complete_and_a_rerun_is_a_no_op(encoded, shapes_d
 
 
 def test_training_on_precomputed_latents_gives_the_loss_of_encoding_on_the_fly(encoded, shapes_dataset, ckpt):
-    from training.loop import StageRunner, step_generator
-    from training.steps import encode_latents
-    from training.trainer import worker_config
+    from reelflow.training.loop import StageRunner, step_generator
+    from reelflow.training.steps import encode_latents
+    from reelflow.training.trainer import worker_config
 
     dataset, out = str(shapes_dataset.path), str(encoded["out"])
     on = StageRunner(worker_config(encoded["schedule"], 0, dataset, out, Storage()))
@@ -138,8 +146,8 @@ def test_the_train_flow_encodes_the_latents_then_trains_the_stage_without_decodi
                                                                                           tmp_path):
     """`reelflow train` on a schedule whose stage declares latents: true: the flow's latents task
     encodes them (with the TAE of the stage's init checkpoint), then the stage trains on them."""
-    from flows.cli import app
-    from training.trainer import stage_metrics
+    from reelflow.flows.cli import app
+    from reelflow.training.trainer import stage_metrics
 
     schedule_file = tmp_path / "schedule.yaml"
     schedule_file.write_text(yaml.safe_dump(_raw(ckpt)))
@@ -252,13 +260,13 @@ def test_the_latents_command_killed_mid_part_resumes_byte_identical(broken, ckpt
     gcs = ray_session.get_runtime_context().gcs_address
     # The command (its own process, on the session's Ray) is SIGKILLed at its worker's second part,
     # after that part's tar is written and before its ledger is: the worst moment.
-    proc = subprocess.run([sys.executable, "-m", "flows.cli", "latents", *args, "--ray-address", gcs,
+    proc = subprocess.run([sys.executable, "-m", "reelflow.flows.cli", "latents", *args, "--ray-address", gcs,
                            "--kill-at-part", "2"], cwd=REPO, capture_output=True, text=True, timeout=240)
     assert proc.returncode == -signal.SIGKILL, proc.stdout + proc.stderr
     assert not (out / MANIFEST_FILE).exists()
     assert len(list((out / "parts").rglob("*.json"))) == 1  # one part done ...
     assert len(list((out / "shards").rglob("*.tar"))) == 2  # ... and one tar whose part is not
-    r = CliRunner().invoke(__import__("flows.cli", fromlist=["app"]).app, ["latents", *args])
+    r = CliRunner().invoke(__import__("reelflow.flows.cli", fromlist=["app"]).app, ["latents", *args])
     assert r.exit_code == 0, r.output
     assert "1 resumed" in r.output and broken["victim"] in r.output  # the failed clip is listed
     # Byte for byte the uninterrupted run: tars, part ledgers, index, ledger, manifest.
@@ -294,7 +302,7 @@ def test_the_gate_names_the_clips_that_break_it():
 
 # -- bad input ---------------------------------------------------------------------------------
 def test_bad_input_is_exit_2_with_a_clear_message(shapes_dataset, ckpt, tmp_path):
-    from flows.cli import app
+    from reelflow.flows.cli import app
 
     raw = _raw(ckpt)
     raw["stages"].append(_stage(ckpt, name="random_window", window="random", latents=False))

@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 import torch
 
-from models.configs import tiny
-from training.checkpoint import build_models
-from training.eval import PromptSpec, evaluate
-from training.steps import encode_latents, tae_step, trainable_module, video_step
-from training.synthetic_shapes import COLOURS, ShapeClip, random_clip, render_clip
+from reelflow.models.configs import tiny
+from reelflow.training.checkpoint import build_models
+from reelflow.training.eval import PromptSpec, evaluate
+from reelflow.training.steps import encode_latents, tae_step, trainable_module, video_step
+from reelflow.training.synthetic_shapes import COLOURS, ShapeClip, random_clip, render_clip
 
 RES = 32
 TAE_STEPS, VIDEO_STEPS = 500, 1200  # ~110 s on 2 cores

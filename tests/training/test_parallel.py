@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from training.schedule import SCHEDULES_DIR, ScheduleError, schedule_from_dict
+from reelflow.training.schedule import SCHEDULES_DIR, ScheduleError, schedule_from_dict
 
 # Another reduction order (reduce-scatter against all-reduce) over 3 AdamW steps: last-bit
 # differences, far below what a wrong gradient (a missing shard, a doubled sum) would give.
@@ -67,7 +67,7 @@ def test_parallelism_is_validated(parallelism, workers, message):
 
 
 def test_a_run_resumes_on_other_workers_but_not_with_another_recipe():
-    from flows.train_flow import _what_it_trains
+    from reelflow.flows.train_flow import _what_it_trains
 
     base = schedule_from_dict(_tiny()).model_dump(mode="json")
     moved = _tiny(num_workers=2, cpus_per_worker=2)

@@ -41,12 +41,12 @@ def _numel(module) -> int:
 
 @pytest.mark.parametrize("size", ["tiny", "small"])
 def test_analytic_params_equal_built_models(size):
-    from models.audio_model import AudioTransformer
-    from models.configs import get_config
-    from models.tae import TemporalAutoencoder
-    from models.text_encoder import build_text_encoder
-    from models.video_transformer import VideoTransformer
-    from training import plan as P
+    from reelflow.models.audio_model import AudioTransformer
+    from reelflow.models.configs import get_config
+    from reelflow.models.tae import TemporalAutoencoder
+    from reelflow.models.text_encoder import build_text_encoder
+    from reelflow.models.video_transformer import VideoTransformer
+    from reelflow.training import plan as P
 
     c = get_config(size)
     video, audio, tae = VideoTransformer(c.video), AudioTransformer(c.audio), TemporalAutoencoder(c.tae)
@@ -66,12 +66,12 @@ def test_analytic_params_equal_moviegen_on_meta_device():
 
     import torch
 
-    from models.audio_model import AudioTransformer
-    from models.configs import get_config
-    from models.tae import TemporalAutoencoder
-    from models.text_encoder import TextEncoder
-    from models.video_transformer import VideoTransformer
-    from training import plan as P
+    from reelflow.models.audio_model import AudioTransformer
+    from reelflow.models.configs import get_config
+    from reelflow.models.tae import TemporalAutoencoder
+    from reelflow.models.text_encoder import TextEncoder
+    from reelflow.models.video_transformer import VideoTransformer
+    from reelflow.training import plan as P
 
     c = get_config("moviegen")
     chars_only = dataclasses.replace(c.text, backbone="none")  # the UL2 backbone is external
@@ -109,8 +109,8 @@ def test_transformer_activation_formula_equals_saved_tensors(bf16):
     autocast (its op list is close to CUDA's for these ops: Linear/SDPA in bf16, RMSNorm in fp32)."""
     import torch
 
-    from models.video_transformer import VideoTransformer, VideoTransformerConfig
-    from training import plan as P
+    from reelflow.models.video_transformer import VideoTransformer, VideoTransformerConfig
+    from reelflow.training import plan as P
 
     torch.manual_seed(0)
     cfg = VideoTransformerConfig(latent_channels=8, dim=64, n_layers=3, n_heads=4, ffn_dim=172, text_dim=64,
@@ -134,9 +134,9 @@ def test_transformer_activation_formula_equals_saved_tensors(bf16):
 def test_audio_and_tae_activation_formulas_equal_saved_tensors():
     import torch
 
-    from models.audio_model import AudioConfig, AudioTransformer
-    from models.tae import TAEConfig, TemporalAutoencoder, tae_loss
-    from training import plan as P
+    from reelflow.models.audio_model import AudioConfig, AudioTransformer
+    from reelflow.models.tae import TAEConfig, TemporalAutoencoder, tae_loss
+    from reelflow.training import plan as P
 
     torch.manual_seed(0)
     b, n_text, n = 2, 12, 70
@@ -173,8 +173,8 @@ def test_audio_and_tae_activation_formulas_equal_saved_tensors():
 
 @pytest.fixture(scope="module")
 def moviegen_plan():
-    from training.plan import GB, plan_schedule
-    from training.schedule import load_schedule
+    from reelflow.training.plan import GB, plan_schedule
+    from reelflow.training.schedule import load_schedule
 
     return plan_schedule(load_schedule("moviegen"), gpu_memory=80 * GB)
 
@@ -184,7 +184,7 @@ def _row(stage_plan, strategy: str, every: int):
 
 
 def test_moviegen_ddp_never_fits(moviegen_plan):
-    from training.plan import GB
+    from reelflow.training.plan import GB
 
     assert moviegen_plan.gpus == 512 and moviegen_plan.bf16
     by_name = {sp.stage.name: sp for sp in moviegen_plan.stages}
@@ -199,7 +199,7 @@ def test_moviegen_ddp_never_fits(moviegen_plan):
 
 
 def test_moviegen_what_fits_follows_from_the_numbers(moviegen_plan):
-    from training.plan import GB
+    from reelflow.training.plan import GB
 
     by_name = {sp.stage.name: sp for sp in moviegen_plan.stages}
     usable = moviegen_plan.usable
@@ -240,8 +240,8 @@ def test_moviegen_what_fits_follows_from_the_numbers(moviegen_plan):
 
 
 def test_plan_fits_small_schedules_and_reads_memory_strings():
-    from training.plan import GB, GiB, parse_memory, plan_schedule
-    from training.schedule import load_schedule
+    from reelflow.training.plan import GB, GiB, parse_memory, plan_schedule
+    from reelflow.training.schedule import load_schedule
 
     assert parse_memory("80GB") == 80 * GB and parse_memory("80 GiB") == 80 * GiB
     assert parse_memory("141") == 141 * GB and parse_memory("512MiB") == 512 * 2**20
@@ -277,7 +277,7 @@ def test_estimate_matches_measured_peak_memory_on_cpu():
     512 and 1024 tokens a sample (4 samples), with and without full activation checkpointing."""
     if not Path("/proc/self/clear_refs").exists():
         pytest.skip("needs Linux /proc to reset the peak RSS")
-    from training import plan as P
+    from reelflow.training import plan as P
 
     specs = [dict(frames=f, ac=ac) for f in (2, 4) for ac in (0, 1)]
     results = _measure(specs)
@@ -309,18 +309,18 @@ def test_estimate_matches_measured_peak_memory_on_cpu():
 @pytest.fixture
 def no_engines(monkeypatch):
     """--plan must not start Ray or Prefect."""
-    import flows.engines
+    from reelflow.flows import engines
 
     def refuse(*a, **k):
         raise AssertionError("--plan started the engines")
 
-    monkeypatch.setattr(flows.engines, "start_engines", refuse)
+    monkeypatch.setattr(engines, "start_engines", refuse)
 
 
 def test_cli_plan_moviegen(no_engines):
     from typer.testing import CliRunner
 
-    from flows.cli import app
+    from reelflow.flows.cli import app
 
     r = CliRunner().invoke(app, ["train", "--plan", "moviegen"], env={"COLUMNS": "220"})
     assert r.exit_code == 0, r.output
@@ -334,7 +334,7 @@ def test_cli_plan_moviegen(no_engines):
 def test_cli_plan_tiny_and_options(no_engines):
     from typer.testing import CliRunner
 
-    from flows.cli import app
+    from reelflow.flows.cli import app
 
     runner = CliRunner()
     r = runner.invoke(app, ["train", "--plan", "tiny", "--gpus", "2", "--gpu-memory", "1GiB"], env={"COLUMNS": "220"})
@@ -355,7 +355,7 @@ def test_cli_plan_tiny_and_options(no_engines):
 def test_cli_plan_bad_input_exits_2(no_engines, args, message):
     from typer.testing import CliRunner
 
-    from flows.cli import app
+    from reelflow.flows.cli import app
 
     r = CliRunner().invoke(app, ["train", *args])
     assert r.exit_code == 2, r.output
@@ -380,8 +380,8 @@ def _measure_step(frames: int, ac: int) -> dict:
 
     import torch
 
-    from models.video_transformer import VideoTransformer, VideoTransformerConfig
-    from training.parallel import apply_activation_checkpointing
+    from reelflow.models.video_transformer import VideoTransformer, VideoTransformerConfig
+    from reelflow.training.parallel import apply_activation_checkpointing
 
     torch.manual_seed(0)
     size, batch, text_len, dim = 32, 4, 16, 128

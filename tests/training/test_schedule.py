@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from training.schedule import SCHEDULES_DIR, ScheduleError, load_schedule, schedule_from_dict
+from reelflow.training.schedule import SCHEDULES_DIR, ScheduleError, load_schedule, schedule_from_dict
 
 
 def test_bundled_schedules_follow_movie_gens_progression():

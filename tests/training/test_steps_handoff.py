@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.audio_model import LogMel
-from training.checkpoint import build_models
-from training.handoff import Grid, hand_off_video, model_config, spatial_multiple, stage_grid
-from training.schedule import load_schedule
-from training.steps import audio_step, check_audio_span, tae_step, trainable_module, video_step
+from reelflow.models.audio_model import LogMel
+from reelflow.training.checkpoint import build_models
+from reelflow.training.handoff import Grid, hand_off_video, model_config, spatial_multiple, stage_grid
+from reelflow.training.schedule import load_schedule
+from reelflow.training.steps import audio_step, check_audio_span, tae_step, trainable_module, video_step
 
 
 @pytest.fixture(scope="module")
@@ -88,8 +88,8 @@ def test_audio_span_must_fit_the_window(models):
 
 
 def test_schedules_that_do_not_fit_the_models_fail_before_training():
-    from training.handoff import check_schedule_fits
-    from training.schedule import ScheduleError
+    from reelflow.training.handoff import check_schedule_fits
+    from reelflow.training.schedule import ScheduleError
 
     s = load_schedule("tiny")
     check_schedule_fits(s)
@@ -104,8 +104,8 @@ def test_schedules_that_do_not_fit_the_models_fail_before_training():
 def test_an_audio_stage_shorter_than_the_samples_fails_before_training():
     """The audio model's positions past its training span never train: sampled longer, it made the
     same clicks whatever the video (the demo before tiny.yaml's audio stage took 9 frames)."""
-    from training.handoff import check_schedule_fits
-    from training.schedule import ScheduleError
+    from reelflow.training.handoff import check_schedule_fits
+    from reelflow.training.schedule import ScheduleError
 
     s = load_schedule("tiny")
     short = s.model_copy(deep=True)
@@ -123,8 +123,8 @@ def test_an_audio_stage_shorter_than_the_samples_fails_before_training():
 
 
 def test_the_latent_cache_encodes_each_fixed_window_sample_once_and_gives_the_same_loss(models):
-    from training.loop import LatentCache
-    from training.steps import encode_latents
+    from reelflow.training.loop import LatentCache
+    from reelflow.training.steps import encode_latents
 
     pixels = torch.rand(3, 3, 9, 32, 32) * 2 - 1
     calls: list[int] = []

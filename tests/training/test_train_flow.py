@@ -13,8 +13,8 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from flows.cli import app
-from training.schedule import SCHEDULES_DIR
+from reelflow.flows.cli import app
+from reelflow.training.schedule import SCHEDULES_DIR
 
 pytestmark = pytest.mark.integration
 runner = CliRunner()
@@ -61,7 +61,7 @@ def test_every_stage_trains_gates_and_hands_off(trained):
     assert (out / "report.html").stat().st_size > 10_000
     assert "audio" in trained["output"] and "reelflow generate" in trained["output"]
 
-    from training.checkpoint import load_checkpoint
+    from reelflow.training.checkpoint import load_checkpoint
 
     t2i = load_checkpoint(out / "stages" / "01_t2i_32" / "model.pt")
     hi = load_checkpoint(out / "model.pt")

@@ -8,10 +8,10 @@ import boto3
 import pytest
 import yaml
 
-from curation.storage import Storage
-from training.checkpoint import load_checkpoint
-from training.schedule import SCHEDULES_DIR, schedule_from_dict
-from training.trainer import run_stage, stage_metrics
+from reelflow.curation.storage import Storage
+from reelflow.training.checkpoint import load_checkpoint
+from reelflow.training.schedule import SCHEDULES_DIR, schedule_from_dict
+from reelflow.training.trainer import run_stage, stage_metrics
 
 pytestmark = pytest.mark.integration
 

@@ -11,9 +11,9 @@ import re
 import pytest
 from PIL import Image
 
-from curation.storage import Storage, join
-from training.report import write_training_report
-from training.schedule import Schedule, load_schedule
+from reelflow.curation.storage import Storage, join
+from reelflow.training.report import write_training_report
+from reelflow.training.schedule import Schedule, load_schedule
 
 
 @pytest.fixture(scope="module")

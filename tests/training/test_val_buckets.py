@@ -11,7 +11,7 @@ import queue
 import pandas as pd
 import pytest
 
-from training.val_metrics import ValSums, bucket_losses, format_val, is_bucket_key, parse_bucket_key
+from reelflow.training.val_metrics import ValSums, bucket_losses, format_val, is_bucket_key, parse_bucket_key
 
 BUCKETS = ["16x9", "9x16"]
 
@@ -67,7 +67,7 @@ def _reduce_worker(rank: int, world: int, init: str, out) -> None:
     import torch
     import torch.distributed as dist
 
-    from training.loop import _all_reduce_vector
+    from reelflow.training.loop import _all_reduce_vector
 
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
     try:
@@ -134,9 +134,9 @@ def _rows_with_buckets() -> list[dict]:
 
 
 def test_bucket_columns_read_back_from_parquet_and_show_in_the_report(tmp_path):
-    from curation.storage import Storage
-    from training.report import write_training_report
-    from training.schedule import load_schedule
+    from reelflow.curation.storage import Storage
+    from reelflow.training.report import write_training_report
+    from reelflow.training.schedule import load_schedule
 
     rows = _rows_with_buckets()
     pd.DataFrame(rows).to_parquet(tmp_path / "metrics.parquet", index=False)  # as the train flow writes it
