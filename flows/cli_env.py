@@ -1,5 +1,5 @@
 """The environment every reelflow command sets before it starts an engine (its own module so that
-``flows.cli`` and the subcommand modules it imports share it without importing each other)."""
+``reelflow.flows.cli`` and the subcommand modules it imports share it without importing each other)."""
 
 from __future__ import annotations
 

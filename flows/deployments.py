@@ -103,7 +103,7 @@ class DeploymentConfig(BaseModel):
 
         check_parameters(flow, self.parameters)
         schedules = [Cron(self.cron, timezone=self.timezone)] if self.cron else None
-        # A module entrypoint (flows.curate_flow.curate) resolves from any working directory,
+        # A module entrypoint (reelflow.flows.curate_flow.curate) resolves from any working directory,
         # since reelflow is an installed package; a file path would depend on where serve ran.
         return flow.to_deployment(
             name=self.name,
