@@ -39,7 +39,7 @@ import ray
 
 from reelflow.curation import ray_tables
 from reelflow.curation.dedup.groups import components, keep_best
-from reelflow.curation.dedup.near import NearConfig, _rotl, agreement, band_layout
+from reelflow.curation.dedup.near import NearConfig, _rotl, agreement, band_layout, unique_frames
 from reelflow.curation.dedup.semantic import (
     SemanticConfig,
     l2_normalize,
@@ -199,22 +199,11 @@ def exact_level(table: TableRef, groups: list[list[str]], s: Survey, width: Widt
 
 
 # -- near ------------------------------------------------------------------------------------------
-def _unique_frames(ph: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(hash, row, rank in its row) of each row's distinct hashes, as ``near._unique_frames``."""
-    n, f = ph.shape
-    s = np.sort(ph, axis=1)
-    keep = np.ones_like(s, dtype=bool)
-    keep[:, 1:] = s[:, 1:] != s[:, :-1]
-    rank = np.cumsum(keep, axis=1) - 1
-    row = np.broadcast_to(np.arange(n, dtype=np.int64)[:, None], (n, f))
-    return s[keep], row[keep], rank[keep]
-
-
 @ray.remote(num_cpus=1)
 def _count_frames(table: TableRef, uris: list[str], dropped: list) -> tuple[int, int]:
     t = _read(table, uris, ["phashes"], dropped)
     ph = _list_matrix(t["phashes"], np.uint64)
-    return t.num_rows, (int(_unique_frames(ph)[0].size) if t.num_rows else 0)
+    return t.num_rows, (int(unique_frames(ph)[0].size) if t.num_rows else 0)
 
 
 @ray.remote(num_cpus=1)
@@ -222,7 +211,7 @@ def _near_map(table: TableRef, uris: list[str], dropped: list, quality: str, sta
               idx_bits: int, n: int):
     t = _read(table, uris, ["item_id", "phashes", quality, "duration_s"], dropped)
     ph = _list_matrix(t["phashes"], np.uint64)
-    flat, row, rank = _unique_frames(ph) if t.num_rows else (np.zeros(0, np.uint64),) + (np.zeros(0, np.int64),) * 2
+    flat, row, rank = unique_frames(ph) if t.num_rows else (np.zeros(0, np.uint64),) + (np.zeros(0, np.int64),) * 2
     masked = _rotl(flat, 64 - start - width) & ~np.uint64((1 << idx_bits) - 1)
     bucket = masked >> np.uint64(64 - width)
     out = pa.table({"m": masked, "rank": rank.astype(np.int16), "hash": flat,

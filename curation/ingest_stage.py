@@ -22,9 +22,9 @@ from __future__ import annotations
 import io
 import math
 import zlib
+from collections import Counter
 from collections.abc import Iterator
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.json as pajson
@@ -121,8 +121,7 @@ _INPUT_SCHEMA = pa.schema([("uri", pa.string()), ("license", pa.string()), ("tit
 def _reduce_task(table: TableRef, run_id: str, policy, p: int, *tables: pa.Table) -> dict:
     rows = judge_inputs(pa.concat_tables(tables).to_pylist(), run_id, policy)
     table.store().write_part("ingest", to_table(rows, STAGE_SCHEMAS["ingest"]), name=f"{PART_PREFIX}{p:05d}.parquet")
-    statuses = [r["status"] for r in rows]
-    return {s: int(np.sum([x == s for x in statuses])) for s in set(statuses)}
+    return dict(Counter(r["status"] for r in rows))
 
 
 def run_distributed(storage: Storage, source: str, run_id: str, policy, store: StageStore,

@@ -71,22 +71,24 @@ def band_layout(n_entries: int, cfg: NearConfig) -> list[tuple[int, int]]:
     return [(int(s), int(width)) for s in starts]
 
 
-def _unique_frames(phashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Flattened (hash, clip) with each clip's repeated hashes dropped: a static clip must not fill
-    a bucket's window with pairs of itself."""
+def unique_frames(phashes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Flattened (hash, clip, rank of the hash among its clip's distinct ones) with each clip's
+    repeated hashes dropped: a static clip must not fill a bucket's window with pairs of itself.
+    Entries come clip by clip, each clip's in hash order (the index's entry order)."""
     n, f = phashes.shape
     s = np.sort(phashes, axis=1)
     keep = np.ones_like(s, dtype=bool)
     keep[:, 1:] = s[:, 1:] != s[:, :-1]
+    rank = np.cumsum(keep, axis=1) - 1
     clip = np.broadcast_to(np.arange(n, dtype=np.int64)[:, None], (n, f))
-    return s[keep], clip[keep]
+    return s[keep], clip[keep], rank[keep]
 
 
 def candidate_pairs(phashes: np.ndarray, cfg: NearConfig = NearConfig(), stats: dict | None = None) -> np.ndarray:
     """``(m, 2)`` int64 clip pairs (i < j), unique, with at least one pair of frames within
     ``max_hamming`` bits found through the band index. ``stats``, when given, receives the counts of
     indexed frame hashes, frame pairs checked and candidate clip pairs (the work done)."""
-    flat, clip = _unique_frames(np.ascontiguousarray(phashes, dtype=np.uint64))
+    flat, clip, _ = unique_frames(np.ascontiguousarray(phashes, dtype=np.uint64))
     n, n_entries = phashes.shape[0], flat.size
     idx_bits = max(1, (n_entries - 1).bit_length())
     ids = np.arange(n_entries, dtype=np.uint64)
