@@ -420,14 +420,23 @@ def _balance_chart(clusters: list[tuple[int, int, float]]) -> str:
 
 
 def _hist_chart(data: ReportData, col: str, values: np.ndarray, groups: list[str]) -> str:
-    fig = Figure(figsize=(4.4, 2.7), dpi=90, layout="constrained")
+    # Fixed margins, not a layout engine, and one filled outline per group, not a bar per bin:
+    # a report draws ~15 of these, and constrained layout plus ~70 bar patches each took ~3 s.
+    fig = Figure(figsize=(4.4, 2.7), dpi=90)
+    fig.subplots_adjust(left=0.13, right=0.97, bottom=0.1, top=0.9)
     ax = fig.add_subplot()
     finite = np.isfinite(values)
     bins = np.histogram_bin_edges(values[finite], bins=24)
     if bins[0] == bins[-1]:  # one distinct value: give the bar a width
         bins = np.linspace(bins[0] - 0.5, bins[0] + 0.5, 3)
-    stacks = [values[finite & (np.array(groups) == g)] for g in ("kept", "this", "other")]
-    ax.hist(stacks, bins=bins, stacked=True, color=[C_KEPT, C_REJ, C_REJ_OTHER])
+    base = np.zeros(len(bins) - 1)
+    for g, colour in (("kept", C_KEPT), ("this", C_REJ), ("other", C_REJ_OTHER)):  # stacked in this order
+        top = base + np.histogram(values[finite & (np.array(groups) == g)], bins=bins)[0]
+        if top.max() > base.max(initial=0) or (top > base).any():
+            ax.stairs(top, bins, baseline=base, fill=True, color=colour)
+        base = top
+    ax.set_ylim(0, max(1.0, base.max()) * 1.05)
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     lo, hi = bins[0], bins[-1]
     for r in data.rules:
         if r.column != col:

@@ -48,6 +48,10 @@ def run_curate(source: str, output: str, policy: Optional[Path], ray_address: Op
                run_id: Optional[str]) -> int:
     """Run the flow with progress bars; print the funnel. Returns the exit code."""
     quiet_env()
+    from reelflow.flows import engines
+
+    # Prefect's temporary server (where no API is configured) starts while the rest is imported.
+    server = engines.launch_prefect_server()
     from reelflow.curation import sources
     from reelflow.curation.dataset import OutputError
     from reelflow.curation.gates import GateFailed
@@ -83,10 +87,7 @@ def run_curate(source: str, output: str, policy: Optional[Path], ray_address: Op
     curate_flow.set_progress_hook(hook)
     with run_log("curate") as log_path:
         try:
-            from reelflow.flows.engines import start_engines
-
-            start_engines(ray_address)
-            with progress:
+            with engines.running(ray_address, server), progress:
                 result = curate_flow.curate(source=source, output=output,
                                             policy_path=str(policy) if policy else None,
                                             ray_address=ray_address, run_id=run_id)

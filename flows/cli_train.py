@@ -184,10 +184,9 @@ def run_train(shards: str, output: str, schedule: str = "tiny", ray_address: str
 
     train_flow.set_progress_hook(hook)
     try:
-        from reelflow.flows.engines import start_engines
+        from reelflow.flows import engines
 
-        start_engines(ray_address)  # Ray, Prefect's temporary server and GX side by side
-        with progress:
+        with engines.running(ray_address), progress:  # Ray, Prefect's temporary server and GX side by side
             result = train_flow.train(schedule=schedule_ref, shards=shards, output=output, ray_address=ray_address)
     except GateFailed as e:
         _console.print(f"[bold red]stopped by a data-quality gate[/]\n{e}")

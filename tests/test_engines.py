@@ -43,20 +43,32 @@ def test_an_engine_that_fails_to_start_fails_the_call(engines, monkeypatch):
 
 
 @pytest.mark.integration
-def test_the_flow_uses_the_temporary_server_started_beside_ray(tmp_path):
-    # A fresh process as `reelflow curate` runs: no Prefect API configured, so start_engines starts
-    # Prefect's temporary server; the flow then runs against that same server (one start, not two).
+def test_the_flow_runs_against_the_server_launched_beside_ray_and_its_logs_arrive(tmp_path):
+    # A fresh process as `reelflow curate` runs: no Prefect API configured, so `running` launches
+    # the temporary server itself (Prefect must not start a second one), the flow runs against it,
+    # and the flow's logs reach it before it stops (sent on the way out, not left to the exit).
     code = """
-import logging, sys
-from prefect import flow
-from prefect.server.api.server import SubprocessASGIServer
-from reelflow.flows.engines import start_engines
-ready = start_engines()
-assert "prefect" in ready and "ray" in ready and "gx" in ready, ready
-server = SubprocessASGIServer()
-pid = server.server_process.pid
-assert flow(name="after-start")(lambda: 41 + 1)() == 42
-assert SubprocessASGIServer().server_process.pid == pid and len(SubprocessASGIServer._instances) == 1
+import sys
+from prefect import flow, get_run_logger
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+from prefect.settings import PREFECT_API_URL, temporary_settings
+from reelflow.flows import engines
+
+@flow(name="after-start")
+def answer():
+    get_run_logger().info("hello from the flow")
+    return 42
+
+with engines.running() as ready:
+    assert set(ready) == {"prefect", "ray", "gx"}, ready
+    state = answer(return_state=True)
+    assert state.result() == 42
+url = engines._server.url
+with temporary_settings(updates={PREFECT_API_URL: url}), get_client(sync_client=True) as client:
+    logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[state.state_details.flow_run_id])))
+assert "hello from the flow" in [r.message for r in logs], [r.message for r in logs]
+assert "prefect.server.api.server" not in sys.modules  # the client never imported the server
 print("ok", sorted(ready))
 """
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API_")}
@@ -65,4 +77,4 @@ print("ok", sorted(ready))
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "ok ['gx', 'prefect', 'ray']" in out.stdout
-    assert out.stderr.count("Starting temporary server") <= 1
+    assert "Starting temporary server" not in out.stderr
