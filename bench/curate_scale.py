@@ -53,7 +53,7 @@ from reelflow.curation import gates, pipeline, ray_tables, run_outputs, table_ga
 from reelflow.curation.policy import policy_from_dict  # noqa: E402
 from reelflow.curation.records import CLIP, OK, STAGE_SCHEMAS, VIDEO, clip_key  # noqa: E402
 from reelflow.curation.stage_store import StageStore  # noqa: E402
-from reelflow.curation.stages import Stage, StageContext  # noqa: E402
+from reelflow.curation.stages import ItemStage, StageContext  # noqa: E402
 from reelflow.curation.storage import Storage  # noqa: E402
 from reelflow.curation.table_stages import BalanceStage, DedupStage  # noqa: E402
 
@@ -61,9 +61,9 @@ from reelflow.curation.table_stages import BalanceStage, DedupStage  # noqa: E40
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
-class _Cheap(Stage):
+class _Cheap(ItemStage):
     rows_per_task = 2048  # the media stages take 1 a task; here the per-row work is microseconds
-    num_cpus = 1.0
+    cpus = 1.0
 
     def process(self, row: dict) -> list[dict]:
         return [{**row, **self.adds(row), "status": OK, "reason": None}]
@@ -220,7 +220,7 @@ def run_one(n_videos: int, per_video: int, root: Path) -> list[dict]:
     for cls in STAGES:
         step(cls.name, lambda cls=cls: pipeline.run_media_stage(cls(ctx), store))
         if cls is Score:
-            step("dedup", lambda: pipeline.run_table_stage(DedupStage(policy), store))
+            step("dedup", lambda: pipeline.run_table_stage(DedupStage.for_policy(policy), store))
             step("gate(dedup)", lambda: table_gates.check_stage_table("dedup", store, "score", "item_id", policy))
             print(f"  dedup dropped (planted: 5% of clips at each level): {_dedup_levels(store)}", flush=True)
     step("rerun (finished)", lambda: [pipeline.run_media_stage(cls(ctx), store) for cls in STAGES])
@@ -235,7 +235,7 @@ def run_one(n_videos: int, per_video: int, root: Path) -> list[dict]:
     half_done()
     step("resume(caption)", lambda: pipeline.run_media_stage(Caption(ctx), store))
     step("gate(caption)", lambda: _gate(store, policy))
-    step("balance", lambda: pipeline.run_table_stage(BalanceStage(policy), store))
+    step("balance", lambda: pipeline.run_table_stage(BalanceStage.for_policy(policy), store))
     step("gate(balance)", lambda: table_gates.check_stage_table("balance", store, "caption", "item_id", policy))
     step("shard", lambda: pipeline.run_shard_stage(ctx, store))
     step("gate(shard)", lambda: table_gates.check_stage_table("shard", store, "balance", "item_id", policy))

@@ -125,10 +125,15 @@ def _printed_funnel(stdout: str) -> list[dict]:
     from reelflow.curation.records import STAGE_ORDER
 
     rows = []
+    column = None
     for line in stdout.splitlines():
-        cells = [c.strip() for c in line.replace("\u2502", "|").split("|") if c.strip()]
-        if len(cells) == 6 and cells[0] in STAGE_ORDER:
-            rows.append({"stage": cells[0], "seconds": float(cells[5])})
+        cells = [c.strip() for c in line.replace("\u2502", "|").replace("\u2503", "|").split("|") if c.strip()]
+        if "seconds" in cells and cells[0] == "stage":  # the header: stage, rows, ..., seconds, nodes
+            column = cells.index("seconds")
+        elif column is not None and len(cells) > column and cells[0] in STAGE_ORDER:
+            rows.append({"stage": cells[0], "seconds": float(cells[column])})
+    if not rows:
+        raise RuntimeError(f"no funnel table in the output of reelflow curate:\n{stdout[-2000:]}")
     return rows
 
 

@@ -19,9 +19,10 @@ for k, v in {"GX_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}.items():
     os.environ.setdefault(k, v)
 import checkout  # noqa: E402,F401  (reelflow from this checkout when it is not installed)
 
-from reelflow.curation import gates, pipeline  # noqa: E402
+from reelflow.curation import gates  # noqa: E402
 from reelflow.curation.policy import load_policy  # noqa: E402
 from reelflow.curation.records import OK  # noqa: E402
+from reelflow.curation.stage_list import PIPELINE, stage_expectations  # noqa: E402
 from reelflow.curation.stage_store import StageStore  # noqa: E402
 from reelflow.curation.storage import Storage  # noqa: E402
 
@@ -34,8 +35,7 @@ def main() -> None:
     a = ap.parse_args()
     policy = load_policy(a.policy)
     store = StageStore(Storage(), a.output)
-    plan = [("ingest", None, "item_id")] + [(s.name, s.input_stage, s.input_id_column) for s in pipeline.STAGES]
-    plan.append(("shard", pipeline.SHARD_INPUT, "item_id"))
+    plan = [(s.name, s.input_stage, s.input_id_column) for s in PIPELINE]
     t0 = time.perf_counter()
     gates._context()
     print(f"GX context: {time.perf_counter() - t0:.2f} s")
@@ -46,7 +46,7 @@ def main() -> None:
                     {r["item_id"] for r in store.read(input_stage).select(["item_id", "status"]).to_pylist()
                      if r["status"] == OK})
         df = gates._to_pandas(table)
-        suite = gates.stage_expectations(stage, expected, id_col, policy)
+        suite = stage_expectations(stage, expected, id_col, policy)
         grouped = _best(a.repeat, lambda: gates._validate(stage, df, suite, "item_id"))
         whole = _best(a.repeat, lambda: gates._validate_batch(stage, df, suite, "item_id"))
         if _failed(grouped[1]) != _failed(whole[1]):

@@ -173,7 +173,8 @@ def _validate_batch(name: str, df: pd.DataFrame, expectations: list, id_column: 
 run_suite = _validate  # public name for suites defined elsewhere (training/gates.py)
 
 
-def _ok(cond: str) -> dict:
+def where(cond: str) -> dict:
+    """An expectation's arguments that limit it to the rows matching ``cond`` (pandas syntax)."""
     return {"row_condition": cond, "condition_parser": "pandas"}
 
 
@@ -193,14 +194,17 @@ def range_expectations(stage: str, policy) -> list:
     out = []
     for rule in item_rules.ok_row_rules(stage, policy):
         if isinstance(rule, item_rules.OneOf):
-            out.append(gxe.ExpectColumnValuesToBeInSet(column=rule.column, value_set=list(rule.values), **_ok(OK_ROWS)))
+            out.append(gxe.ExpectColumnValuesToBeInSet(column=rule.column, value_set=list(rule.values), **where(OK_ROWS)))
         else:
             out.append(gxe.ExpectColumnValuesToBeBetween(column=rule.column, min_value=rule.lo, max_value=rule.hi,
-                                                         strict_min=rule.strict_lo, **_ok(OK_ROWS)))
+                                                         strict_min=rule.strict_lo, **where(OK_ROWS)))
     return out
 
 
-def stage_expectations(stage: str, expected_inputs: set[str], id_column: str, policy) -> list:
+def common_expectations(stage: str, expected_inputs: set[str], id_column: str, policy) -> list:
+    """What every stage table must satisfy (``Stage.expectations`` adds the stage's own): its
+    schema, ids, statuses, reasons, conservation of the inputs, the ranges of ``item_rules``, and
+    what its family of tables holds (clip rows, encoded files)."""
     import great_expectations.expectations as gxe
 
     schema = STAGE_SCHEMAS[stage]
@@ -210,7 +214,7 @@ def stage_expectations(stage: str, expected_inputs: set[str], id_column: str, po
         gxe.ExpectColumnValuesToBeUnique(column="item_id"),
         gxe.ExpectColumnValuesToBeInSet(column="status", value_set=list(STATUSES)),
         gxe.ExpectColumnValuesToBeInSet(column="stage", value_set=[stage]),
-        gxe.ExpectColumnValuesToNotBeNull(column="reason", **_ok('status!="ok"')),
+        gxe.ExpectColumnValuesToNotBeNull(column="reason", **where('status!="ok"')),
         gxe.ExpectColumnValuesToMatchRegex(column="item_id", regex=KEY_REGEX),
     ]
     # Conservation: exactly the inputs that passed the previous stage, each at least once.
@@ -219,8 +223,6 @@ def stage_expectations(stage: str, expected_inputs: set[str], id_column: str, po
     else:
         ex.append(gxe.ExpectTableRowCountToEqual(value=0))
     ex += range_expectations(stage, policy)
-    if stage == "ingest":
-        ex.append(gxe.ExpectColumnValuesToBeInSet(column="kind", value_set=["video"]))
     if stage in CLIP_TABLES:
         ex += [
             gxe.ExpectColumnValuesToBeInSet(column="kind", value_set=["clip"]),
@@ -230,57 +232,25 @@ def stage_expectations(stage: str, expected_inputs: set[str], id_column: str, po
         ]
     if stage in item_rules.ENCODED_TABLES:
         ex += [
-            gxe.ExpectColumnValuesToNotBeNull(column="clip_uri", **_ok(OK_ROWS)),
+            gxe.ExpectColumnValuesToNotBeNull(column="clip_uri", **where(OK_ROWS)),
         ]
-    if stage in ("score", "shard"):
-        if policy.scoring.enabled:
-            # Scores every clip gets (visual scorers always run; text when its rule is on).
-            needed = ["motion_mean", "static", "cuts_per_s", "border_fraction", "sharpness", "mean_luma"]
-            ex += [gxe.ExpectColumnValuesToNotBeNull(column=c, **_ok('status!="failed"')) for c in needed]
-            if policy.scoring.text.enabled:
-                # Lazy scoring leaves OCR out for clips a cheap rule already rejected.
-                lazy = policy.scoring.skip_models_after_reject
-                ex.append(gxe.ExpectColumnValuesToNotBeNull(column="text_conf_max",
-                                                            **_ok('status=="ok"' if lazy else 'status!="failed"')))
-    if stage == "score" and policy.scoring.enabled:
-        ex += [
-            gxe.ExpectColumnValuesToNotBeNull(column="content_signature", **_ok(OK_ROWS)),
-            gxe.ExpectColumnValuesToNotBeNull(column="phashes", **_ok(OK_ROWS)),
-        ]
-        if policy.embeddings.clip_checkpoint:
-            ex.append(gxe.ExpectColumnValuesToNotBeNull(column="clip_embedding", **_ok(OK_ROWS)))
-    if stage == "dedup":
-        # A duplicate names the clip kept in its place, which is one of this stage's own inputs.
-        ex += [
-            gxe.ExpectColumnValuesToNotBeNull(column="duplicate_of", **_ok('status=="rejected"')),
-            gxe.ExpectColumnValuesToBeInSet(column="duplicate_of", value_set=sorted(expected_inputs) or [""],
-                                            **_ok('status=="rejected"')),
-            gxe.ExpectColumnValuesToBeNull(column="duplicate_of", **_ok(OK_ROWS)),
-            gxe.ExpectColumnValuesToBeInSet(column="dedup_level", value_set=["exact", "near", "semantic"],
-                                            **_ok('status=="rejected"')),
-            gxe.ExpectColumnValuesToBeInSet(column="status", value_set=["ok", "rejected"]),
-        ]
-    if stage == "caption" and policy.captions.enabled:
-        ex += [
-            gxe.ExpectColumnValuesToMatchRegex(column="caption", regex=r"^FPS-\d+ \S", **_ok(OK_ROWS)),
-            gxe.ExpectColumnValuesToNotBeNull(column="caption_embedding", **_ok(OK_ROWS)),
-        ]
-    if stage == "balance":
-        ex += [
-            gxe.ExpectColumnValuesToBeInSet(column="status", value_set=["ok"]),
-            gxe.ExpectColumnValuesToBeBetween(column="sampling_weight", min_value=0, strict_min=True),
-            gxe.ExpectColumnValuesToNotBeNull(column="sampling_weight"),
-            gxe.ExpectColumnValuesToBeBetween(column="cluster_size", min_value=1),
-        ]
-        if expected_inputs:  # 1/sqrt(size) weights are normalised to mean 1 over the kept clips
-            ex.append(gxe.ExpectColumnMeanToBeBetween(column="sampling_weight", min_value=0.999, max_value=1.001))
-    if stage == "shard":
-        ex += [
-            gxe.ExpectColumnValuesToBeInSet(column="status", value_set=["ok"]),
-            gxe.ExpectColumnValuesToMatchRegex(column="shard", regex=SHARD_PATH_REGEX),
-            gxe.ExpectColumnValuesToNotBeNull(column="bucket"),
-            gxe.ExpectColumnValuesToNotBeNull(column="caption"),
-        ]
+    return ex
+
+
+def scored_expectations(policy) -> list:
+    """Scores every clip of a scored table gets (the visual scorers always run; text when its rule
+    is on); the score and shard stages declare them."""
+    import great_expectations.expectations as gxe
+
+    if not policy.scoring.enabled:
+        return []
+    needed = ["motion_mean", "static", "cuts_per_s", "border_fraction", "sharpness", "mean_luma"]
+    ex = [gxe.ExpectColumnValuesToNotBeNull(column=c, **where('status!="failed"')) for c in needed]
+    if policy.scoring.text.enabled:
+        # Lazy scoring leaves OCR out for clips a cheap rule already rejected.
+        lazy = policy.scoring.skip_models_after_reject
+        ex.append(gxe.ExpectColumnValuesToNotBeNull(column="text_conf_max",
+                                                    **where('status=="ok"' if lazy else 'status!="failed"')))
     return ex
 
 
@@ -292,9 +262,10 @@ def _to_pandas(table: pa.Table) -> pd.DataFrame:
     return pd.DataFrame(cols) if cols else pd.DataFrame()
 
 
-def check_stage(stage: str, table: pa.Table, expected_inputs: set[str], id_column: str, policy) -> None:
-    """Validate a stage's persisted table; raises GateFailed with the failing rows."""
-    failures = _validate(stage, _to_pandas(table), stage_expectations(stage, expected_inputs, id_column, policy), "item_id")
+def check_table(stage: str, table: pa.Table, suite: list, expected_inputs: set[str], id_column: str) -> None:
+    """Validate a stage's table against its ``suite`` (``Stage.expectations``); raises GateFailed
+    with the failing rows."""
+    failures = _validate(stage, _to_pandas(table), suite, "item_id")
     if failures and expected_inputs and id_column in table.column_names:
         # Name the ids behind a conservation failure: GX reports only that the sets differ.
         seen = {x for x in table.column(id_column).to_pylist() if x is not None}
@@ -336,7 +307,7 @@ def dataset_expectations(policy, keys: list[str]) -> dict[str, list]:
         gxe.ExpectTableColumnsToMatchSet(column_set=list(LEDGER_SCHEMA.names), exact_match=True),
         gxe.ExpectColumnValuesToBeUnique(column="item_id"),
         gxe.ExpectColumnValuesToBeInSet(column="status", value_set=list(TERMINAL_STATUSES)),
-        gxe.ExpectColumnValuesToNotBeNull(column="reason", **_ok('status!="accepted"')),
+        gxe.ExpectColumnValuesToNotBeNull(column="reason", **where('status!="accepted"')),
         gxe.ExpectColumnValuesToBeInSet(column="kind", value_set=["video", "clip"]),
     ]
     return {"index": index_ex, "shards": shard_ex, "ledger": ledger_ex}

@@ -3,7 +3,7 @@
 A value that a single file may legitimately carry (2000 fps, a 45 degree display matrix, a
 20000 px wide frame) must reject that item with a reason, not stop the run at the gate. So the
 ranges live here once: ``Stage.run_row`` applies them to every row it passes on, and
-``gates.stage_expectations`` builds its range expectations from the same list, so a gate can only
+``gates.common_expectations`` builds its range expectations from the same list, so a gate can only
 fail on a passing row if a stage let a bad value through (a systematic bug, which should stop).
 """
 

@@ -1,9 +1,11 @@
-"""Composition: stages as Ray Data operators, results streamed back into persisted stage tables.
+"""The Ray adapter: runs each stage of ``stage_list.PIPELINE`` on Ray and persists its table.
 
-The driver streams each finished block from Ray Data and commits rows to part files as they
-arrive, so a crash loses at most one part's worth of work and a rerun does only what is missing.
-Rows whose worker died (a crash Ray could not retry away) are written as ``failed`` rows: every
-input still reaches the table, and the run goes on.
+How a stage runs is decided here, from what it declares (``stage_unit.Stage``): its ``shape``
+(source, item or table) and its ``resources`` (an actor pool where it loads a model or takes a
+GPU, plain tasks otherwise). Per-item stages run as Ray Data operators whose write tasks commit
+the output parts, so a crash loses at most one part's worth of work and a rerun does only what is
+missing. Rows whose worker died (a crash Ray could not retry away) are written as ``failed``
+rows: every input still reaches the table, and the run goes on.
 """
 
 from __future__ import annotations
@@ -23,32 +25,15 @@ from pathlib import Path
 import pyarrow as pa
 import ray
 
-from reelflow.curation import balance_stage, dedup_stage, ray_tables, shard_stage
+from reelflow.curation import balance_stage, dedup_stage, ingest_stage, ray_tables, shard_stage, sources
 from reelflow.curation import shard as shard_mod
-from reelflow.curation.records import (
-    CLIP,
-    FAILED,
-    OK,
-    SCORE_ANALYSIS_SCHEMA,
-    STAGE_ORDER,
-    STAGE_SCHEMAS,
-    clip_key,
-    to_table,
-)
+from reelflow.curation.records import CLIP, FAILED, OK, SCORE_ANALYSIS_SCHEMA, STAGE_SCHEMAS, clip_key, to_table
+from reelflow.curation.stage_list import stage_class
 from reelflow.curation.stage_store import StageStore
-from reelflow.curation.stages import (
-    CaptionStage,
-    ClipPlanStage,
-    ExtractStage,
-    FilterStage,
-    ProbeStage,
-    ScoreStage,
-    ShotsStage,
-    Stage,
-    StageContext,
-)
+from reelflow.curation.stage_unit import Stage, StageContext
+from reelflow.curation.stages import IngestStage, ItemStage
 from reelflow.curation.storage import join
-from reelflow.curation.table_stages import BalanceStage, DedupStage, TableStage
+from reelflow.curation.table_stages import ShardStage, TableStage
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +49,7 @@ class StageRun:
     crashed: int  # inputs whose worker died; written as failed rows
     seconds: float = 0.0  # wall time of this stage in this run
     nodes: int = 0  # Ray nodes whose workers processed this stage's inputs in this run
+    note: str = ""  # how it ran, for the run's log (e.g. ingest: "judged by the workers")
 
 
 def package_dir() -> str:
@@ -150,10 +136,17 @@ def _map_batches(ds, fn, **kwargs):
         return ds.map_batches(fn, **kwargs)
 
 
-def _run_batch(batch: pa.Table, stage: Stage) -> pa.Table:
-    if not getattr(stage, "_ready", False):
-        stage.setup()
-        stage._ready = True
+def _run_batch(batch: pa.Table, stage: ItemStage) -> pa.Table:
+    """A task's batch: set the stage up, answer each row, tear it down (a task's stage is its own
+    copy; an actor pool's stage stays set up across batches, see ``_StageActor``)."""
+    stage.setup()
+    try:
+        return _answer(batch, stage)
+    finally:
+        stage.teardown()
+
+
+def _answer(batch: pa.Table, stage: ItemStage) -> pa.Table:
     out: list[dict] = []
     for row in batch.to_pylist():
         out.extend(stage.run_row(row))
@@ -164,23 +157,28 @@ def _run_batch(batch: pa.Table, stage: Stage) -> pa.Table:
 
 
 class _StageActor:
-    """Ray actor wrapper: ``setup`` (model loading) runs once per actor, not per batch."""
+    """Ray actor wrapper: ``setup`` (model loading) runs once per actor, not per batch. Ray Data
+    gives an actor no hook that always runs at its end (a finished pool is killed), so an actor
+    stage's ``teardown`` runs only where its process exits cleanly: what it holds must be
+    reclaimed by the process's exit (models in memory, GPU contexts)."""
 
-    def __init__(self, stage: Stage):
+    def __init__(self, stage: ItemStage):
         self.stage = stage
         self.stage.setup()
-        self.stage._ready = True
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        return _run_batch(batch, self.stage)
+        return _answer(batch, self.stage)
+
+    def __del__(self) -> None:
+        self.stage.teardown()
 
 
-def _run_analyze_batch(batch: pa.Table, stage: Stage) -> pa.Table:
+def _run_analyze_batch(batch: pa.Table, stage: ItemStage) -> pa.Table:
     return to_table([stage.run_analyze(row) for row in batch.to_pylist()], SCORE_ANALYSIS_SCHEMA)
 
 
 def run_media_stage(
-    stage: Stage, store: StageStore, progress: Progress | None = None, actors: int | None = None
+    stage: ItemStage, store: StageStore, progress: Progress | None = None, actors: int | None = None
 ) -> StageRun:
     """Run one stage over its pending inputs with Ray Data: the workers read the input table,
     skip what this stage's table already answers, process, and write the output parts. The
@@ -236,7 +234,7 @@ def run_media_stage(
     return StageRun(stage.name, n_ok, n_ok - n_pending, n_pending, crashed, time.perf_counter() - t0, len(nodes))
 
 
-def _unanswered(stage: Stage, store: StageStore) -> pa.Table:
+def _unanswered(stage: ItemStage, store: StageStore) -> pa.Table:
     """The ok inputs of ``stage`` its table does not answer, in this process."""
     runtime = stage.ctx.policy.runtime
     small = ray_tables.small_tables(store, [stage.input_stage, stage.name], runtime.driver_max_rows)
@@ -247,7 +245,7 @@ def _unanswered(stage: Stage, store: StageStore) -> pa.Table:
     return pa.concat_tables(tables) if tables else STAGE_SCHEMAS[stage.input_stage].empty_table()
 
 
-def _process(stage: Stage, store: StageStore, ds: ray.data.Dataset, bs: int, total: int,
+def _process(stage: ItemStage, store: StageStore, ds: ray.data.Dataset, bs: int, total: int,
              progress: Progress | None, actors: int | None, base: int = 0) -> ray_tables.Written:
     """Run ``stage`` over the rows of ``ds`` (``bs`` a Ray task) and have the workers write its
     parts."""
@@ -260,19 +258,20 @@ def _process(stage: Stage, store: StageStore, ds: ray.data.Dataset, bs: int, tot
     # actor or task works through the rows in turn either way.
     if cluster_cpus > 1:
         ds = ds.repartition(target_num_rows_per_block=bs)
-    common = dict(batch_size=bs, batch_format="pyarrow", zero_copy_batch=True, num_cpus=stage.num_cpus)
-    if stage.num_gpus:
-        common["num_gpus"] = stage.num_gpus
+    res = stage.resources()
+    common = dict(batch_size=bs, batch_format="pyarrow", zero_copy_batch=True, num_cpus=res.cpus)
+    if res.gpus:
+        common["num_gpus"] = res.gpus
     retries = ctx.policy.runtime.task_retries
     cpus = int(ray.available_resources().get("CPU", 1))
-    if stage.has_cpu_operator and stage.uses_actor:
+    if stage.has_cpu_operator and res.actor_pool:
         # The fused CPU operator (decode + CPU scorers) as plain tasks, feeding the model actors.
         cpu_only = {k: v for k, v in common.items() if k != "num_gpus"}
         ds = _map_batches(ds, _run_analyze_batch, fn_kwargs={"stage": stage}, **_bounded_retries(retries), **cpu_only)
         # Leave CPUs for the analyze tasks unless the models sit on GPUs.
-        cpus = cpus if stage.num_gpus else max(1, cpus // 2)
-    if stage.uses_actor:
-        n = actors or getattr(stage, "actors", None) or max(1, min(math.ceil(total / bs), cpus))
+        cpus = cpus if res.gpus else max(1, cpus // 2)
+    if res.actor_pool:
+        n = actors or res.actors or max(1, min(math.ceil(total / bs), cpus))
         n = max(1, min(n, cluster_cpus - 1))  # a CPU left for the tasks that split the input
         ds = _map_batches(ds, _StageActor, fn_constructor_kwargs={"stage": stage},
                           compute=ray.data.ActorPoolStrategy(size=n), **_bounded_retries(retries, actor=True),
@@ -283,7 +282,7 @@ def _process(stage: Stage, store: StageStore, ds: ray.data.Dataset, bs: int, tot
     return ray_tables.write_parts(ds, store, stage.name, stage.input_id_column, ctx.policy.runtime.part_rows, report)
 
 
-def _crashed_row(stage: Stage, row: dict) -> dict:
+def _crashed_row(stage: ItemStage, row: dict) -> dict:
     # A dead worker (OOM kill, lost node) says nothing about the item: a resume retries it.
     out = {**row, "stage": stage.name, "status": FAILED, "retryable": True,
            "reason": f"{stage.name}: the worker processing this item crashed (after Ray's retries); a resume retries it"}
@@ -322,21 +321,44 @@ def run_table_stage(stage: TableStage, store: StageStore, progress: Progress | N
     return StageRun(stage.name, len(inputs), 0, len(inputs), 0, time.perf_counter() - t0)
 
 
-# Every stage between ingest and shard, in order (records.STAGE_ORDER): per-item stages run as Ray
-# Data operators, whole-table stages (dedup, balance) over the persisted table. Score and dedup run
-# before extract: only the clips they keep are encoded.
-STAGES: list[type[Stage] | type[TableStage]] = [
-    ProbeStage, FilterStage, ShotsStage, ClipPlanStage, ScoreStage, DedupStage,
-    ExtractStage, CaptionStage, BalanceStage,
-]
-assert [s.name for s in STAGES] == list(STAGE_ORDER[1:-1]), "pipeline.STAGES and records.STAGE_ORDER disagree"
+def run_ingest_stage(stage: IngestStage, store: StageStore, progress: Progress | None = None) -> StageRun:
+    """List the run's source once; a resume reuses the persisted input table as it is. A manifest
+    of more than ``runtime.driver_max_rows`` rows is judged by the workers (``ingest_stage``)."""
+    t0 = time.perf_counter()
+    ctx = stage.ctx
+    if not ctx.source:
+        raise ValueError("ingest: the run has no source (StageContext.source)")
+    if ingest_stage.finished(store):  # the counts are the table's; not read again here
+        return StageRun("ingest", 0, 0, 0, 0, time.perf_counter() - t0, note="resuming with the inputs already listed")
+    rows = ingest_stage.estimated_rows(ctx.storage, ctx.source)
+    if rows is not None and rows > ctx.policy.runtime.driver_max_rows:
+        counts = ingest_stage.run_distributed(ctx.storage, ctx.source, ctx.run_id, ctx.policy, store)
+        n = sum(counts.values())
+        return StageRun("ingest", n, 0, n, 0, time.perf_counter() - t0, note=f"judged by the workers: {counts}")
+    store.clear("ingest")  # a crashed run's parts of the distributed path, if any
+    rows = sources.ingest_rows(ctx.storage, ctx.source, ctx.run_id, ctx.policy)
+    store.write_part("ingest", rows)
+    if progress:
+        progress(len(rows), len(rows))
+    return StageRun("ingest", len(rows), 0, len(rows), 0, time.perf_counter() - t0)
 
 
-def run_stage(stage_cls: type[Stage] | type[TableStage], ctx: StageContext, store: StageStore,
+def run_stage(stage: Stage | type[Stage] | str, ctx: StageContext, store: StageStore,
               progress: Progress | None = None) -> StageRun:
-    if issubclass(stage_cls, TableStage):
-        return run_table_stage(stage_cls(ctx.policy), store, progress)
-    return run_media_stage(stage_cls(ctx), store, progress)
+    """Run one stage of the pipeline (a Stage, its class or its name) the way its shape asks."""
+    if isinstance(stage, str):
+        stage = stage_class(stage)
+    if isinstance(stage, type):
+        stage = stage(ctx)
+    if isinstance(stage, IngestStage):
+        return run_ingest_stage(stage, store, progress)
+    if isinstance(stage, ShardStage):
+        return run_shard_stage(stage.ctx, store, progress)
+    if isinstance(stage, TableStage):
+        return run_table_stage(stage, store, progress)
+    if isinstance(stage, ItemStage):
+        return run_media_stage(stage, store, progress)
+    raise TypeError(f"{stage.name}: no runner for a {stage.shape} stage of type {type(stage).__name__}")
 
 
 def _write_shard_task(batch: pa.Table, ctx: StageContext) -> pa.Table:
@@ -348,7 +370,8 @@ def _write_shard_task(batch: pa.Table, ctx: StageContext) -> pa.Table:
     return to_table([{**r, "stage": "shard", "status": OK} for r in out], STAGE_SCHEMAS["shard"])
 
 
-SHARD_INPUT = shard_stage.SHARD_INPUT  # the last stage before sharding
+SHARD_INPUT = ShardStage.input_stage  # the last stage before sharding
+assert SHARD_INPUT == shard_stage.SHARD_INPUT
 
 
 def run_shard_stage(ctx: StageContext, store: StageStore, progress: Progress | None = None) -> StageRun:

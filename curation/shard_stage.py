@@ -38,7 +38,7 @@ from reelflow.curation import shard as shard_mod
 from reelflow.curation.buckets import bucket_name
 from reelflow.curation.records import OK, STAGE_SCHEMAS, to_table
 from reelflow.curation.stage_store import StageStore, part_name
-from reelflow.curation.stages import StageContext
+from reelflow.curation.stage_unit import StageContext
 from reelflow.curation.storage import join
 
 SHARD_INPUT = "balance"  # the last stage before sharding

@@ -1,9 +1,9 @@
-"""Pipeline stages in NeMo Curator's shape: declare resources, set up once, process records.
+"""The source and per-item stages (``stage_unit.Stage``): ingest, then probe .. caption.
 
-A stage maps one input row (a dict) to output rows (the input plus what the stage adds, with
-``status``/``reason``). Stages know nothing about Ray: ``pipeline.py`` runs them as Ray Data
-operators, and unit tests call ``process`` directly. ``process`` never raises for a bad item;
-``run_row`` turns any exception into a ``failed`` row whose reason names the error.
+A per-item stage (``ItemStage``) maps one input row (a dict) to output rows (the input plus what
+the stage adds, with ``status``/``reason``). Stages know nothing about Ray: ``pipeline.py`` runs
+them as Ray Data operators, and unit tests call ``process`` directly. ``process`` never raises for
+a bad item; ``run_row`` turns any exception into a ``failed`` row whose reason names the error.
 """
 
 from __future__ import annotations
@@ -14,9 +14,7 @@ import pickle
 import shutil
 import tempfile
 import time
-from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
-from pathlib import Path
+from abc import abstractmethod
 from typing import ClassVar
 
 import numpy as np
@@ -25,30 +23,16 @@ from reelflow.curation import clip_plan, extract, filters, item_rules, probe, sh
 from reelflow.curation.failures import deadline, describe, is_transient, redact
 from reelflow.curation.policy import Policy
 from reelflow.curation.records import ANALYSIS_COLUMN, CLIP, FAILED, OK, REJECTED, SCORE_COLUMNS, clip_key
-from reelflow.curation.storage import S3Config, Storage, join, trim_cache
+from reelflow.curation.stage_unit import Resources, Stage, StageContext
+from reelflow.curation.storage import trim_cache
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class StageContext:
-    """Everything a stage needs on a worker; small and picklable (no clients, no media)."""
-
-    run_id: str
-    output: str
-    policy: Policy
-    s3: S3Config = field(default_factory=S3Config)
-    cache_dir: str = field(default_factory=lambda: str(Path(tempfile.gettempdir()) / "reelflow-cache"))
-
-    @property
-    def storage(self) -> Storage:
-        return Storage(self.s3)
-
-    def stage_uri(self, stage: str, *parts: str) -> str:
-        return join(self.output, "_stages", stage, *parts)
+__all__ = ["StageContext", "Stage", "ItemStage", "IngestStage", "Resources"]
 
 
-def guarded(stage: "Stage", row: dict, fn) -> list[dict]:
+def guarded(stage: "ItemStage", row: dict, fn) -> list[dict]:
     """Run ``fn(row)`` under ``limits.item_timeout_s``; retry transient errors with backoff; turn
     what still fails into one ``failed`` row with ``retryable`` set. Worker caches are trimmed
     after every item."""
@@ -74,16 +58,29 @@ def guarded(stage: "Stage", row: dict, fn) -> list[dict]:
     raise AssertionError("unreachable")
 
 
-class Stage(ABC):
-    name: ClassVar[str]
+class IngestStage(Stage):
+    """The run's inputs, listed from its source (a directory, an ``s3://`` prefix or a manifest),
+    one row per video with its licence judged (``sources``). Written once: a resume reuses it.
+    The Ray adapter lists small sources in the driver and shuffles a large manifest through the
+    workers (``ingest_stage``)."""
+
+    name = "ingest"
+    shape = "source"
+    input_stage = None
+
+    def own_expectations(self, expected_inputs: set[str]) -> list:
+        import great_expectations.expectations as gxe
+
+        return [gxe.ExpectColumnValuesToBeInSet(column="kind", value_set=["video"])]
+
+
+class ItemStage(Stage):
+    """A stage that answers each input row on its own (``process``), so any worker can take any
+    row and a resume does only the rows its table does not answer yet."""
+
+    shape = "item"
     input_stage: ClassVar[str]
-    # Column of this stage's output rows that names the input row they came from: resume skips
-    # inputs whose id already appears there.
-    input_id_column: ClassVar[str] = "item_id"
-    num_cpus: ClassVar[float] = 1.0
-    num_gpus: float = 0.0  # per task/actor; the score stage takes it from the policy
-    # Stages with a model to load run as a Ray actor pool so the model loads once per actor.
-    uses_actor: ClassVar[bool] = False
+    cpus: ClassVar[float] = 1.0  # per task or actor (``resources``)
     # Stages with a separate CPU operator (``run_analyze``) in front of their actor pool.
     has_cpu_operator: ClassVar[bool] = False
     # Rows per Ray task; None: the policy's ``runtime.batch_size`` (1 by default, so one slow video
@@ -91,11 +88,8 @@ class Stage(ABC):
     # cost the demo's filter and clip-plan stages 12-16 s each for 166 rows of microseconds' work.
     rows_per_task: ClassVar[int | None] = None
 
-    def __init__(self, ctx: StageContext):
-        self.ctx = ctx
-
-    def setup(self) -> None:
-        """Load models or open clients; called once per worker/actor before the first row."""
+    def resources(self) -> Resources:
+        return Resources(cpus=self.cpus)
 
     @abstractmethod
     def process(self, row: dict) -> list[dict]:
@@ -126,7 +120,7 @@ class Stage(ABC):
         return rows
 
 
-class ProbeStage(Stage):
+class ProbeStage(ItemStage):
     name = "probe"
     input_stage = "ingest"
     # ~30 ms of ffprobe a file: 8 a task (a hung file holds 7 others back for at most item_timeout_s)
@@ -161,12 +155,12 @@ class ProbeStage(Stage):
         return [{**probed, "status": REJECTED if reason else OK, "reason": reason}]
 
 
-class FilterStage(Stage):
+class FilterStage(ItemStage):
     """Video-level basic filters on probed metadata (resolution, aspect, duration)."""
 
     name = "filter"
     input_stage = "probe"
-    num_cpus = 0.25
+    cpus = 0.25
     rows_per_task = 256
 
     def process(self, row: dict) -> list[dict]:
@@ -174,14 +168,17 @@ class FilterStage(Stage):
         return [{**row, "status": REJECTED if reason else OK, "reason": reason}]
 
 
-class ShotsStage(Stage):
+class ShotsStage(ItemStage):
     name = "shots"
     input_stage = "filter"
 
     def __init__(self, ctx: StageContext):
         super().__init__(ctx)
-        self.uses_actor = ctx.policy.shots.detector == "transnetv2"
         self._transnet = None
+
+    def resources(self) -> Resources:
+        # TransNetV2's weights load once per actor; the default detector needs no model.
+        return Resources(cpus=self.cpus, loads_model=self.ctx.policy.shots.detector == "transnetv2")
 
     def setup(self) -> None:
         if self.ctx.policy.shots.detector == "transnetv2":
@@ -242,13 +239,13 @@ class ShotsStage(Stage):
         ]
 
 
-class ClipPlanStage(Stage):
+class ClipPlanStage(ItemStage):
     """One video row -> one row per candidate clip (rejected when its shot is too short)."""
 
     name = "clips"
     input_stage = "shots"
     input_id_column = "parent_id"
-    num_cpus = 0.25
+    cpus = 0.25
     rows_per_task = 256
 
     def process(self, row: dict) -> list[dict]:
@@ -267,7 +264,7 @@ class ClipPlanStage(Stage):
         return out
 
 
-class ExtractStage(Stage):
+class ExtractStage(ItemStage):
     """Encode the clips that passed the quality rules and dedup (judge before encode): a rejected
     or duplicate candidate never gets an mp4."""
 
@@ -314,7 +311,7 @@ def clip_embedder(policy: Policy):
                                    n_frames=e.frames, top_k=c.tags_top_k, min_prob=c.tag_min_prob)).setup()
 
 
-class ScoreStage(Stage):
+class ScoreStage(ItemStage):
     """Score each candidate clip from one analysis decode of its span of the source, then apply the
     policy's quality rules. It runs before anything is encoded (judge before encode): only the
     clips it and dedup keep are extracted.
@@ -336,13 +333,32 @@ class ScoreStage(Stage):
 
     def __init__(self, ctx: StageContext):
         super().__init__(ctx)
-        cfg = ctx.policy.scoring
-        self.uses_actor = cfg.enabled
-        self.num_gpus = cfg.num_gpus
-        self.actors = cfg.actors
         self._text = self._audio = self._aesthetics = self._tags = self._embedder = None
         self._frames = None  # the current source's analysis frames (``_source_frames``)
         self._frames_for: str | None = None
+
+    def resources(self) -> Resources:
+        # The model operator: OCR, VAD, aesthetics and CLIP load once per actor (GPUs from the
+        # policy). Scoring switched off passes rows on with no model to load.
+        cfg = self.ctx.policy.scoring
+        if not cfg.enabled:
+            return Resources(cpus=self.cpus)
+        return Resources(cpus=self.cpus, gpus=cfg.num_gpus, loads_model=True, actors=cfg.actors)
+
+    def own_expectations(self, expected_inputs: set[str]) -> list:
+        import great_expectations.expectations as gxe
+
+        from reelflow.curation.gates import OK_ROWS, scored_expectations, where
+
+        policy = self.ctx.policy
+        if not policy.scoring.enabled:
+            return []
+        ex = [*scored_expectations(policy),
+              gxe.ExpectColumnValuesToNotBeNull(column="content_signature", **where(OK_ROWS)),
+              gxe.ExpectColumnValuesToNotBeNull(column="phashes", **where(OK_ROWS))]
+        if policy.embeddings.clip_checkpoint:
+            ex.append(gxe.ExpectColumnValuesToNotBeNull(column="clip_embedding", **where(OK_ROWS)))
+        return ex
 
     def setup(self) -> None:
         from reelflow.curation.scoring.aesthetics import AestheticsConfig, AestheticScorer
@@ -481,7 +497,7 @@ class ScoreStage(Stage):
                  "status": REJECTED if rejected else OK, "reason": reason}]
 
 
-class CaptionStage(Stage):
+class CaptionStage(ItemStage):
     """Caption each unique clip in Movie Gen's shape: ``FPS-<n>``, a camera-motion prefix for a
     confident label, then a description (the configured captioner: the template over the source's
     title/description, zero-shot CLIP tags and the whisper transcript, or a VLM by path); and
@@ -494,14 +510,25 @@ class CaptionStage(Stage):
 
     name = "caption"
     input_stage = "extract"
-    uses_actor = True
 
     def __init__(self, ctx: StageContext):
         super().__init__(ctx)
-        self.num_gpus = ctx.policy.captions.num_gpus
-        self.actors = ctx.policy.captions.actors
         self._whisper = self._embedder = self._text = self._captioner = None
         self._needs_frames = False
+
+    def resources(self) -> Resources:
+        cfg = self.ctx.policy.captions
+        return Resources(cpus=self.cpus, gpus=cfg.num_gpus, loads_model=True, actors=cfg.actors)
+
+    def own_expectations(self, expected_inputs: set[str]) -> list:
+        import great_expectations.expectations as gxe
+
+        from reelflow.curation.gates import OK_ROWS, where
+
+        if not self.ctx.policy.captions.enabled:
+            return []
+        return [gxe.ExpectColumnValuesToMatchRegex(column="caption", regex=r"^FPS-\d+ \S", **where(OK_ROWS)),
+                gxe.ExpectColumnValuesToNotBeNull(column="caption_embedding", **where(OK_ROWS))]
 
     def setup(self) -> None:
         from reelflow.curation.captioning.assemble import CaptionConfig

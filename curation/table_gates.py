@@ -1,6 +1,6 @@
 """A per-item stage's gate run where its table lies: the driver gets failures and counts only.
 
-The stage's suite (``gates.stage_expectations``) splits in two:
+The stage's suite (``stage_list.stage_expectations``: what the stage declares) splits in two:
 - row-local expectations (schema, not-null, sets, regexes, ranges): the same GX suite runs on
   each group of parts in a Ray task (``ROWS_PER_GATE_TASK`` rows a validation), and the failures
   are merged, each naming its first ids;
@@ -13,7 +13,7 @@ The stage's suite (``gates.stage_expectations``) splits in two:
 - references (dedup's ``duplicate_of`` names one of the stage's own ok inputs): the distinct
   values anti-joined with the input ids, as the id audits are.
 
-The message and exit code are those of ``gates.check_stage``.
+The message and exit code are those of ``check_stage``, which checks a small table whole.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import ray
 from reelflow.curation import gates, ray_tables
 from reelflow.curation.gates import FailedExpectation, GateFailed
 from reelflow.curation.records import OK
+from reelflow.curation.stage_list import stage_expectations
 from reelflow.curation.stage_store import StageStore
 
 ROWS_PER_GATE_TASK = 16384  # GX costs ~0.1 s a validation: fewer, larger batches
@@ -45,10 +46,17 @@ def _is_reference(e, stage: str) -> bool:
             and e.configuration.kwargs.get("column") == REFERENCES.get(stage))
 
 
+def check_stage(stage: str, table: pa.Table, expected_inputs: set[str], id_column: str, policy) -> None:
+    """Validate ``stage``'s table, whole, in this process against the suite the stage declares;
+    raises ``GateFailed`` with the failing rows."""
+    gates.check_table(stage, table, stage_expectations(stage, expected_inputs, id_column, policy), expected_inputs,
+                      id_column)
+
+
 def row_expectations(stage: str, policy) -> list:
     """The stage's suite without its table-wide expectations (and its references, a join): what
     holds part by part."""
-    return [e for e in gates.stage_expectations(stage, set(), "item_id", policy)
+    return [e for e in stage_expectations(stage, set(), "item_id", policy)
             if e.expectation_type not in TABLE_WIDE and not _is_reference(e, stage)]
 
 
@@ -61,13 +69,13 @@ def check_stage_table(stage: str, store: StageStore, input_stage: str | None, id
         inputs = store.read(input_stage or stage)
         expected = {i for i, s in zip(inputs["item_id"].to_pylist(), inputs["status"].to_pylist())
                     if input_stage is None or s == OK}
-        gates.check_stage(stage, table, expected, id_column, policy)
+        check_stage(stage, table, expected, id_column, policy)
         return table.num_rows
     parts = store.parts(stage)
     failures, n_rows = _row_failures(stage, store, parts, policy) if parts else ([], 0)
     failures += _table_failures(stage, store, input_stage, id_column, policy, n_rows)
     if failures:
-        order = {e.expectation_type: i for i, e in enumerate(gates.stage_expectations(stage, set(), id_column, policy))}
+        order = {e.expectation_type: i for i, e in enumerate(stage_expectations(stage, set(), id_column, policy))}
         failures.sort(key=lambda f: order.get(f.expectation, len(order)))
         raise GateFailed(stage, failures, n_rows)
     return n_rows
@@ -175,7 +183,7 @@ def _unknown_task(ref_refs: list, in_refs: list) -> Ids:
 def _mean_failures(stage: str, store: StageStore, policy) -> list[FailedExpectation]:
     """Column means the suite bounds (balance: the weights' mean is 1), from per-part sums."""
     out = []
-    for e in gates.stage_expectations(stage, {"-"}, "item_id", policy):
+    for e in stage_expectations(stage, {"-"}, "item_id", policy):
         if e.expectation_type != "expect_column_mean_to_be_between":
             continue
         kw = e.configuration.kwargs

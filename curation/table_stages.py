@@ -1,4 +1,5 @@
-"""Stages over the whole table rather than one clip at a time: deduplication and concept balancing.
+"""Stages over the whole table rather than one clip at a time: deduplication, concept balancing
+and sharding.
 
 A duplicate or a cluster size is a property of the set, so these stages read every clip that
 passed the stage before, decide, and write their table in one go. They are deterministic (same
@@ -10,22 +11,21 @@ partitions over Ray from ``dedup.ray_min_items`` clips.
 from __future__ import annotations
 
 import math
-from abc import ABC, abstractmethod
-from typing import ClassVar
+from abc import abstractmethod
 
 import numpy as np
 
 from reelflow.curation.policy import Policy
 from reelflow.curation.records import OK, REJECTED
+from reelflow.curation.stage_unit import Stage
 
 
-class TableStage(ABC):
-    name: ClassVar[str]
-    input_stage: ClassVar[str]
-    input_id_column: ClassVar[str] = "item_id"
+class TableStage(Stage):
+    """A stage whose rows depend on the whole input table: it reads every row that passed its
+    input stage, decides, and writes its table in one go (all or nothing: a table that does not
+    cover exactly the current inputs is recomputed, deterministically)."""
 
-    def __init__(self, policy: Policy):
-        self.policy = policy
+    shape = "table"
 
     @abstractmethod
     def run(self, rows: list[dict]) -> list[dict]:
@@ -79,6 +79,21 @@ class DedupStage(TableStage):
             r.update(status=REJECTED, reason=dedup_reason(d.level, d.duplicate_of, d.similarity),
                      duplicate_of=d.duplicate_of, dedup_level=d.level, dedup_similarity=float(d.similarity))
         return out
+
+    def own_expectations(self, expected_inputs: set[str]) -> list:
+        import great_expectations.expectations as gxe
+
+        from reelflow.curation.gates import OK_ROWS, where
+
+        rejected = where('status=="rejected"')
+        # A duplicate names the clip kept in its place, which is one of this stage's own inputs.
+        return [
+            gxe.ExpectColumnValuesToNotBeNull(column="duplicate_of", **rejected),
+            gxe.ExpectColumnValuesToBeInSet(column="duplicate_of", value_set=sorted(expected_inputs) or [""], **rejected),
+            gxe.ExpectColumnValuesToBeNull(column="duplicate_of", **where(OK_ROWS)),
+            gxe.ExpectColumnValuesToBeInSet(column="dedup_level", value_set=["exact", "near", "semantic"], **rejected),
+            gxe.ExpectColumnValuesToBeInSet(column="status", value_set=["ok", "rejected"]),
+        ]
 
 
 FALLBACK_QUALITY = "sharpness"  # ranks duplicates when no clip has a dedup.quality_score
@@ -135,9 +150,43 @@ class BalanceStage(TableStage):
             r.update(cluster_id=int(c), cluster_size=int(sizes[c]), sampling_weight=float(w))
         return out
 
+    def own_expectations(self, expected_inputs: set[str]) -> list:
+        import great_expectations.expectations as gxe
+
+        ex = [
+            gxe.ExpectColumnValuesToBeInSet(column="status", value_set=["ok"]),
+            gxe.ExpectColumnValuesToBeBetween(column="sampling_weight", min_value=0, strict_min=True),
+            gxe.ExpectColumnValuesToNotBeNull(column="sampling_weight"),
+            gxe.ExpectColumnValuesToBeBetween(column="cluster_size", min_value=1),
+        ]
+        if expected_inputs:  # 1/sqrt(size) weights are normalised to mean 1 over the kept clips
+            ex.append(gxe.ExpectColumnMeanToBeBetween(column="sampling_weight", min_value=0.999, max_value=1.001))
+        return ex
+
+
+class ShardStage(Stage):
+    """The accepted clips written as WebDataset shards by aspect x duration bucket
+    (``shard.plan_shards``). Membership depends on the whole set, so it is a table stage; its rows
+    are the shards' samples, which the Ray adapter has the workers write (``pipeline.run_shard_stage``)."""
+
+    name = "shard"
+    shape = "table"
+    input_stage = "balance"
+
+    def own_expectations(self, expected_inputs: set[str]) -> list:
+        import great_expectations.expectations as gxe
+
+        from reelflow.curation.gates import SHARD_PATH_REGEX, scored_expectations
+
+        return [
+            *scored_expectations(self.policy),
+            gxe.ExpectColumnValuesToBeInSet(column="status", value_set=["ok"]),
+            gxe.ExpectColumnValuesToMatchRegex(column="shard", regex=SHARD_PATH_REGEX),
+            gxe.ExpectColumnValuesToNotBeNull(column="bucket"),
+            gxe.ExpectColumnValuesToNotBeNull(column="caption"),
+        ]
+
 
 def _num(v) -> float:
     return float("nan") if v is None else float(v)
 
-
-TABLE_STAGES: dict[str, type[TableStage]] = {"dedup": DedupStage, "balance": BalanceStage}

@@ -21,7 +21,6 @@ from prefect.cache_policies import NO_CACHE
 
 from reelflow.curation import (
     gates,
-    ingest_stage,
     ledger,
     pipeline,
     ray_tables,
@@ -33,8 +32,9 @@ from reelflow.curation import (
 from reelflow.curation.dataset import OutputError, read_run_info, validate_output, write_run_info
 from reelflow.curation.lease import LeaseHeld, LeaseLost, WriterLease
 from reelflow.curation.policy import Policy, load_policy
+from reelflow.curation.stage_list import PIPELINE
 from reelflow.curation.stage_store import StageStore
-from reelflow.curation.stages import StageContext
+from reelflow.curation.stage_unit import StageContext
 from reelflow.curation.storage import S3Config, Storage
 
 # Set by the CLI to drive its progress bars: (stage, done, total). Tasks also log milestones.
@@ -90,36 +90,11 @@ def retry_transient(task, task_run, state) -> bool:
 STAGE_TASK = dict(retries=2, retry_delay_seconds=5, retry_condition_fn=retry_transient, cache_policy=NO_CACHE)
 
 
-@task(name="ingest", task_run_name="ingest", **STAGE_TASK)
-def ingest_task(ctx: StageContext, source: str) -> None:
-    """List the source once; on resume the persisted input table is reused as-is. A manifest of
-    more than ``runtime.driver_max_rows`` rows is judged by the workers (``ingest_stage``)."""
-    store = StageStore(ctx.storage, ctx.output)
-    if ingest_stage.finished(store):
-        get_run_logger().info("ingest: resuming with the inputs already listed")
-        return
-    rows = ingest_stage.estimated_rows(ctx.storage, source)
-    if rows is not None and rows > ctx.policy.runtime.driver_max_rows:
-        counts = ingest_stage.run_distributed(ctx.storage, source, ctx.run_id, ctx.policy, store)
-        get_run_logger().info("ingest: %d inputs (%s), judged by the workers", sum(counts.values()), counts)
-        return
-    store.clear("ingest")  # a crashed run's parts of the distributed path, if any
-    rows = sources.ingest_rows(ctx.storage, source, ctx.run_id, ctx.policy)
-    store.write_part("ingest", rows)
-    get_run_logger().info("ingest: %d inputs", len(rows))
-
-
 @task(name="stage", task_run_name="{stage_name}", **STAGE_TASK)
 def stage_task(stage_name: str, ctx: StageContext) -> dict:
-    stage_cls = next(s for s in pipeline.STAGES if s.name == stage_name)
-    run = pipeline.run_stage(stage_cls, ctx, StageStore(ctx.storage, ctx.output), _progress(stage_name))
-    get_run_logger().info("%s: %s", stage_name, run)
-    return run.__dict__
-
-
-@task(name="shard", task_run_name="shard", **STAGE_TASK)
-def shard_task(ctx: StageContext) -> dict:
-    run = pipeline.run_shard_stage(ctx, StageStore(ctx.storage, ctx.output), _progress("shard"))
+    """One stage of ``pipeline.PIPELINE``, run by the Ray adapter the way the stage declares."""
+    run = pipeline.run_stage(stage_name, ctx, StageStore(ctx.storage, ctx.output), _progress(stage_name))
+    get_run_logger().info("%s: %s", stage_name, run.note or run)
     return run.__dict__
 
 
@@ -244,17 +219,14 @@ def _curate(source: str, output: str, policy: Policy, run_id: str, storage: Stor
     run_id = prepare_run(source, output, policy, run_id, storage)
     # Downloads of s3:// sources are cached per run and removed when the run finishes.
     cache_dir = Path(tempfile.gettempdir()) / "reelflow-cache" / run_id
-    ctx = StageContext(run_id=run_id, output=output, policy=policy, s3=storage.s3, cache_dir=str(cache_dir))
+    ctx = StageContext(run_id=run_id, output=output, policy=policy, s3=storage.s3, cache_dir=str(cache_dir),
+                       source=source)
     pipeline.ensure_ray(ray_address)
     logger.info("run %s: %s -> %s", run_id, source, output)
 
     retries = policy.runtime.stage_retries
     runs: dict[str, dict] = {}  # per stage: seconds, and the Ray nodes that did its work
-    t0 = time.perf_counter()
-    ingest_task.with_options(retries=retries)(ctx, source)
-    runs["ingest"] = {"seconds": time.perf_counter() - t0}
-    gate_task("ingest", None, "item_id", ctx)
-    for stage_cls in pipeline.STAGES:
+    for stage_cls in PIPELINE:  # ingest .. shard, each gated before the next reads it
         lease.check()  # another run took this OUTPUT over (our lease expired): stop writing
         runs[stage_cls.name] = stage_task.with_options(retries=retries)(stage_cls.name, ctx)
         gate_task(stage_cls.name, stage_cls.input_stage, stage_cls.input_id_column, ctx)
@@ -262,9 +234,6 @@ def _curate(source: str, output: str, policy: Policy, run_id: str, storage: Stor
             # Every candidate is judged: the sources' analysis frames (a work file of the shots
             # stage's one decode, ~2.8 MB per source second) have no reader left.
             storage.delete_prefix(source_analysis.analysis_root(output))
-    lease.check()
-    runs["shard"] = shard_task.with_options(retries=retries)(ctx)
-    gate_task("shard", pipeline.SHARD_INPUT, "item_id", ctx)
     outputs = outputs_task(ctx)
     summary = outputs.summary
     dataset_gate_task(ctx)

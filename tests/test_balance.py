@@ -124,12 +124,12 @@ def test_balance_on_the_workers_matches_the_driver(tmp_path, ray_session, varian
         store = StageStore(Storage(), str(tmp_path / name))
         for k in range(0, len(rows), 50):
             store.write_part("caption", rows[k:k + 50])
-        run = pipeline.run_table_stage(BalanceStage(policy), store)
+        run = pipeline.run_table_stage(BalanceStage.for_policy(policy), store)
         assert (run.inputs, run.processed) == (240, 240)
         table_gates.check_stage_table("balance", store, "caption", "item_id", policy)
         got[name] = sorted(store.read("balance").to_pylist(), key=lambda r: r["item_id"])
         if name == "workers":
-            assert pipeline.run_table_stage(BalanceStage(policy), store).skipped == 240
+            assert pipeline.run_table_stage(BalanceStage.for_policy(policy), store).skipped == 240
     drv, wrk = got["driver"], got["workers"]
     assert [r["cluster_id"] for r in wrk] == [r["cluster_id"] for r in drv]
     assert [r["cluster_size"] for r in wrk] == [r["cluster_size"] for r in drv]

@@ -224,11 +224,11 @@ def test_dedup_stage_semantic_level_keeps_the_best_clip_and_names_it():
     b = a + rng.normal(scale=0.005, size=64)
     c = rng.normal(size=64)
     rows = [_row("a", a, 5.0, phash_seed=1), _row("b", b, 6.0, phash_seed=2), _row("c", c, 4.0, phash_seed=3)]
-    out = {r["item_id"]: r for r in DedupStage(Policy()).run(rows)}
+    out = {r["item_id"]: r for r in DedupStage.for_policy(Policy()).run(rows)}
     assert out["b"]["status"] == "ok" and out["c"]["status"] == "ok"
     assert out["a"]["status"] == "rejected" and out["a"]["duplicate_of"] == "b" and out["a"]["dedup_level"] == "semantic"
     assert out["a"]["reason"].startswith("dedup: semantic duplicate of b (cosine 0.99")
-    off = DedupStage(Policy(dedup={"semantic": {"enabled": False}})).run(rows)
+    off = DedupStage.for_policy(Policy(dedup={"semantic": {"enabled": False}})).run(rows)
     assert all(r["status"] == "ok" for r in off)  # different pHashes: only the semantic level could merge them
 
 
@@ -241,7 +241,7 @@ def test_balance_stage_weights_follow_inverse_sqrt_cluster_size():
     for ci, n in enumerate((16, 4, 1)):
         for k in range(n):
             rows.append(_row(f"k{ci}_{k}", centres[ci] + rng.normal(scale=0.01, size=32), 5.0))
-    out = BalanceStage(Policy(balance={"clusters": 3})).run(rows)
+    out = BalanceStage.for_policy(Policy(balance={"clusters": 3})).run(rows)
     w = {r["cluster_size"]: r["sampling_weight"] for r in out}
     assert sorted(w) == [1, 4, 16]
     assert w[1] / w[16] == pytest.approx(4.0) and w[4] / w[16] == pytest.approx(2.0)

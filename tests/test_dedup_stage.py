@@ -83,14 +83,14 @@ def test_dedup_on_the_workers_matches_the_driver(tmp_path, ray_session, variant)
         for k in range(0, len(rows), 400):
             store.write_part("score", rows[k:k + 400])
         if name == "driver":
-            n = pipeline.run_table_stage(DedupStage(policy), store).inputs
+            n = pipeline.run_table_stage(DedupStage.for_policy(policy), store).inputs
         else:  # three-way shuffles: buckets, signatures and partitions split across reduces
             n, _ = dedup_stage.run_distributed(policy, store, partitions=3)
         assert n == N
         table_gates.check_stage_table("dedup", store, "score", "item_id", policy)
         got[name] = sorted(store.read("dedup").to_pylist(), key=lambda r: r["item_id"])
         if name == "workers":
-            assert pipeline.run_table_stage(DedupStage(policy), store).skipped == N
+            assert pipeline.run_table_stage(DedupStage.for_policy(policy), store).skipped == N
     drv, wrk = got["driver"], got["workers"]
     levels = {lv: sum(r["dedup_level"] == lv for r in drv) for lv in ("exact", "near", "semantic")}
     if variant == "every level":
@@ -114,7 +114,7 @@ def test_dedup_gate_on_the_workers_names_a_duplicate_of_outside_the_inputs(tmp_p
     policy = _policy(json.loads(demo_policy().model_dump_json()), 0)
     store = StageStore(Storage(), str(tmp_path))
     store.write_part("score", _score_rows(1200))
-    pipeline.run_table_stage(DedupStage(policy), store)
+    pipeline.run_table_stage(DedupStage.for_policy(policy), store)
     table_gates.check_stage_table("dedup", store, "score", "item_id", policy)  # as written, it passes
     table = store.read("dedup")
     rows = table.to_pylist()

@@ -3,9 +3,10 @@
 import pyarrow as pa
 import pytest
 
-from reelflow.curation.gates import GateFailed, check_stage
+from reelflow.curation.gates import GateFailed
 from reelflow.curation.policy import Policy
 from reelflow.curation.records import STAGE_SCHEMAS, to_table
+from reelflow.curation.table_gates import check_stage
 
 
 def probe_row(i, **kw):

@@ -2,7 +2,7 @@
 
 The test walks the real GX suites of every stage table. For each range or value-set expectation
 on ``ok`` rows it makes a row that breaks it, runs it through the stage that first writes that
-column (``Stage.run_row``, the code every Ray worker runs), and checks that the item comes out
+column (``ItemStage.run_row``, the code every Ray worker runs), and checks that the item comes out
 ``rejected`` with a reason naming the value, and that the stage's gate then passes: one odd file
 ends in the ledger instead of stopping the run. As a control, the same rows left ``ok`` fail the
 gate, so each case really is a violation.
@@ -15,15 +15,16 @@ import math
 import pytest
 
 from reelflow.curation import gates
-from reelflow.curation.pipeline import STAGES
 from reelflow.curation.policy import demo_policy
 from reelflow.curation.records import STAGE_SCHEMAS, to_table
-from reelflow.curation.stages import Stage, StageContext
+from reelflow.curation.stage_list import PIPELINE, stage_expectations
+from reelflow.curation.stages import ItemStage, StageContext
+from reelflow.curation.table_gates import check_stage
 
 POLICY = demo_policy()
 # Stage tables in pipeline order, and the id column conservation checks for each.
-TABLES = [s.name for s in STAGES] + ["shard"]
-ID_COLUMN = {s.name: s.input_id_column for s in STAGES}
+TABLES = [s.name for s in PIPELINE[1:]]  # every table after ingest
+ID_COLUMN = {s.name: s.input_id_column for s in PIPELINE}
 VIDEO_ID, CLIP_ID = "v0123456789abcdef", "v0123456789abcdef_s0000_c00"
 
 
@@ -66,7 +67,7 @@ def _ok_row_ranges() -> list[tuple[str, str, object]]:
         if table == "ingest":
             continue
         expected = {VIDEO_ID} if ID_COLUMN.get(table, "item_id") == "parent_id" or table in ("probe", "filter", "shots") else {CLIP_ID}
-        for exp in gates.stage_expectations(table, expected, ID_COLUMN.get(table, "item_id"), POLICY):
+        for exp in stage_expectations(table, expected, ID_COLUMN.get(table, "item_id"), POLICY):
             kw = exp.configuration.kwargs
             cond = kw.get("row_condition")
             on_ok_rows = isinstance(cond, dict) and cond.get("pass_through_filter") == gates.OK_ROWS
@@ -88,7 +89,7 @@ def _producer(column: str) -> str:
     return next(t for t in TABLES if column in STAGE_SCHEMAS[t].names)
 
 
-class PassThrough(Stage):
+class PassThrough(ItemStage):
     """The producing stage with ``process`` replaced by 'pass the row on': what is left is exactly
     the per-item guard that every stage's ``run_row`` applies."""
 
@@ -108,7 +109,7 @@ def test_the_walk_finds_the_ranges_that_stopped_runs():
     assert {t for t, _, _ in CASES} >= {"probe", "clips", "extract", "score"}
 
 
-def _stage(producer: str, tmp_path) -> Stage:
+def _stage(producer: str, tmp_path) -> ItemStage:
     cls = type(f"{producer}Stage", (PassThrough,), {"name": producer})
     return cls(StageContext(run_id="r", output=str(tmp_path), policy=POLICY))
 
@@ -137,14 +138,14 @@ def test_the_gate_stops_such_rows_when_ok_and_passes_them_rejected(producer, tmp
     id_col = ID_COLUMN.get(producer, "item_id")
     expected = {r[id_col] for r in rows}
     with pytest.raises(gates.GateFailed) as stopped:
-        gates.check_stage(producer, to_table(rows, STAGE_SCHEMAS[producer]), expected, id_col, POLICY)
+        check_stage(producer, to_table(rows, STAGE_SCHEMAS[producer]), expected, id_col, POLICY)
     failed = {(f.kwargs.get("column"), r) for f in stopped.value.failures for r in f.rows}
     for row, (column, _) in zip(rows, cases):
         assert (column, row["item_id"]) in failed, f"the gate let {column}={row[column]!r} pass"
     stage = _stage(producer, tmp_path)
     judged = [out for row in rows for out in stage.run_row(row)]
     assert all(r["status"] == "rejected" for r in judged)
-    gates.check_stage(producer, to_table(judged, STAGE_SCHEMAS[producer]), expected, id_col, POLICY)
+    check_stage(producer, to_table(judged, STAGE_SCHEMAS[producer]), expected, id_col, POLICY)
 
 
 def test_reasons_name_the_value_and_the_range():

@@ -12,7 +12,7 @@ from reelflow.curation.pipeline import run_media_stage
 from reelflow.curation.policy import policy_from_dict
 from reelflow.curation.records import OK, VIDEO, video_id
 from reelflow.curation.stage_store import StageStore
-from reelflow.curation.stages import FilterStage, ProbeStage, ShotsStage, Stage, StageContext
+from reelflow.curation.stages import FilterStage, ItemStage, ProbeStage, ShotsStage, StageContext
 from reelflow.curation.storage import Storage
 
 pytestmark = pytest.mark.integration
@@ -38,7 +38,7 @@ def test_transnetv2_runs_as_an_actor_pool(ray_session, media, tmp_path):
     run_media_stage(ProbeStage(ctx), store)
     run_media_stage(FilterStage(ctx), store)
     stage = ShotsStage(ctx)
-    assert stage.uses_actor
+    assert stage.resources().actor_pool  # TransNetV2's weights: an actor pool
     run = run_media_stage(stage, store, actors=1)
     assert run.processed == 1 and run.crashed == 0
     (row,) = store.read("shots").to_pylist()
@@ -50,7 +50,7 @@ def test_transnetv2_runs_as_an_actor_pool(ray_session, media, tmp_path):
     assert run_media_stage(ShotsStage(ctx), store, actors=1).processed == 0
 
 
-class CrashOnMarkedItem(Stage):
+class CrashOnMarkedItem(ItemStage):
     """Kills its worker process (as a segfaulting decoder would) on inputs whose uri says so."""
 
     name = "probe"
@@ -89,7 +89,7 @@ def test_a_crash_in_a_task_of_many_rows_fails_only_the_row_that_crashes(ray_sess
     assert rows["/data/crash.mp4"]["status"] == "failed" and "crashed" in rows["/data/crash.mp4"]["reason"]
 
 
-class CrashWhilePlanningClips(Stage):
+class CrashWhilePlanningClips(ItemStage):
     """A 1:N stage (video -> clips) whose worker dies on one video."""
 
     name = "clips"
@@ -104,7 +104,7 @@ class CrashWhilePlanningClips(Stage):
 
 
 def test_a_crash_in_a_one_to_many_stage_is_recorded_as_a_failed_clip(ray_session, tmp_path):
-    from reelflow.curation.gates import check_stage
+    from reelflow.curation.table_gates import check_stage
 
     ctx = _ctx(tmp_path)
     store = StageStore(Storage(), str(tmp_path))
@@ -122,7 +122,7 @@ def test_a_crash_in_a_one_to_many_stage_is_recorded_as_a_failed_clip(ray_session
     check_stage("clips", store.read("clips"), {video_id(u) for u in uris}, "parent_id", ctx.policy)
 
 
-class PassThrough(Stage):
+class PassThrough(ItemStage):
     """A 1:1 stage that only marks its inputs ok: the table machinery without media work."""
 
     name = "probe"
