@@ -29,9 +29,6 @@ from reelflow.curation.storage import trim_cache
 log = logging.getLogger(__name__)
 
 
-__all__ = ["StageContext", "Stage", "ItemStage", "IngestStage", "Resources"]
-
-
 def guarded(stage: "ItemStage", row: dict, fn) -> list[dict]:
     """Run ``fn(row)`` under ``limits.item_timeout_s``; retry transient errors with backoff; turn
     what still fails into one ``failed`` row with ``retryable`` set. Worker caches are trimmed
