@@ -89,7 +89,7 @@ def print_summary(summary: dict, n: int) -> None:
     t.add_column("meaning")
     for key, value in summary.items():
         shown = "-" if value is None else (f"{value:.0f} ms" if key.endswith("_ms") else
-                                           f"{value:.2f} dB" if key == "tae_psnr" else
+                                           f"{value:.2f} dB" if key.startswith("tae_psnr") else
                                            f"{value:.3f}" if key in ("tae_ssim", "clip_score") else f"{100 * value:.0f}%")
         meaning = METRIC_HELP.get(key, TAE_HELP.get(key, ""))
         if value is None:  # say why there is no number rather than leave a bare dash
@@ -103,6 +103,8 @@ def print_summary(summary: dict, n: int) -> None:
 
 TAE_HELP = {
     "tae_psnr": "TAE reconstruction of the probe's ground truth",
+    "tae_psnr_first_frame": "TAE reconstruction, first frame (encoded on its own)",
+    "tae_psnr_later_frames": "TAE reconstruction, later frames (compressed in time)",
     "tae_ssim": "TAE reconstruction, structural similarity",
     "tae_object_present": "object still there after encode -> decode",
     "tae_object_colour": "object keeps its colour after encode -> decode",

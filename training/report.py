@@ -447,7 +447,8 @@ def _eval_html(storage: Storage, output: str, schedule: Schedule, evals: list[di
 
     names = [s.name for s in schedule.stages]
     # clip_score (a cosine in [-1, 1], only with a CLIP checkpoint configured) is tabled, not drawn as a share
-    keys = [k for k in (*EVAL_SHARES, "sync_error_ms", "v2a_sync_error_ms", "tae_psnr", "clip_score")
+    keys = [k for k in (*EVAL_SHARES, "sync_error_ms", "v2a_sync_error_ms", "tae_psnr", "tae_psnr_first_frame",
+                        "tae_psnr_later_frames", "clip_score")
             if any(e.get(k) is not None for e in evals)]
     head = "".join(f"<th>{html_text(k)}</th>" for k in keys)
     body = ""

@@ -28,7 +28,8 @@ class ScheduleError(ValueError):
 
 # Metrics a stage's evaluation reports (training/eval.py), which `expect` may bound.
 EVAL_METRICS = ("present", "colour", "shape", "direction", "sync_ok", "silence_ok", "sync_error_ms",
-                "v2a_sync_ok", "v2a_silence_ok", "v2a_sync_error_ms", "tae_psnr", "tae_ssim",
+                "v2a_sync_ok", "v2a_silence_ok", "v2a_sync_error_ms", "tae_psnr", "tae_psnr_first_frame",
+                "tae_psnr_later_frames", "tae_ssim",
                 "tae_object_present", "tae_object_colour", "tae_object_shape", "tae_object_direction",
                 "clip_score")
 

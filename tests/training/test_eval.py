@@ -425,3 +425,35 @@ def test_a_lead_in_keeps_the_captioned_direction_longer_before_the_first_bounce(
     rng_a, rng_b = np.random.default_rng(5), np.random.default_rng(5)
     plain, led = random_clip(rng_a), random_clip(rng_b, lead_in=0.15)
     assert (plain.colour, plain.shape, plain.direction, plain.speed) == (led.colour, led.shape, led.direction, led.speed)
+
+
+def test_tae_psnr_tells_the_first_frame_from_the_frames_compressed_in_time():
+    """A TAE that keeps its first frame and loses the rest (the demo's, measured 2026-12-07) must
+    show it: the later frames' PSNR falls, the first frame's does not."""
+    import torch
+
+    from reelflow.models.configs import tiny
+    from reelflow.training.checkpoint import build_models
+    from reelflow.training.eval import evaluate_tae
+
+    class FirstFrameOnly(torch.nn.Module):  # an autoencoder that repeats its first frame
+        def encode(self, x):
+            return x
+
+        def decode(self, z):
+            return z[:, :, :1].expand_as(z)
+
+    class Exact(FirstFrameOnly):
+        def decode(self, z):
+            return z
+
+    models = build_models(tiny())
+    models.config.sample.frames = 9
+    prompts = probe_prompts()[:4]
+    models.tae = Exact()
+    exact = evaluate_tae(models, prompts)
+    models.tae = FirstFrameOnly()
+    stuck = evaluate_tae(models, prompts)
+    assert exact["tae_psnr_first_frame"] == exact["tae_psnr_later_frames"] == float("inf")
+    assert stuck["tae_psnr_first_frame"] == float("inf")
+    assert stuck["tae_psnr_later_frames"] < 30 and stuck["tae_object_direction"] == 0.0
