@@ -432,7 +432,7 @@ def _hist_chart(data: ReportData, col: str, values: np.ndarray, groups: list[str
     base = np.zeros(len(bins) - 1)
     for g, colour in (("kept", C_KEPT), ("this", C_REJ), ("other", C_REJ_OTHER)):  # stacked in this order
         top = base + np.histogram(values[finite & (np.array(groups) == g)], bins=bins)[0]
-        if top.max() > base.max(initial=0) or (top > base).any():
+        if (top > base).any():  # a group with no values in range draws nothing
             ax.stairs(top, bins, baseline=base, fill=True, color=colour)
         base = top
     ax.set_ylim(0, max(1.0, base.max()) * 1.05)

@@ -9,8 +9,8 @@ its own, they add up; here Ray starts in the calling thread while the others sta
 Prefect's server is launched by ``launch_prefect_server`` before the CLI imports the flow: the
 same command Prefect's own ``SubprocessASGIServer`` runs, without importing that class, whose
 module (``prefect.server.api.server``, ~2.9 s) the client process does not otherwise need. The
-server then starts while the CLI imports Prefect, Ray and the stages (measured on a 2-core host,
-a run with nothing to curate: engines up 12.6 s -> see BENCHMARKS.md).
+server then starts while the CLI imports Prefect, Ray and the stages (BENCHMARKS.md, 2026-12-07:
+a run with nothing to curate).
 
 At the end of a run, ``running`` sends Prefect's queued logs and events while the server is still
 up, then stops it. Left to the interpreter's exit, the server stopped first and Prefect's log
@@ -93,10 +93,11 @@ class PrefectServer:
             if code is not None:
                 raise RuntimeError(f"Prefect's temporary server exited with code {code} before it was ready")
             try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
+                healthy = httpx.get(f"{self.url}/health", timeout=2).status_code == 200
+            except httpx.HTTPError:  # not listening yet: poll again
+                healthy = False
+            if healthy:
+                return
             time.sleep(0.05)
         self.stop()
         raise RuntimeError(f"Prefect's temporary server did not answer within {timeout_s:.0f} s")
@@ -157,13 +158,13 @@ def start_engines(ray_address: str | None = None, server: PrefectServer | None =
     jobs: list[tuple[str, Callable[[], None]]] = [("gx", _warm_gates)]
     if server is not None:
         jobs.insert(0, ("prefect", lambda: server.wait_ready(_startup_timeout())))
-    threads = [threading.Thread(target=run, args=job, name=f"start-{job[0]}", daemon=True) for job in jobs]
-    for t in threads:
-        t.start()
     def ray_up() -> None:
         ensure_ray(ray_address)
         warm_workers()
 
+    threads = [threading.Thread(target=run, args=job, name=f"start-{job[0]}", daemon=True) for job in jobs]
+    for t in threads:
+        t.start()
     run("ray", ray_up)  # ray.init wants the main thread (signal handlers)
     for t in threads:
         t.join()
