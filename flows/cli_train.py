@@ -186,7 +186,7 @@ def run_train(shards: str, output: str, schedule: str = "tiny", ray_address: str
     try:
         from reelflow.flows import engines
 
-        with engines.running(ray_address), progress:  # Ray, Prefect's temporary server and GX side by side
+        with engines.running(ray_address, warm_curation=False), progress:  # Ray, Prefect's temporary server and GX side by side
             result = train_flow.train(schedule=schedule_ref, shards=shards, output=output, ray_address=ray_address)
     except GateFailed as e:
         _console.print(f"[bold red]stopped by a data-quality gate[/]\n{e}")

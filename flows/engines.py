@@ -139,9 +139,14 @@ def _warm_gates() -> None:
     gates.warm_up()
 
 
-def start_engines(ray_address: str | None = None, server: PrefectServer | None = None) -> dict[str, float]:
+def start_engines(ray_address: str | None = None, server: PrefectServer | None = None,
+                  warm_curation: bool = True) -> dict[str, float]:
     """Start Ray (or connect to ``ray_address``), wait for ``server`` (``launch_prefect_server``)
-    and warm the gates' GX context, concurrently. Returns seconds until each was up."""
+    and warm the gates' GX context, concurrently. Returns seconds until each was up.
+
+    ``warm_curation``: have Ray's idle workers import the curation stages (``warm_workers``). A
+    training run leaves it off: its Ray Train workers are fresh actor processes that gain nothing
+    from it, and the imports (scikit-learn, scipy) took ~9 s of CPU from the first stage's start."""
     from reelflow.curation.pipeline import ensure_ray, warm_workers
 
     t0 = time.perf_counter()
@@ -160,7 +165,8 @@ def start_engines(ray_address: str | None = None, server: PrefectServer | None =
         jobs.insert(0, ("prefect", lambda: server.wait_ready(_startup_timeout())))
     def ray_up() -> None:
         ensure_ray(ray_address)
-        warm_workers()
+        if warm_curation:
+            warm_workers()
 
     threads = [threading.Thread(target=run, args=job, name=f"start-{job[0]}", daemon=True) for job in jobs]
     for t in threads:
@@ -184,14 +190,15 @@ def flush_prefect() -> None:
 
 
 @contextmanager
-def running(ray_address: str | None = None, server: PrefectServer | None = None) -> Iterator[dict[str, float]]:
+def running(ray_address: str | None = None, server: PrefectServer | None = None,
+            warm_curation: bool = True) -> Iterator[dict[str, float]]:
     """The engines for a block of flow runs: started side by side (``server`` from
     ``launch_prefect_server``, launched now if not given), Prefect's client pointed at the server,
     and on the way out its logs and events sent while it still answers."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     server = server or launch_prefect_server()
-    ready = start_engines(ray_address, server)
+    ready = start_engines(ray_address, server, warm_curation)
     api = temporary_settings(updates={PREFECT_API_URL: server.url}) if server is not None else nullcontext()
     with api:
         try:

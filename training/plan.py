@@ -400,26 +400,27 @@ class _TaeWalk:
 
 def _conv25d(w: _TaeWalk, cin: int, cout: int, shape: tuple[int, int, int], s: int = 1, ts: int = 1,
              held: float = 0.0, arg_bytes: int | None = None) -> tuple[_TaeWalk, tuple[int, int, int]]:
-    """models/tae.py:Conv25d saves its input (a copy: (B,C,T,H,W) -> (B*T,C,H,W)), the spatial
-    output rearranged to (B*H*W, C, T), and that padded by two frames for the temporal conv.
+    """models/tae.py:Conv25d saves its input (a view of frame-major memory, or a copy of a
+    (B,C,T,H,W)-ordered one: the same size either way) and, for the temporal conv's matmul, its
+    three taps stacked (3 C channels at each output frame). Its (C, 3C) weight copy is per batch and
+    ignored.
 
     Without grad, what is live besides `held` (what the caller keeps: a ResBlock's input) and the
     argument (`arg_bytes` per element: fp32 when it comes from a SiLU under autocast) is the
     largest of: the input's copy and its cast; the cast and the spatial output; that and its
-    rearranged copy; rearranged, padded and temporal output; the temporal output and its
-    rearranged copy."""
+    padded copy; padded, taps and temporal output."""
     t, h, wd = shape
     h2, w2 = -(-h // s), -(-wd // s)
     t2 = (t + 2 - 3) // ts + 1
     x_in, y = cin * t * h * wd, cout * t * h2 * w2
     pad = cout * (t + 2) * h2 * w2
+    taps = 3 * cout * t2 * h2 * w2
     out = cout * t2 * h2 * w2
     flops = 2 * cin * 9 * cout * t * h2 * w2 + 2 * cout * 3 * cout * t2 * h2 * w2
     cb = w.cb
     ab = cb if arg_bytes is None else arg_bytes
-    live = max(x_in * ab + (x_in * cb if ab != cb else 0), (x_in + y) * cb, 2 * y * cb, (y + pad + out) * cb,
-               2 * out * cb)
-    return replace(w, conv=w.conv + x_in + y + pad, flops=w.flops + flops,
+    live = max(x_in * ab + (x_in * cb if ab != cb else 0), (x_in + y) * cb, (y + pad) * cb, (pad + taps + out) * cb)
+    return replace(w, conv=w.conv + x_in + taps, flops=w.flops + flops,
                    transient=max(w.transient, held + x_in * ab + live)), (t2, h2, w2)
 
 
@@ -438,8 +439,8 @@ def _resblock(w: _TaeWalk, cin: int, cout: int, shape: tuple[int, int, int]) -> 
     y = cout * math.prod(shape)
     w = _norm_silu(w, cout, shape, held=x * w.cb)
     w, shape = _conv25d(w, cout, cout, shape, held=(x + y) * w.cb, arg_bytes=FP32)
-    if cin != cout:  # the 1x1x1 skip conv saves the block input
-        w = replace(w, conv=w.conv + x, flops=w.flops + 2 * cin * cout * math.prod(shape))
+    if cin != cout:  # the 1x1x1 skip conv saves the block input: the storage norm1 saved already
+        w = replace(w, flops=w.flops + 2 * cin * cout * math.prod(shape))
     return w, shape
 
 

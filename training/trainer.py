@@ -16,6 +16,7 @@ its latest Ray Train checkpoint (Ray Train restores a run with the same storage 
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import os
@@ -213,7 +214,12 @@ class _ProgressWatcher:
     def __init__(self, storage: Storage, uri: str, callback: Callable[[dict], None] | None, every_s: float = 2.0):
         self.storage, self.uri, self.callback, self.every_s = storage, uri, callback, every_s
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True, name="train-progress")
+        # The callback runs in the caller's context (contextvars): a flow's callback logs through
+        # Prefect, whose API address and run are context variables. From a bare thread the first log
+        # started Prefect's log worker without them, and with it a second temporary server that
+        # received the stage's progress lines (the flow run's own server never saw them).
+        context = contextvars.copy_context()
+        self._thread = threading.Thread(target=context.run, args=(self._run,), daemon=True, name="train-progress")
         self._last: bytes | None = None
 
     def __enter__(self) -> _ProgressWatcher:

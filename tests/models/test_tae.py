@@ -211,3 +211,31 @@ def test_one_channel_per_group_norm_is_blind_to_colour_and_the_tiny_config_is_no
     layer = FrameGroupNorm(_num_groups(4, tiny().tae.norm_groups), 4)
     assert not torch.allclose(layer(dim), layer(bright), atol=1e-2)
     assert _num_groups(64, 32) == 32 and _num_groups(64, 1) == 1 and _num_groups(48, 8) == 8
+
+
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("temporal_stride", [1, 2])
+def test_conv25d_temporal_matmul_equals_a_conv1d_over_each_pixels_frames(causal, temporal_stride):
+    # Conv25d runs its temporal conv as one batched matmul over frame-major taps (faster on CPU);
+    # the reference is the plain formulation: nn.Conv1d over every pixel's frames, replicate-padded.
+    torch.manual_seed(0)
+    conv = Conv25d(5, 6, spatial_stride=2, temporal_stride=temporal_stride, causal=causal)
+    with torch.no_grad():
+        conv.temporal.weight.normal_(0, 0.3)
+        conv.temporal.bias.normal_(0, 0.3)
+    x = torch.randn(2, 5, 9, 8, 10, requires_grad=True)
+    y = conv.spatial(x.transpose(1, 2).flatten(0, 1))
+    b, t, (c, h, w) = 2, 9, y.shape[1:]
+    rows = y.view(b, t, c, h, w).permute(0, 3, 4, 2, 1).reshape(b * h * w, c, t)
+    rows = torch.nn.functional.pad(rows, (2, 0) if causal else (1, 1), mode="replicate")
+    ref = conv.temporal(rows)
+    ref = ref.view(b, h, w, c, ref.shape[-1]).permute(0, 3, 4, 1, 2)
+    out = conv(x)
+    assert out.shape == ref.shape == (2, 6, 1 + 8 // temporal_stride, 4, 5)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    # and the same gradients
+    g = torch.randn_like(out)
+    grads = torch.autograd.grad((out * g).sum(), [x, conv.temporal.weight, conv.spatial.weight])
+    ref_grads = torch.autograd.grad((ref * g).sum(), [x, conv.temporal.weight, conv.spatial.weight])
+    for a, r in zip(grads, ref_grads):
+        torch.testing.assert_close(a, r, rtol=1e-4, atol=1e-4)

@@ -166,3 +166,30 @@ def test_usage_errors(shapes_dataset, tmp_path):
     assert r.exit_code == 2 and "not a curated dataset" in r.output
     r = runner.invoke(app, ["train", str(shapes_dataset.path), str(tmp_path / "out"), "--schedule", "nope"])
     assert r.exit_code == 2 and "schedule not found" in r.output
+
+
+def test_a_stages_progress_callback_runs_in_the_context_of_the_flow_that_started_it(tmp_path):
+    # The callback logs through Prefect, whose API address and flow run are context variables. Run
+    # from a bare thread it saw neither: the first progress line started Prefect's log worker
+    # without them, and that worker started a second temporary server, which received the lines.
+    import contextvars
+    import threading
+    import time
+
+    from reelflow.curation.storage import Storage
+    from reelflow.training.trainer import _ProgressWatcher
+
+    var = contextvars.ContextVar("var", default="a bare thread's")
+    progress = tmp_path / "progress.json"
+    progress.write_text(json.dumps({"step": 1}))
+    seen: list[tuple[str, str]] = []
+    token = var.set("the flow's")
+    try:
+        with _ProgressWatcher(Storage(), str(progress), lambda row: seen.append(
+                (threading.current_thread().name, var.get())), every_s=0.01):
+            deadline = time.monotonic() + 10
+            while not seen and time.monotonic() < deadline:
+                time.sleep(0.01)
+    finally:
+        var.reset(token)
+    assert seen[0] == ("train-progress", "the flow's")
