@@ -22,7 +22,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.cluster import kmeans_plusplus
 
 from reelflow.curation.dedup.groups import components
 from reelflow.curation.dedup.semantic import l2_normalize, nearest_centroids, spherical_kmeans
@@ -62,6 +61,10 @@ def fit_centroids(x: np.ndarray, k: int, cfg: BalanceConfig) -> np.ndarray:
     rng = np.random.default_rng(cfg.seed)
     m = max(cfg.init_sample, k)  # seeding needs at least k rows
     sample = x if n <= m else x[np.sort(rng.choice(n, m, replace=False))]
+    # Imported here: every Ray worker that runs a stage task imports this module (through the
+    # pipeline), and scikit-learn with scipy cost each ~2 s of CPU that only balance's fit uses.
+    from sklearn.cluster import kmeans_plusplus
+
     init, _ = kmeans_plusplus(sample, k, random_state=cfg.seed, n_local_trials=cfg.init_trials)
     return spherical_kmeans(x, k, cfg.kmeans_iters, cfg.seed, cfg.max_points_per_centroid,
                             init_centroids=l2_normalize(init))

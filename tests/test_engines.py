@@ -18,9 +18,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_the_modules_a_stage_task_imports_do_not_import_torch():
     # Every Ray task of every stage unpickles functions of curation.pipeline; torch there cost each
-    # fresh worker ~2.5 s (it came in through webdataset, which only the shard writer needs).
+    # fresh worker ~2.5 s (it came in through webdataset, which only the shard writer needs);
+    # scikit-learn ~2 s (balance's k-means++ seeding, now imported where it is called).
     code = ("import sys, curation.pipeline, curation.stages, curation.table_stages;"
-            "print(sorted(m for m in ('torch', 'webdataset', 'transformers') if m in sys.modules))")
+            "print(sorted(m for m in ('torch', 'webdataset', 'transformers', 'sklearn') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
