@@ -14,12 +14,11 @@ import argparse
 
 import checkout  # noqa: F401  (reelflow from this checkout when it is not installed)
 import numpy as np
-import torch
 
 from reelflow.training.checkpoint import load_checkpoint
-from reelflow.training.eval import probe_prompts, reference_clip
+from reelflow.training.eval import probe_prompts, reference_clip, tae_round_trip
 from reelflow.training.shape_metrics import measure
-from reelflow.training.synthetic_shapes import COLOURS, render_clip
+from reelflow.training.synthetic_shapes import COLOURS
 
 
 def main() -> None:
@@ -33,11 +32,7 @@ def main() -> None:
     errors, first_shape = [], []
     for i, spec in enumerate(probe_prompts()):
         clip = reference_clip(spec, i, 0)
-        truth, _, _ = render_clip(clip, cfg.sample.width, cfg.sample.height, cfg.sample.fps, num_frames=n)
-        x = torch.from_numpy(truth).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
-        with torch.no_grad():
-            rec = models.tae.decode(models.tae.encode(x))
-        rec = ((rec[0].clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 3, 0).numpy()
+        truth, rec = tae_round_trip(models, clip, n)
         target = np.array(COLOURS[clip.colour], float)
         errors.append([np.linalg.norm(rec[t][truth[t].max(axis=-1) > 0].astype(float).mean(axis=0) - target)
                        for t in range(n)])

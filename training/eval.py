@@ -311,6 +311,17 @@ def evaluate_soundtrack(models, prompts: list[PromptSpec], seeds: int = 1,
 
 
 @torch.no_grad()
+def tae_round_trip(models, clip: ShapeClip, frames: int) -> tuple[np.ndarray, np.ndarray]:
+    """(ground truth, TAE encode -> decode) of a rendered clip at the model's sample size, both
+    uint8 (T, H, W, 3)."""
+    cfg = models.config
+    truth, _, _ = render_clip(clip, cfg.sample.width, cfg.sample.height, cfg.sample.fps, num_frames=frames)
+    x = torch.from_numpy(truth).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
+    recon = models.tae.decode(models.tae.encode(x))
+    return truth, ((recon[0].clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 3, 0).numpy()
+
+
+@torch.no_grad()
 def evaluate_tae(checkpoint, prompts: list[PromptSpec] | None = None, seeds: int = 1,
                  out_dir: str | Path | None = None) -> dict[str, float]:
     """Reconstruction of rendered ground truth for each probe prompt: PSNR, SSIM (whole frame) and
@@ -332,10 +343,7 @@ def evaluate_tae(checkpoint, prompts: list[PromptSpec] | None = None, seeds: int
     for i, spec in enumerate(prompts or probe_prompts()):
         for seed in range(seeds):
             clip = reference_clip(spec, i, seed)
-            truth, _, _ = render_clip(clip, cfg.sample.width, cfg.sample.height, cfg.sample.fps, num_frames=frames_n)
-            x = torch.from_numpy(truth).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
-            recon = models.tae.decode(models.tae.encode(x))
-            rec = ((recon[0].clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 3, 0).numpy()
+            truth, rec = tae_round_trip(models, clip, frames_n)
             with np.errstate(divide="ignore"):  # an exact reconstruction is +inf dB, not an error
                 psnr.append(peak_signal_noise_ratio(truth, rec, data_range=255))
                 psnr_first.append(peak_signal_noise_ratio(truth[:1], rec[:1], data_range=255))
