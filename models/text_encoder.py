@@ -113,6 +113,11 @@ def load_backbone(cfg: TextEncoderConfig) -> Backbone | None:
     path = cfg.path or (minilm_path() if cfg.backbone == "minilm" else None)
     if path is None:
         raise ValueError("text backbone 'hf' needs a local path to the encoder")
+    from reelflow.models import bert
+
+    if bert.supports(path):  # MiniLM and other BERTs: plain torch, without transformers' ~4 s import
+        model, tokenizer = bert.load(path)
+        return Backbone(model, tokenizer, cfg.max_length)
     from transformers import AutoModel, AutoTokenizer
     from transformers.utils import logging as hf_logging
 

@@ -7,11 +7,12 @@ is downloaded. ``TextEmbedConfig.path`` points at another sentence-transformers 
 instead (a cluster's own encoder); it is read the same way.
 
 The model is a sentence-transformers folder (BERT encoder + ``1_Pooling`` + normalisation). It is
-run here with ``transformers`` directly and the folder's own pooling config (mean over tokens for
+run here directly and the folder's own pooling config (mean over tokens for
 MiniLM; CLS / max also honoured) and ``max_seq_length`` — the same computation as
 ``SentenceTransformer.encode(normalize_embeddings=True)``, without importing
 sentence-transformers, which costs ~18 s of start-up on a 2-core machine against ~6 s for
-transformers alone. Loaded once per instance (``setup()`` or the first ``embed``).
+transformers alone. A BERT folder (MiniLM) runs on ``models.bert`` (plain torch, ~2 s with torch's
+import); other encoders on ``transformers``. Loaded once per instance (``setup()`` or the first ``embed``).
 """
 
 from __future__ import annotations
@@ -69,15 +70,21 @@ class TextEmbedder:
     def setup(self) -> "TextEmbedder":
         if not self.enabled or self._model is not None:
             return self
-        from transformers import AutoModel, AutoTokenizer
-        from transformers.utils import logging as hf_logging
+        from reelflow.models import bert
 
         path = Path(self.path)
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"text_embed: no model at {path} (config.json missing)")
-        hf_logging.disable_progress_bar()
-        self._tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-        self._model = AutoModel.from_pretrained(str(path), local_files_only=True).to(self.cfg.device).eval()
+        if bert.supports(path):  # MiniLM: plain torch, without transformers' ~4 s import
+            self._model, self._tokenizer = bert.load(path)
+        else:
+            from transformers import AutoModel, AutoTokenizer
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()
+            self._tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+            self._model = AutoModel.from_pretrained(str(path), local_files_only=True)
+        self._model = self._model.to(self.cfg.device).eval()
         self._pool = _pooling(path)
         st_cfg = path / "sentence_bert_config.json"
         if self.cfg.max_length is not None:
