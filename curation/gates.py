@@ -244,13 +244,15 @@ def scored_expectations(policy) -> list:
 
     if not policy.scoring.enabled:
         return []
-    needed = ["motion_mean", "static", "cuts_per_s", "border_fraction", "sharpness", "mean_luma"]
+    # Lazy scoring leaves flow (motion, static where the frame differences did not decide it) and
+    # OCR out for clips a cheap rule already rejected: those scores are on every kept clip.
+    lazy = policy.scoring.skip_models_after_reject
+    judged = where('status=="ok"' if lazy else 'status!="failed"')
+    needed = ["static_fraction", "cuts_per_s", "border_fraction", "sharpness", "mean_luma"]
     ex = [gxe.ExpectColumnValuesToNotBeNull(column=c, **where('status!="failed"')) for c in needed]
+    ex += [gxe.ExpectColumnValuesToNotBeNull(column=c, **judged) for c in ("motion_mean", "static")]
     if policy.scoring.text.enabled:
-        # Lazy scoring leaves OCR out for clips a cheap rule already rejected.
-        lazy = policy.scoring.skip_models_after_reject
-        ex.append(gxe.ExpectColumnValuesToNotBeNull(column="text_conf_max",
-                                                    **where('status=="ok"' if lazy else 'status!="failed"')))
+        ex.append(gxe.ExpectColumnValuesToNotBeNull(column="text_conf_max", **judged))
     return ex
 
 

@@ -174,11 +174,14 @@ class ScoringPolicy(_Strict):
     # Actors of the scoring pool (models load once per actor); GPUs per actor on clusters.
     actors: int | None = Field(None, ge=1)
     num_gpus: float = Field(0.0, ge=0)
-    # Lazy scoring (issue #13, item 4): OCR, aesthetics and the CLIP embedding run only on clips
-    # that every cheap (CPU) rule kept; the others keep NaN for those scores and are counted under
-    # the cheap rule they broke. No verdict changes (a clip a cheap rule rejects stays rejected);
-    # its ledger reason names that cheap rule instead of text when it broke both. Set it false to
-    # give every clip every score (tuning thresholds on a sample).
+    # Lazy scoring (issue #13, item 4): the cheap rules first (jitter, borders, sharpness, exposure,
+    # and static where frame differences alone decide it); a clip they reject gets no optical flow
+    # (motion scores, camera label), no OCR, aesthetics or CLIP embedding: those stay NaN and it is
+    # counted under the cheap rule it broke. OCR stops at the first frame whose text breaks the
+    # text rule (text_frames_sampled says how many frames it read). No verdict changes (a rule a
+    # clip breaks stays broken whatever else is measured); the ledger reason names the first rule
+    # that was judged, so a clip that broke both motion and sharpness now reads "sharpness". Set it
+    # false to give every clip every score (tuning thresholds on a sample).
     skip_models_after_reject: bool = True
     # Rules, in the order Movie Gen's retention table applies them.
     # Movie Gen keeps a clip only if every sampled frame's word detection x recognition < 0.6.

@@ -79,7 +79,7 @@ SCORE_COLUMNS = [
     "cut_count", "cuts_per_s",
     "border_top", "border_bottom", "border_left", "border_right", "border_fraction",
     "sharpness", "mean_luma", "dark_clipped", "bright_clipped",
-    "text_conf_max", "text_area_max", "text_area_mean",
+    "text_conf_max", "text_area_max", "text_area_mean", "text_frames_sampled",
     "audio_has_audio", "audio_loudness_dbfs", "audio_silent_fraction", "audio_speech_fraction", "audio_has_speech",
     "aesthetic_score", "audio_music_prob", "audio_speech_prob", "audio_top_label_prob",
 ]

@@ -693,7 +693,7 @@ def _hist_figure(data: ReportData, col: str, values: np.ndarray, groups: list[st
     counts = Counter(g for g, v in zip(groups, values) if np.isfinite(v))
     nan = int((~np.isfinite(values)).sum())
     lines = [f"{html_text(r.rule)} {_bounds(r)}{'' if r.enforcing else ' (not enforced)'}" for r in data.rules if r.column == col]
-    cap = (f"kept {counts['kept']}, rejected here {counts['this']}, elsewhere {counts['other']}; {nan} NaN/failed"
+    cap = (f"kept {counts['kept']}, rejected here {counts['this']}, elsewhere {counts['other']}; {nan} without a value (failed, not applicable, or not needed: lazy scoring)"
            + ("; thresholds: " + "; ".join(lines) if lines else ""))
     return f'<figure><img alt="{html_text(col)}" src="{_hist_chart(data, col, values, groups)}"><figcaption>{cap}</figcaption></figure>'
 

@@ -384,6 +384,7 @@ class ScoreStage(ItemStage):
         from reelflow.curation.scoring import borders, jitter, motion, technical
         from reelflow.curation.scoring.camera_motion import CameraMotionConfig, classify_camera_motion
         from reelflow.curation.scoring.frames import decode_for_analysis
+        from reelflow.curation.scoring.rules import apply_rules, verdict
         from reelflow.curation.scoring.text import TextConfig, sample_indices
 
         cfg = self.ctx.policy.scoring
@@ -406,29 +407,37 @@ class ScoreStage(ItemStage):
                                        rotation=int(row.get("rotation") or 0),
                                        clip_fps=self.ctx.policy.output.fps,
                                        source_audio_rate=self.ctx.policy.output.audio_sample_rate)
+        # The cheap scores first (frame differences, borders, sharpness, exposure); in lazy mode a
+        # clip they already reject gets no flow, no camera label and no model scores: its verdict
+        # cannot change (a rule that rejects stays broken whatever else is measured).
         scores: dict[str, float] = {}
-        pairs, flows = motion.pair_flows(clip.gray)
-        scores.update(motion.score(clip, flows=flows))
-        cam = classify_camera_motion(flows, motion.effective_fps(clip), clip.gray, pairs,
-                                     CameraMotionConfig(min_confidence=self.ctx.policy.captions.camera_min_confidence))
-        del flows
         scores.update(jitter.score(clip))
         b = borders.score(clip)
         scores.update(b)
         scores.update(technical.score(clip, borders=b))
+        still = motion.still_scores(clip)
+        scores.update(still)
+        rejected = cfg.skip_models_after_reject and verdict(apply_rules(scores, cfg))[0]
+        cam = None
+        if not rejected:
+            pairs, flows = motion.pair_flows(clip.gray)
+            scores.update(motion.score(clip, flows=flows, still=still))
+            cam = classify_camera_motion(flows, motion.effective_fps(clip), clip.gray, pairs,
+                                         CameraMotionConfig(min_confidence=self.ctx.policy.captions.camera_min_confidence))
+            del flows
         frames = clip.frames
         payload = {
             "text_frames": frames[sample_indices(len(frames), clip.duration_s, TextConfig())]
-            if cfg.text.enabled else None,
-            "middle_frame": frames[len(frames) // 2] if cfg.aesthetics_model.head_checkpoint else None,
+            if cfg.text.enabled and not rejected else None,
+            "middle_frame": frames[len(frames) // 2] if cfg.aesthetics_model.head_checkpoint and not rejected else None,
             "embed_frames": frames[frame_indices(len(frames), self.ctx.policy.embeddings.frames)]
-            if self.ctx.policy.embeddings.clip_checkpoint else None,
+            if self.ctx.policy.embeddings.clip_checkpoint and not rejected else None,
             "audio": clip.audio, "sample_rate": clip.sample_rate,
         }
         signature = {
             "content_signature": content_signature(frames),
             "phashes": [int(h) for h in frame_phashes(frames)],
-            "camera_motion": cam.label, "camera_confidence": cam.confidence,
+            "camera_motion": cam.label if cam else None, "camera_confidence": cam.confidence if cam else None,
         }
         return {**row, **scores, **signature, "status": OK, "reason": None,
                 ANALYSIS_COLUMN: pickle.dumps(payload, protocol=5)}
@@ -472,8 +481,11 @@ class ScoreStage(ItemStage):
         # Lazy mode: the expensive model scorers only see clips the cheap rules kept.
         cheap_reject = cfg.skip_models_after_reject and verdict(apply_rules(scores, cfg))[0]
         tags = None
-        if self._text is not None and not cheap_reject:
-            scores.update(self._text.score_frames(payload["text_frames"]))
+        if self._text is not None and not cheap_reject and payload["text_frames"] is not None:
+            # Lazy mode stops OCR at the first frame whose text already breaks the text rule.
+            rule = cfg.text
+            stop = rule.max if cfg.skip_models_after_reject and rule.enabled and not rule.score_only else None
+            scores.update(self._text.score_frames(payload["text_frames"], stop_at=stop))
         if payload["audio"] is not None:
             scores.update(self._audio.score_audio(payload["audio"], payload["sample_rate"]))
             if self._tags is not None and len(payload["audio"]):

@@ -114,9 +114,38 @@ def test_the_cpu_operator_ships_only_model_inputs_and_the_model_operator_finishe
     assert stage.run_row(broken)[0]["reason"] == broken["reason"]  # passed on, not re-analysed
 
 
-def test_lazy_scoring_skips_ocr_on_clips_a_cheap_rule_rejected(tmp_path, clips):
+def test_lazy_scoring_skips_flow_and_ocr_on_clips_a_cheap_rule_rejected(tmp_path, clips):
     lazy = ScoreStage(StageContext(run_id="r", output=str(tmp_path),
                                    policy=Policy(scoring={"skip_models_after_reject": True})))
+    eager = ScoreStage(StageContext(run_id="r", output=str(tmp_path),
+                                    policy=Policy(scoring={"skip_models_after_reject": False})))
     row = run(lazy, clips["letterbox"])
     assert row["reason"].startswith("borders: ") and "text_conf_max" not in row
-    assert np.isfinite(run(lazy, clips["no_text"])["text_conf_max"])  # kept by the cheap rules: OCR'd
+    # no flow either: no motion score, no camera label (the borders already decided)
+    assert "motion_mean" not in row and row["camera_motion"] is None and np.isfinite(row["border_fraction"])
+    full = run(eager, clips["letterbox"])
+    assert full["status"] == row["status"] == "rejected" and np.isfinite(full["motion_mean"])
+    assert full["camera_motion"] is not None and np.isfinite(full["text_conf_max"])
+    # a still is static from its frame differences alone: rejected by that rule, no flow paid
+    still = run(lazy, clips["still"])
+    assert still["reason"].startswith("static: static=1>=0.5") and "motion_mean" not in still
+    kept = run(lazy, clips["no_text"])  # kept by the cheap rules: flow and OCR as ever
+    assert kept["status"] == "ok" and np.isfinite(kept["text_conf_max"]) and np.isfinite(kept["motion_mean"])
+    assert kept["text_frames_sampled"] == 3
+
+
+def test_lazy_ocr_stops_at_the_first_frame_whose_text_breaks_the_rule(tmp_path, clips):
+    lazy = ScoreStage(StageContext(run_id="r", output=str(tmp_path),
+                                   policy=Policy(scoring={"skip_models_after_reject": True})))
+    eager = ScoreStage(StageContext(run_id="r", output=str(tmp_path),
+                                    policy=Policy(scoring={"skip_models_after_reject": False})))
+    quick, full = run(lazy, clips["text"]), run(eager, clips["text"])
+    assert quick["status"] == full["status"] == "rejected"
+    assert quick["reason"].startswith("text: text_conf_max=") and full["reason"].startswith("text: text_conf_max=")
+    # the caption is on every frame: the first OCR'd frame already breaks the rule
+    assert quick["text_frames_sampled"] == 1 < full["text_frames_sampled"] == 3
+    assert quick["text_conf_max"] >= 0.6 and quick["text_conf_max"] <= full["text_conf_max"]
+    # a score-only text rule never stops OCR early (it judges nothing)
+    scored = ScoreStage(StageContext(run_id="r", output=str(tmp_path), policy=Policy(
+        scoring={"skip_models_after_reject": True, "text": {"max": 0.6, "score_only": True}})))
+    assert run(scored, clips["text"])["text_frames_sampled"] == 3

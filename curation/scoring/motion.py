@@ -120,29 +120,46 @@ def _longest_run(flags: np.ndarray) -> int:
     return best
 
 
-def score(clip: AnalysisClip, cfg: MotionConfig = MotionConfig(),
-          flows: np.ndarray | None = None) -> dict[str, float]:
-    """Motion scores of ``clip``; ``flows`` is ``pair_flows(clip.gray, cfg)[1]`` when the caller
-    already has it (the score stage shares it with the camera-motion label)."""
+def still_scores(clip: AnalysisClip, cfg: MotionConfig = MotionConfig()) -> dict[str, float]:
+    """The scores that need no flow (a frame difference per pair, ~1/30 of the flow's cost):
+    ``static_fraction``, ``static_longest_s``, and ``static`` where they alone decide it (a clip
+    whose pairs are near-identical is static whatever its flow; otherwise ``static`` also reads
+    ``motion_mean`` and is left out here). The score stage judges the cheap rules on these before
+    it pays for flow (``scoring.skip_models_after_reject``)."""
     gray = clip.gray
     fps = effective_fps(clip)
     if gray.shape[0] < 2:  # one frame: no motion can be measured; treat it as a still
         return {"motion_mean": 0.0, "motion_max": 0.0, "static_fraction": 1.0,
                 "static_longest_s": 1.0 / fps, "static": 1.0}
+    same = _identical_pairs(gray, cfg)
+    run = _longest_run(same)
+    out = {"static_fraction": float(same.mean()), "static_longest_s": (run + 1) / fps if run else 0.0}
+    if out["static_fraction"] >= cfg.static_fraction_min:
+        out["static"] = 1.0
+    return out
+
+
+def score(clip: AnalysisClip, cfg: MotionConfig = MotionConfig(),
+          flows: np.ndarray | None = None, still: dict[str, float] | None = None) -> dict[str, float]:
+    """Motion scores of ``clip``; ``flows`` is ``pair_flows(clip.gray, cfg)[1]`` and ``still`` is
+    ``still_scores(clip, cfg)`` when the caller already has them (the score stage shares the flow
+    with the camera-motion label)."""
+    gray = clip.gray
+    fps = effective_fps(clip)
+    still = still if still is not None else still_scores(clip, cfg)
+    if gray.shape[0] < 2:
+        return still
     # Flow in analysis pixels per analysis frame -> pixels per 1/8 s at a 256-px short side.
     scale = (REFERENCE_SHORT_SIDE / min(gray.shape[1:3])) * (fps / REFERENCE_FPS)
     if flows is None:
         flows = pair_flows(gray, cfg)[1]
     mags = np.array([float(np.mean(np.hypot(f[..., 0], f[..., 1]))) for f in flows]) * scale
-    same = _identical_pairs(gray, cfg)
-    run = _longest_run(same)
     motion_mean = float(mags.mean())
-    static_fraction = float(same.mean())
-    static = static_fraction >= cfg.static_fraction_min or motion_mean < cfg.static_motion_max
+    static = still["static_fraction"] >= cfg.static_fraction_min or motion_mean < cfg.static_motion_max
     return {
         "motion_mean": motion_mean,
         "motion_max": float(mags.max()),
-        "static_fraction": static_fraction,
-        "static_longest_s": (run + 1) / fps if run else 0.0,
+        "static_fraction": still["static_fraction"],
+        "static_longest_s": still["static_longest_s"],
         "static": 1.0 if static else 0.0,
     }

@@ -16,7 +16,8 @@ text_area_max        fraction [0, 1]  max over sampled frames of the frame area 
                                       the union of readable text boxes
 text_area_mean       fraction [0, 1]  the same, averaged over the sampled frames
 text_boxes_max       count    >= 0    most readable text boxes on one sampled frame
-text_frames_sampled  count    >= 1    how many frames were OCR'd
+text_frames_sampled  count    >= 1    how many frames were OCR'd (fewer than sampled when
+                                      OCR stopped early: the text rule already broken)
 ==================== ======== ======= =====================================================
 
 A box's *detection score* is the DB detector's mean text probability inside the box (boxes
@@ -147,10 +148,15 @@ class TextScorer:
     def score(self, clip: AnalysisClip) -> dict[str, float]:
         return self.score_frames(self.sample(clip))
 
-    def score_frames(self, frames: np.ndarray) -> dict[str, float]:
-        """Text scores over already-sampled RGB uint8 frames (N, H, W, 3)."""
+    def score_frames(self, frames: np.ndarray, stop_at: float | None = None) -> dict[str, float]:
+        """Text scores over already-sampled RGB uint8 frames (N, H, W, 3). ``stop_at``: stop after
+        the first frame whose ``text_conf_max`` reaches it (the text rule's threshold: the clip is
+        rejected whatever the other frames hold); the scores are then over the frames OCR'd, and
+        ``text_frames_sampled`` says how many."""
         conf_max, areas, boxes_max = 0.0, [], 0
         for frame in frames:
+            if stop_at is not None and conf_max >= stop_at:
+                break
             boxes = [b for b in self.ocr_frame(frame) if b.is_word]
             if boxes:
                 conf_max = max(conf_max, max(b.conf for b in boxes))
@@ -162,7 +168,7 @@ class TextScorer:
             "text_area_max": float(max(areas)),
             "text_area_mean": float(np.mean(areas)),
             "text_boxes_max": float(boxes_max),
-            "text_frames_sampled": float(len(frames)),
+            "text_frames_sampled": float(len(areas)),
         }
 
 
