@@ -248,7 +248,7 @@ def scored_expectations(policy) -> list:
     # OCR out for clips a cheap rule already rejected: those scores are on every kept clip.
     lazy = policy.scoring.skip_models_after_reject
     judged = where('status=="ok"' if lazy else 'status!="failed"')
-    needed = ["static_fraction", "cuts_per_s", "border_fraction", "sharpness", "mean_luma"]
+    needed = ["cuts_per_s", "border_fraction", "sharpness", "mean_luma"]
     ex = [gxe.ExpectColumnValuesToNotBeNull(column=c, **where('status!="failed"')) for c in needed]
     ex += [gxe.ExpectColumnValuesToNotBeNull(column=c, **judged) for c in ("motion_mean", "static")]
     if policy.scoring.text.enabled:

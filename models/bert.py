@@ -178,7 +178,11 @@ class BertEncoder(nn.Module):
     @classmethod
     def from_pretrained(cls, path: str | Path) -> BertEncoder:
         path = Path(path)
-        model = cls(BertConfig.from_json(path / "config.json"))
+        # Built on the meta device, then given the saved tensors: no random init, so loading the
+        # encoder draws nothing from torch's global generator. (It did once: every trainable part
+        # built after it, seeded the same, came out different from a transformers load.)
+        with torch.device("meta"):
+            model = cls(BertConfig.from_json(path / "config.json"))
         if (path / "model.safetensors").is_file():
             from safetensors.torch import load_file
 
@@ -190,7 +194,7 @@ class BertEncoder(nn.Module):
         state = {k.removeprefix("bert."): v for k, v in state.items()}
         state = {k: v for k, v in state.items() if k.startswith(("embeddings.", "encoder."))
                  and not k.endswith("position_ids")}
-        model.load_state_dict(state, strict=True)
+        model.load_state_dict(state, strict=True, assign=True)
         return model.eval()
 
 

@@ -228,7 +228,7 @@ def backbone_config(cfg: TextEncoderConfig) -> dict | None:
 
 
 def backbone_params(hf: dict) -> tuple[int, int] | None:
-    """(parameters, output width) of a BERT-style encoder (AutoModel, pooler included) or a T5/UL2
+    """(parameters, output width) of a BERT-style encoder (models/bert.py: no pooler) or a T5/UL2
     encoder (the part `load_backbone` keeps), from its config.json; None for other architectures."""
     if "d_model" in hf and "num_layers" in hf:  # T5 / UL2 encoder stack
         d, inner = hf["d_model"], hf.get("num_heads", 1) * hf.get("d_kv", hf["d_model"] // hf.get("num_heads", 1))
@@ -240,7 +240,9 @@ def backbone_params(hf: dict) -> tuple[int, int] | None:
         h, i = hf["hidden_size"], hf["intermediate_size"]
         emb = (hf["vocab_size"] + hf.get("max_position_embeddings", 512) + hf.get("type_vocab_size", 2)) * h + 2 * h
         layer = 4 * (h * h + h) + 2 * h + (h * i + i) + (i * h + h) + 2 * h
-        return emb + hf["num_hidden_layers"] * layer + h * h + h, h
+        # no pooler: models/bert.py (how load_backbone reads a BERT folder) has none; a BERT it
+        # cannot read loads through AutoModel with one, h * h + h more (0.7% of MiniLM)
+        return emb + hf["num_hidden_layers"] * layer, h
     return None
 
 

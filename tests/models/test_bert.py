@@ -41,6 +41,17 @@ def test_minilm_matches_transformers_tokens_and_hidden_states():
     _assert_same(minilm_path())
 
 
+def test_loading_draws_nothing_from_torchs_random_generator():
+    # a seeded run builds its trainable parts after the frozen encoder: their init must not depend
+    # on how the encoder was read (transformers draws nothing either)
+    torch.manual_seed(0)
+    expected = torch.rand(4)
+    torch.manual_seed(0)
+    model, _ = bert.load(minilm_path())
+    assert torch.equal(torch.rand(4), expected)
+    assert not any(p.is_meta for p in model.parameters())
+
+
 def test_a_checkpoint_saved_from_a_task_model_loads_without_its_prefix_and_pooler(tmp_path):
     from transformers import BertConfig, BertForMaskedLM
 
