@@ -4,7 +4,7 @@
     PYTHONUNBUFFERED=1 python3 bench/gpu_small.py --out $OUT --minilm .gpu_carry/minilm --budget-s 420
     .venv/bin/python bench/gpu_small.py --smoke --out /tmp/gpu_smoke      # CPU, tiny config, ~1-2 min
 
-Needs only torch, numpy, scipy, transformers, pyyaml (+ matplotlib for samples.png): no Ray, PyAV,
+Needs only torch, numpy, scipy, tokenizers, safetensors, pyyaml (+ matplotlib for samples.png): no Ray, PyAV,
 pydantic or the MiniLM package (`bench/make_gpu_carry.py` writes the fp16 backbone for --minilm).
 Phases run against absolute deadlines (fractions of --budget-s), so time one phase leaves unused
 goes to the next, and each is guarded: an error is recorded in gpu_small.json and the run goes on.
@@ -634,7 +634,7 @@ def main() -> int:
     def load_text():
         b = load_backbone(cfg.text)
         if b is not None:
-            b.model.float()  # the carried copy is fp16 and transformers keeps that dtype: compute in fp32
+            b.model.float()  # the carried copy is fp16 and loading keeps that dtype: compute in fp32
             b.model.to(device)
         return b
     backbone = phase("text_backbone", load_text)

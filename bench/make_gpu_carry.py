@@ -2,8 +2,8 @@
 
 The package's fp32 safetensors (88 MB) does not fit the 64 MiB that travels with the working tree
 to a borrowed GPU machine; in float16 it is ~44 MB. The copy holds only what
-`models.text_encoder.load_backbone` reads through `AutoModel`/`AutoTokenizer` (config, tokenizer
-files, weights), not the sentence-transformers pooling head. Then, on the device:
+`models.text_encoder.load_backbone` reads (through `models/bert.py`: config, tokenizer files,
+weights), not the sentence-transformers pooling head. Then, on the device:
 
     .venv/bin/python bench/make_gpu_carry.py                 # writes .gpu_carry/minilm, checks it
     python3 bench/gpu_small.py --minilm .gpu_carry/minilm ...
