@@ -157,10 +157,11 @@ def _answer(batch: pa.Table, stage: ItemStage) -> pa.Table:
 
 
 class _StageActor:
-    """Ray actor wrapper: ``setup`` (model loading) runs once per actor, not per batch. Ray Data
-    gives an actor no hook that always runs at its end (a finished pool is killed), so an actor
-    stage's ``teardown`` runs only where its process exits cleanly: what it holds must be
-    reclaimed by the process's exit (models in memory, GPU contexts)."""
+    """Ray actor wrapper: ``setup`` (model loading) runs once per actor, not per batch, and
+    ``teardown`` when the pool ends: Ray Data 2.60 shuts a finished pool down gracefully
+    (``MapWorker.__ray_shutdown__`` drops the UDF, and its ``__del__`` runs; tested in
+    tests/test_stage_unit.py). An actor that is killed or crashes gets no teardown, so what a stage
+    holds must also be reclaimed by its process's exit (models in memory, GPU contexts)."""
 
     def __init__(self, stage: ItemStage):
         self.stage = stage
