@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -113,20 +114,28 @@ def load_backbone(cfg: TextEncoderConfig) -> Backbone | None:
     path = cfg.path or (minilm_path() if cfg.backbone == "minilm" else None)
     if path is None:
         raise ValueError("text backbone 'hf' needs a local path to the encoder")
+    model, tokenizer = load_encoder(path)
+    return Backbone(model, tokenizer, cfg.max_length)
+
+
+def load_encoder(path: str | Path) -> tuple[nn.Module, object]:
+    """(encoder, tokenizer) of a local Hugging Face folder, never fetched: a BERT (MiniLM) on
+    ``models.bert`` (plain torch, without transformers' ~4 s import); anything else through
+    transformers' ``AutoModel`` (the encoder alone of an encoder-decoder such as T5 / UL2). The
+    prompt encoder here and the caption embedder in curation read their models through it."""
     from reelflow.models import bert
 
-    if bert.supports(path):  # MiniLM and other BERTs: plain torch, without transformers' ~4 s import
-        model, tokenizer = bert.load(path)
-        return Backbone(model, tokenizer, cfg.max_length)
+    if bert.supports(path):
+        return bert.load(path)
     from transformers import AutoModel, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # loading is quiet; callers report their own progress
-    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    model = AutoModel.from_pretrained(path, local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    model = AutoModel.from_pretrained(str(path), local_files_only=True)
     if getattr(model.config, "is_encoder_decoder", False):
         model = model.get_encoder()  # T5 / UL2: the encoder alone gives the text features
-    return Backbone(model, tokenizer, cfg.max_length)
+    return model, tokenizer
 
 
 def quoted_spans(prompt: str) -> str:

@@ -70,21 +70,13 @@ class TextEmbedder:
     def setup(self) -> "TextEmbedder":
         if not self.enabled or self._model is not None:
             return self
-        from reelflow.models import bert
+        from reelflow.models.text_encoder import load_encoder
 
         path = Path(self.path)
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"text_embed: no model at {path} (config.json missing)")
-        if bert.supports(path):  # MiniLM: plain torch, without transformers' ~4 s import
-            self._model, self._tokenizer = bert.load(path)
-        else:
-            from transformers import AutoModel, AutoTokenizer
-            from transformers.utils import logging as hf_logging
-
-            hf_logging.disable_progress_bar()
-            self._tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-            self._model = AutoModel.from_pretrained(str(path), local_files_only=True)
-        self._model = self._model.to(self.cfg.device).eval()
+        model, self._tokenizer = load_encoder(path)  # MiniLM: plain torch, no transformers import
+        self._model = model.to(self.cfg.device).eval()
         self._pool = _pooling(path)
         st_cfg = path / "sentence_bert_config.json"
         if self.cfg.max_length is not None:
