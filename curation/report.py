@@ -648,7 +648,8 @@ def _rules_html(data: ReportData) -> str:
                    for k, n in extra.items())
     return (f'<h2 id="rules">Funnel per quality rule</h2><p class=muted>{total} clip(s) entered the score stage; '
             "a clip counts against the first enforcing rule it broke (rules in policy order), "
-            "“failing (any)” counts every rule it broke, score-only ones included.</p>"
+            "“failing (any)” counts every rule it broke, score-only ones included, among the rules it was "
+            "scored on (lazy scoring gives a clip the cheap rules rejected no flow or OCR scores).</p>"
             f'<img alt="retention per rule" src="{_rules_chart(data)}"><table>{head}{"".join(rows)}</table>{note}')
 
 
@@ -693,7 +694,7 @@ def _hist_figure(data: ReportData, col: str, values: np.ndarray, groups: list[st
     counts = Counter(g for g, v in zip(groups, values) if np.isfinite(v))
     nan = int((~np.isfinite(values)).sum())
     lines = [f"{html_text(r.rule)} {_bounds(r)}{'' if r.enforcing else ' (not enforced)'}" for r in data.rules if r.column == col]
-    cap = (f"kept {counts['kept']}, rejected here {counts['this']}, elsewhere {counts['other']}; {nan} without a value (failed, not applicable, or not needed: lazy scoring)"
+    cap = (f"kept {counts['kept']}, rejected here {counts['this']}, elsewhere {counts['other']}; {nan} not scored (failed, not applicable, or skipped by lazy scoring)"
            + ("; thresholds: " + "; ".join(lines) if lines else ""))
     return f'<figure><img alt="{html_text(col)}" src="{_hist_chart(data, col, values, groups)}"><figcaption>{cap}</figcaption></figure>'
 
