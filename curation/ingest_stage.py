@@ -14,16 +14,34 @@ more than ``runtime.driver_max_rows`` rows is ingested as a shuffle instead:
 
 The rows are those of ``ingest_rows`` on the same manifest (a test compares them). A finished
 marker closes the table: a crash in between leaves parts without it, and a resume ingests again
-(deterministically). Directory and prefix sources are still listed in the driver.
+(deterministically).
+
+A directory or ``s3://`` prefix source is listed by the driver only up to
+``runtime.driver_max_rows`` files (``listed_within``). Beyond that it is ingested the same way
+(``run_distributed_listing``):
+
+1. the driver lists the source's top level (streamed, a page at a time): its files go to the object
+   store in ``BATCH_ROWS`` chunks, and its sub-folders to listing tasks that list them whole on the
+   workers (``LIST_DIRS_PER_TASK`` folders a task);
+2. a map task per chunk splits the files by ``sources.related_key`` (a file's name up to its first
+   dot), so a file, its sidecars and the root manifest's rows that can describe it meet in one
+   partition; the root manifest, if any, is streamed and split the same way;
+3. reduce task p applies the in-driver path's rules to its files (``sources.file_rows``, then
+   ``judge_inputs``) and writes ``part-ingest-<p>.parquet``.
+
+The driver holds counts, object references and the top level's folder names, never the listing.
+Inputs are numbered in listing order (the top level's files, then each folder's), not in the
+in-driver path's sorted order; the rows are the same (a test compares them).
 """
 
 from __future__ import annotations
 
 import io
+import itertools
 import math
 import zlib
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -34,21 +52,26 @@ import ray
 from reelflow.curation.ray_tables import TableRef
 from reelflow.curation.records import STAGE_SCHEMAS, to_table
 from reelflow.curation.sources import (
+    MANIFEST_NAMES,
     SourceError,
     check_manifest_columns,
+    file_rows,
     is_manifest,
     judge_inputs,
     manifest_folder,
+    manifest_index,
     manifest_rows,
+    related_key,
 )
 from reelflow.curation.stage_store import StageStore
-from reelflow.curation.storage import Storage
+from reelflow.curation.storage import S3Config, Storage, basename, join
 
 BATCH_ROWS = 65_536  # manifest rows per map task
 ROWS_PER_PARTITION = 500_000  # inputs a reduce task judges
 MAX_PARTITIONS = 256
 BYTES_PER_ROW = 64  # a conservative manifest row size, to estimate rows from bytes (csv, jsonl)
 PART_PREFIX = "part-ingest-"
+LIST_DIRS_PER_TASK = 16  # top-level folders a listing task lists
 
 
 def estimated_rows(storage: Storage, source: str) -> int | None:
@@ -152,6 +175,128 @@ def run_distributed(storage: Storage, source: str, run_id: str, policy, store: S
             counts[k] = counts.get(k, 0) + v
     store.mark_finished("ingest", "ingest", seen)
     return counts
+
+
+def listed_within(storage: Storage, source: str, max_files: int) -> list[str] | None:
+    """A directory's or prefix's files, sorted, when it holds at most ``max_files``; None when it
+    holds more (the listing stops at the first file over: its cost is bounded, not the source's)."""
+    head = list(itertools.islice(storage.iter_files(source), max_files + 1))
+    return sorted(head) if len(head) <= max_files else None
+
+
+_FILES_SCHEMA = pa.schema([("uri", pa.string()), ("position", pa.int64())])
+
+
+@ray.remote(num_cpus=1, num_returns=2)
+def _list_task(s3: S3Config, folders: list[str]) -> tuple[int, pa.Table]:
+    """Every file under ``folders``, in listing order: ``(count, table of uris)``."""
+    storage = Storage(s3)
+    uris = pa.array(list(itertools.chain.from_iterable(storage.iter_files(f) for f in folders)), pa.string())
+    return len(uris), pa.table({"uri": uris})
+
+
+@ray.remote(num_cpus=1)
+def _split_files_task(files: pa.Table, first_position: int, n: int):
+    uris = files.column("uri").to_pylist()
+    parts: list[list[int]] = [[] for _ in range(n)]
+    for i, u in enumerate(uris):
+        parts[zlib.crc32(related_key(u).encode()) % n].append(i)
+    positions = pa.array(range(first_position, first_position + len(uris)), pa.int64())
+    table = pa.table({"uri": files.column("uri"), "position": positions})
+    out = [table.take(pa.array(p, pa.int64())) for p in parts]
+    return out[0] if n == 1 else tuple(out)
+
+
+@ray.remote(num_cpus=1)
+def _split_manifest_task(batch: pa.Table, base: str, first_row: int, n: int):
+    parts: list[list[dict]] = [[] for _ in range(n)]
+    for r in manifest_rows(batch, base, first_row):
+        if r["uri"]:  # a row without a uri describes no file
+            parts[zlib.crc32(related_key(r["uri"]).encode()) % n].append(r)
+    schema = pa.schema([f for f in _INPUT_SCHEMA if f.name != "position"])
+    out = [pa.Table.from_pylist(p, schema=schema) for p in parts]
+    return out[0] if n == 1 else tuple(out)
+
+
+@ray.remote(num_cpus=1)
+def _judge_files_task(table: TableRef, run_id: str, policy, root_manifest: str | None, p: int,
+                      n_file_tables: int, *tables: pa.Table) -> dict:
+    files = pa.concat_tables(tables[:n_file_tables]).sort_by("position")
+    uris, positions = files.column("uri").to_pylist(), files.column("position").to_pylist()
+    listed = pa.concat_tables(tables[n_file_tables:]).sort_by("manifest_row").to_pylist() if len(tables) > n_file_tables else []
+    storage = Storage(table.s3)
+    found = [{**row, "position": positions[i]}
+             for i, row in file_rows(storage, uris, set(uris), manifest_index(listed), root_manifest, policy.limits)]
+    rows = judge_inputs(found, run_id, policy)
+    table.store().write_part("ingest", to_table(rows, STAGE_SCHEMAS["ingest"]), name=f"{PART_PREFIX}{p:05d}.parquet")
+    return dict(Counter(r["status"] for r in rows))
+
+
+def _chunks(items: Iterable, size: int) -> Iterator[list]:
+    it = iter(items)
+    while chunk := list(itertools.islice(it, size)):
+        yield chunk
+
+
+def run_distributed_listing(storage: Storage, source: str, run_id: str, policy, store: StageStore,
+                            partitions: int | None = None) -> dict[str, int]:
+    """Ingest the directory or prefix ``source`` on the workers (see the module doc); returns the
+    inputs per status."""
+    store.clear("ingest")
+    s3 = storage.s3
+    listed: list[tuple] = []  # (count ref or int, table ref), in listing order
+    root_names: set[str] = set()
+    folders: list[str] = []
+
+    def top_files() -> Iterator[str]:
+        for files, dirs in storage.iter_level(source):
+            folders.extend(dirs)
+            root_names.update(basename(f) for f in files)
+            yield from files
+
+    for chunk in _chunks(top_files(), BATCH_ROWS):
+        listed.append((len(chunk), ray.put(pa.table({"uri": pa.array(chunk, pa.string())}))))
+    for group in _chunks(folders, LIST_DIRS_PER_TASK):
+        listed.append(tuple(_list_task.remote(s3, group)))
+    got = iter(ray.get([c for c, _ in listed if not isinstance(c, int)]))
+    counts = [c if isinstance(c, int) else next(got) for c, _ in listed]
+    total = sum(counts)
+    if not total:
+        raise SourceError(f"source holds no files: {source}")
+    n = partitions or max(1, min(MAX_PARTITIONS, math.ceil(total / ROWS_PER_PARTITION)))
+    file_parts, first = [], 0
+    for count, ref in zip(counts, listed):
+        if count:
+            out = _split_files_task.options(num_returns=n).remote(ref[1], first, n)
+            file_parts.append([out] if n == 1 else list(out))
+        first += count
+    root_manifest = next((join(source, m) for m in MANIFEST_NAMES if m in root_names), None)
+    manifest_parts = []
+    if root_manifest:
+        size = storage.size(root_manifest)
+        if size > policy.limits.max_manifest_bytes:
+            raise SourceError(f"manifest {root_manifest} is {size} bytes, over "
+                              f"limits.max_manifest_bytes={policy.limits.max_manifest_bytes}")
+        seen = 0
+        for t in _rebatched(_batches(str(storage.localize(root_manifest)), root_manifest)):
+            if not seen:
+                check_manifest_columns(t.column_names, root_manifest)
+            out = _split_manifest_task.options(num_returns=n).remote(ray.put(t), manifest_folder(root_manifest),
+                                                                     seen + 1, n)
+            manifest_parts.append([out] if n == 1 else list(out))
+            seen += t.num_rows
+    table = TableRef(store.output, s3)
+    judged = [_judge_files_task.remote(table, run_id, policy, root_manifest, p, len(file_parts),
+                                       *[f[p] for f in file_parts], *[m[p] for m in manifest_parts])
+              for p in range(n)]
+    out: dict[str, int] = {}
+    for got in ray.get(judged):
+        for k, v in got.items():
+            out[k] = out.get(k, 0) + v
+    if not out:
+        raise SourceError(f"source holds no input files (only manifests or sidecars): {source}")
+    store.mark_finished("ingest", "ingest", sum(out.values()))
+    return out
 
 
 def finished(store: StageStore) -> bool:

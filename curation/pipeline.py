@@ -324,20 +324,24 @@ def run_table_stage(stage: TableStage, store: StageStore, progress: Progress | N
 
 def run_ingest_stage(stage: IngestStage, store: StageStore, progress: Progress | None = None) -> StageRun:
     """List the run's source once; a resume reuses the persisted input table as it is. A manifest
-    of more than ``runtime.driver_max_rows`` rows is judged by the workers (``ingest_stage``)."""
+    of more than ``runtime.driver_max_rows`` rows, or a directory or prefix of more files, is
+    listed and judged by the workers (``ingest_stage``)."""
     t0 = time.perf_counter()
     ctx = stage.ctx
     if not ctx.source:
         raise ValueError("ingest: the run has no source (StageContext.source)")
     if ingest_stage.finished(store):  # the counts are the table's; not read again here
         return StageRun("ingest", 0, 0, 0, 0, time.perf_counter() - t0, note="resuming with the inputs already listed")
+    max_rows = ctx.policy.runtime.driver_max_rows
     rows = ingest_stage.estimated_rows(ctx.storage, ctx.source)
-    if rows is not None and rows > ctx.policy.runtime.driver_max_rows:
-        counts = ingest_stage.run_distributed(ctx.storage, ctx.source, ctx.run_id, ctx.policy, store)
+    files = None if rows is not None else ingest_stage.listed_within(ctx.storage, ctx.source, max_rows)
+    if (rows is not None and rows > max_rows) or (rows is None and files is None):
+        run = ingest_stage.run_distributed if rows is not None else ingest_stage.run_distributed_listing
+        counts = run(ctx.storage, ctx.source, ctx.run_id, ctx.policy, store)
         n = sum(counts.values())
         return StageRun("ingest", n, 0, n, 0, time.perf_counter() - t0, note=f"judged by the workers: {counts}")
     store.clear("ingest")  # a crashed run's parts of the distributed path, if any
-    rows = sources.ingest_rows(ctx.storage, ctx.source, ctx.run_id, ctx.policy)
+    rows = sources.ingest_rows(ctx.storage, ctx.source, ctx.run_id, ctx.policy, files=files)
     store.write_part("ingest", rows)
     if progress:
         progress(len(rows), len(rows))

@@ -127,12 +127,14 @@ def _is_sidecar(uri: str, all_uris: set[str]) -> bool:
     return stem in all_uris or any(u.startswith(stem + ".") and u != uri for u in all_uris)
 
 
-def discover(storage: Storage, source: str, limits: LimitsPolicy | None = None) -> list[dict]:
+def discover(storage: Storage, source: str, limits: LimitsPolicy | None = None,
+             files: list[str] | None = None) -> list[dict]:
     """The input rows of a source, before any media is touched.
 
     Returns dicts with ``uri, license, title, description, source_id`` and, for manifest rows,
     ``manifest_row``; a file whose sidecar and root manifest claim different licences carries
     ``license_claims`` (both), and one whose sidecar is unusable carries ``sidecar_error``.
+    ``files`` is the directory's or prefix's listing when the caller already has it (sorted).
     Raises SourceError when the source does not exist or holds nothing.
     """
     source = str(source)
@@ -142,20 +144,44 @@ def discover(storage: Storage, source: str, limits: LimitsPolicy | None = None) 
         if not rows:
             raise SourceError(f"manifest {source} has no rows")
         return rows
-    files = storage.list(source)
+    files = storage.list(source) if files is None else files
     if not files:
         if not is_s3(source) and not storage.exists(source):
             raise SourceError(f"source does not exist: {source}")
         raise SourceError(f"source holds no files: {source}")
     names = set(files)
     root_manifest = next((join(source, n) for n in MANIFEST_NAMES if join(source, n) in names), None)
+    by_uri = manifest_index(read_manifest(storage, root_manifest, limits)) if root_manifest else {}
+    rows = [row for _, row in file_rows(storage, files, names, by_uri, root_manifest, limits)]
+    if not rows:
+        raise SourceError(f"source holds no input files (only manifests or sidecars): {source}")
+    return rows
+
+
+def manifest_index(rows: list[dict]) -> dict[str, dict]:
+    """A root manifest's rows (in file order) by uri and by file name; a file matches its own uri's
+    row, else the first row that lists its name."""
     by_uri: dict[str, dict] = {}
-    if root_manifest:
-        for r in read_manifest(storage, root_manifest, limits):
-            by_uri[r["uri"]] = r
-            by_uri.setdefault(basename(r["uri"]), r)
-    rows = []
-    for uri in files:
+    for r in rows:
+        by_uri[r["uri"]] = r
+        by_uri.setdefault(basename(r["uri"]), r)
+    return by_uri
+
+
+def related_key(uri: str) -> str:
+    """What a file shares with its sidecars and with the root-manifest rows that can describe it:
+    its name up to the first dot (``clip.mp4``, ``clip.json``, ``clip.mp4.json`` -> ``clip``).
+    The distributed ingest groups files by it, so each group can be judged on its own."""
+    return basename(uri).split(".", 1)[0]
+
+
+def file_rows(storage: Storage, files: list[str], names: set[str], by_uri: dict[str, dict],
+              root_manifest: str | None, limits: LimitsPolicy) -> list[tuple[int, dict]]:
+    """``(index in files, input row)`` for each listed file that is an input: not the root
+    manifest, not hidden, not a sidecar. ``names`` must hold every file related to these
+    (``related_key``), ``by_uri`` the root manifest's rows for them (``manifest_index``)."""
+    out = []
+    for i, uri in enumerate(files):
         name = basename(uri)
         if uri == root_manifest or name.startswith(".") or _is_sidecar(uri, names):
             continue
@@ -170,10 +196,8 @@ def discover(storage: Storage, source: str, limits: LimitsPolicy | None = None) 
             # Both speak for the file: the licence decision must not depend on which one we read.
             # (A sidecar without a licence key, only a title, makes no claim.)
             row["license_claims"] = [_clean(sidecar.get("license")), listed.get("license")]
-        rows.append(row)
-    if not rows:
-        raise SourceError(f"source holds no input files (only manifests or sidecars): {source}")
-    return rows
+        out.append((i, row))
+    return out
 
 
 def _is_dir(uri: str) -> bool:
@@ -256,14 +280,15 @@ def check_uri(uri: str, allow: list[str]) -> str | None:
     return "source: outside the allowed roots (sources.allow)"
 
 
-def ingest_rows(storage: Storage, source: str, run_id: str, policy) -> list[dict]:
+def ingest_rows(storage: Storage, source: str, run_id: str, policy, files: list[str] | None = None) -> list[dict]:
     """Discovery + the source and licence rules: one ledger-ready row per input.
 
     Licence is checked here, before any download or decode: media we may not use is never read.
     A uri listed with more than one distinct licence claim is rejected on every row, whatever
-    the order of the rows; identical repeated rows are duplicates of the first.
+    the order of the rows; identical repeated rows are duplicates of the first. ``files``: a
+    directory's or prefix's listing, when the caller already has it.
     """
-    found = discover(storage, source, policy.limits)
+    found = discover(storage, source, policy.limits, files=files)
     return judge_inputs([{**r, "position": i} for i, r in enumerate(found)], run_id, policy)
 
 

@@ -58,8 +58,8 @@ def guarded(stage: "ItemStage", row: dict, fn) -> list[dict]:
 class IngestStage(Stage):
     """The run's inputs, listed from its source (a directory, an ``s3://`` prefix or a manifest),
     one row per video with its licence judged (``sources``). Written once: a resume reuses it.
-    The Ray adapter lists small sources in the driver and shuffles a large manifest through the
-    workers (``ingest_stage``)."""
+    The Ray adapter lists small sources in the driver; a large manifest, directory or prefix is
+    listed and judged by the workers (``ingest_stage``)."""
 
     name = "ingest"
     shape = "source"

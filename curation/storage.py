@@ -14,6 +14,7 @@ import hashlib
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -121,20 +122,55 @@ class Storage:
 
     def list(self, prefix: str) -> list[str]:
         """All files under a directory or key prefix, recursively, sorted."""
+        return sorted(self.iter_files(prefix))
+
+    def iter_files(self, prefix: str) -> Iterator[str]:
+        """The files under a directory or key prefix, recursively, streamed as they are listed (an
+        S3 prefix in key order, a directory folder by folder, names sorted): a prefix of millions
+        of keys never has to be held at once."""
         if is_s3(prefix):
             b, k = split_s3(prefix)
             if k and not k.endswith("/"):
                 k += "/"
-            out: list[str] = []
             for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=b, Prefix=k):
                 for obj in page.get("Contents", []):
                     if not obj["Key"].endswith("/"):
-                        out.append(f"s3://{b}/{obj['Key']}")
-            return sorted(out)
-        root = Path(prefix)
-        if not root.exists():
-            return []
-        return sorted(str(p) for p in root.rglob("*") if p.is_file())
+                        yield f"s3://{b}/{obj['Key']}"
+            return
+        if not Path(prefix).is_dir():
+            return
+        # os.walk does not descend into links to folders; a link to a file is listed (is_file
+        # follows it), a dangling one is not: what rglob + is_file gave.
+        for folder, dirs, names in os.walk(prefix):
+            dirs.sort()
+            for name in sorted(names):
+                path = str(Path(folder, name))
+                if os.path.isfile(path):
+                    yield path
+
+    def iter_level(self, prefix: str) -> Iterator[tuple[list[str], list[str]]]:
+        """One level of a directory or key prefix, in pages: ``(files, sub-folders)``, a folder as
+        a prefix to list further (S3: the common prefixes of a ``/``-delimited listing)."""
+        if is_s3(prefix):
+            b, k = split_s3(prefix)
+            if k and not k.endswith("/"):
+                k += "/"
+            pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=b, Prefix=k, Delimiter="/")
+            for page in pages:
+                files = [f"s3://{b}/{o['Key']}" for o in page.get("Contents", []) if not o["Key"].endswith("/")]
+                dirs = [f"s3://{b}/{c['Prefix'].rstrip('/')}" for c in page.get("CommonPrefixes", [])]
+                yield files, dirs
+            return
+        if not Path(prefix).is_dir():
+            return
+        files, dirs = [], []
+        with os.scandir(prefix) as entries:
+            for e in entries:
+                if e.is_dir(follow_symlinks=False):
+                    dirs.append(str(Path(e.path)))
+                elif e.is_file():
+                    files.append(str(Path(e.path)))
+        yield sorted(files), sorted(dirs)
 
     # -- writing -----------------------------------------------------------------------------
     def write_bytes(self, uri: str, data: bytes) -> None:

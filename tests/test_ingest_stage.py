@@ -90,3 +90,104 @@ def test_a_crashed_distributed_ingest_is_not_taken_for_a_finished_one(tmp_path, 
     bad.write_text("path,licence\nx.mp4,CC0-1.0\n")
     with pytest.raises(SourceError, match="lacks required column"):
         ingest_stage.run_distributed(store.storage, str(bad), "r1", demo_policy(), store)
+
+
+def _source_tree(root) -> None:
+    """A folder of inputs with every way a file can get (or lose) its licence: sidecars
+    (``<file>.json`` and ``<stem>.json``, a title-only one, broken ones), a root manifest listing
+    files by path and by bare name (a name found in several folders), conflicting claims, hidden
+    files, a stray non-video, and folders nested two deep, some empty."""
+    licences = ["CC0-1.0", "CC-BY-4.0", "CC-BY-NC-4.0", None]
+    manifest = ["uri,license,title"]
+    for d in range(9):
+        folder = root / (f"set{d}" if d else ".")
+        for sub in ([""] if d % 3 else ["", "deep/er"]):
+            (folder / sub).mkdir(parents=True, exist_ok=True)
+            for i in range(6):
+                f = folder / sub / f"clip{i}.v{d}.mp4"
+                f.write_bytes(b"\0")
+                rel = f.relative_to(root).as_posix()
+                lic = licences[(d + i) % 4]
+                if i == 0 and lic:
+                    (folder / sub / f"clip{i}.v{d}.mp4.json").write_text(json.dumps({"license": lic, "title": f"t{d}"}))
+                elif i == 1 and lic:
+                    manifest.append(f"{rel},{lic},listed {rel}")
+                elif i == 2:
+                    (folder / sub / f"clip{i}.v{d}.json").write_text(json.dumps({"title": "title only"}))
+                    manifest.append(f"{rel},{lic or ''},")
+                elif i == 3:  # a sidecar and the manifest disagree: the file is rejected
+                    (folder / sub / f"clip{i}.v{d}.mp4.json").write_text(json.dumps({"license": "CC-BY-NC-4.0"}))
+                    manifest.append(f"{rel},CC0-1.0,")
+                elif i == 4:
+                    (folder / sub / f"clip{i}.v{d}.mp4.json").write_text("{not json" if d % 2 else "[1, 2]")
+        (folder / ".DS_Store").write_bytes(b"\0")
+        (folder / "shared.mp4").write_bytes(b"\0")  # one name in every folder, listed once by name
+    (root / "empty" / "nested").mkdir(parents=True)
+    (root / "notes.txt").write_text("not a video: an input that fails at probe")
+    manifest.append("shared.mp4,CC-BY-4.0,the shared name")
+    (root / "manifest.csv").write_text("\n".join(manifest) + "\n")
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_listing_on_the_workers_matches_the_driver(tmp_path, ray_session, request, where, monkeypatch):
+    """A directory or prefix listed and judged by the workers gives the in-driver rows."""
+    from reelflow.curation import ingest_stage, sources
+    from reelflow.curation.policy import demo_policy
+    from reelflow.curation.stage_store import StageStore
+    from reelflow.curation.storage import Storage
+
+    monkeypatch.setattr(ingest_stage, "BATCH_ROWS", 4)  # the top level's files in several chunks
+    monkeypatch.setattr(ingest_stage, "LIST_DIRS_PER_TASK", 3)  # several listing tasks
+    tree = tmp_path / "tree"
+    _source_tree(tree)
+    source, out = str(tree), str(tmp_path / "out")
+    if where == "s3":
+        import boto3
+
+        url = request.getfixturevalue("s3_server")
+        bucket = f"ingest-{tmp_path.name.lower().replace('_', '-')}"[:60]
+        client = boto3.client("s3", endpoint_url=url, region_name="us-east-1")
+        client.create_bucket(Bucket=bucket)
+        for f in sorted(p for p in tree.rglob("*") if p.is_file()):
+            client.upload_file(str(f), bucket, f"in/{f.relative_to(tree).as_posix()}")
+        source, out = f"s3://{bucket}/in", f"s3://{bucket}/out"
+    policy = demo_policy()
+    storage = Storage()
+    driver = to_table(sources.ingest_rows(storage, source, "r1", policy), STAGE_SCHEMAS["ingest"]).to_pylist()
+    store = StageStore(storage, out)
+    counts = ingest_stage.run_distributed_listing(storage, source, "r1", policy, store, partitions=3)
+    workers = store.read("ingest").to_pylist()
+    key = lambda r: r["item_id"]  # noqa: E731
+    assert sorted(workers, key=key) == sorted(driver, key=key)
+    assert sum(counts.values()) == len(driver) == 9 * 7 + 3 * 6 + 1  # clips, shared.mp4, deep/er, notes
+    reasons = " ".join(r["reason"] or "" for r in driver)
+    assert "conflicting claims" in reasons and "not valid JSON" in reasons and "must hold a JSON object" in reasons
+    titled = {r["title"] for r in driver}
+    assert {"the shared name", "title only", "t2"} <= titled and any(t and t.startswith("listed ") for t in titled)
+    assert counts["ok"] > 20 and ingest_stage.finished(store) and len(store.parts("ingest")) == 3
+
+
+def test_a_large_directory_is_listed_by_the_workers_in_a_run(tmp_path, ray_session):
+    """Past ``runtime.driver_max_rows`` files the ingest stage hands the listing to the workers; at
+    or under it the driver lists the source (and stops listing one file past the limit)."""
+    from reelflow.curation import ingest_stage
+    from reelflow.curation.pipeline import run_stage
+    from reelflow.curation.policy import demo_policy
+    from reelflow.curation.stage_store import StageStore
+    from reelflow.curation.stage_unit import StageContext
+    from reelflow.curation.storage import Storage
+
+    tree = tmp_path / "tree"
+    _source_tree(tree)
+    files = Storage().list(str(tree))
+    assert ingest_stage.listed_within(Storage(), str(tree), len(files)) == files
+    assert ingest_stage.listed_within(Storage(), str(tree), len(files) - 1) is None
+    for limit, by_workers in ((len(files), False), (10, True)):
+        policy = demo_policy()
+        policy = policy.model_copy(update={"runtime": policy.runtime.model_copy(update={"driver_max_rows": limit})})
+        out = str(tmp_path / f"out{limit}")
+        store = StageStore(Storage(), out)
+        ctx = StageContext(run_id="r1", output=out, policy=policy, source=str(tree), cache_dir=str(tmp_path / "cache"))
+        run = run_stage("ingest", ctx, store)
+        assert ("judged by the workers" in run.note) == by_workers, run.note
+        assert store.read("ingest").num_rows == 9 * 7 + 3 * 6 + 1
