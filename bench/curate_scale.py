@@ -5,9 +5,13 @@ and, per N, the ratio to the smallest N measured in the same run (``#14``'s targ
 flat in N, wall-time log-log slope <= 1.1).
 
     .venv/bin/python bench/curate_scale.py [--videos 50000 500000] [--clips-per-video 2] [--keep DIR]
+                                           [--source rows|files] [--until ingest]
 
 Steps, in the pipeline's shape:
 - ingest: synthetic input rows made and written by the workers (as a manifest read as a dataset);
+  with ``--source files``, the real ingest stage over a folder of N empty files (1000 a sub-folder,
+  made before the timer starts) whose root ``manifest.csv`` gives each its licence: listed and
+  judged by the workers past ``runtime.driver_max_rows`` files (``curation.ingest_stage``);
 - probe, filter, shots (1:1 per video), clips (1:N), score, extract, caption (1:1 per clip):
   ``pipeline.run_media_stage`` with stand-in stages whose ``process`` only adds columns (score adds
   dedup's inputs - a content signature, 8 frame hashes and a 32-d embedding - with 15% planted
@@ -32,6 +36,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -51,11 +56,13 @@ import ray.cloudpickle  # noqa: E402
 
 from reelflow.curation import gates, pipeline, ray_tables, run_outputs, table_gates  # noqa: E402
 from reelflow.curation.policy import policy_from_dict  # noqa: E402
-from reelflow.curation.records import CLIP, OK, STAGE_SCHEMAS, VIDEO, clip_key  # noqa: E402
+from reelflow.curation.records import CLIP, OK, STAGE_SCHEMAS, VIDEO, clip_key, video_id  # noqa: E402
 from reelflow.curation.stage_store import StageStore  # noqa: E402
 from reelflow.curation.stages import ItemStage, StageContext  # noqa: E402
 from reelflow.curation.storage import Storage  # noqa: E402
 from reelflow.curation.table_stages import BalanceStage, DedupStage  # noqa: E402
+
+FILES_PER_FOLDER = 1000  # --source files
 
 # Workers cannot import this script by name: ship its stage classes by value.
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -109,6 +116,14 @@ def _embedding(key: str) -> np.ndarray:
     return np.random.default_rng(zlib.crc32(key.encode())).standard_normal(EMB_DIMS).astype(np.float32)
 
 
+_FILE = re.compile(r"/d\d{5}/v(\d{8})\.mp4$")
+
+
+def _file_name(i: int) -> str:
+    """Stand-in video ``i``'s path inside the source folder (``--source files``)."""
+    return f"d{i // FILES_PER_FOLDER:05d}/v{i:08d}.mp4"
+
+
 EMB_DIMS = 32  # a stand-in for CLIP's 512: the semantic level's cost is per clip, k-means on a sample
 
 
@@ -120,8 +135,13 @@ class Score(_Cheap):
     name, input_stage = "score", "clips"
 
     def adds(self, row):
-        v, clip = int(row["parent_id"][1:], 16), round(row["start_s"] / 4.0)
-        key = lambda back: clip_key(f"v{v - back:016x}", 0, clip)  # noqa: E731
+        clip = round(row["start_s"] / 4.0)
+        if m := _FILE.search(row["source_uri"]):  # --source files: the video's number is in its name
+            v, folder = int(m.group(1)), row["source_uri"][: m.start()]
+            key = lambda back: clip_key(video_id(f"{folder}/{_file_name(v - back)}"), 0, clip)  # noqa: E731
+        else:
+            v = int(row["parent_id"][1:], 16)
+            key = lambda back: clip_key(f"v{v - back:016x}", 0, clip)  # noqa: E731
         sig, frames, emb = row["item_id"], _frames(row["item_id"]), _embedding(row["item_id"])
         if v % 20 == 1:
             sig, frames, emb = key(1), _frames(key(1)), _embedding(key(1))
@@ -191,11 +211,32 @@ class PeakRSS:
         self.peak = max(self.peak, self.now())
 
 
-def run_one(n_videos: int, per_video: int, root: Path) -> list[dict]:
+def source_folder(root: Path, n_videos: int) -> Path:
+    """N empty stand-in videos, 1000 a folder, and a root manifest with each one's licence (made
+    once per N and kept with ``--keep``)."""
+    src = root / f"src{n_videos}"
+    done = src / ".complete"
+    if done.exists():
+        return src
+    shutil.rmtree(src, ignore_errors=True)
+    lines = ["uri,license"]
+    for i in range(n_videos):
+        rel = _file_name(i)
+        if i % FILES_PER_FOLDER == 0:
+            (src / rel).parent.mkdir(parents=True)
+        (src / rel).touch()
+        lines.append(f"{rel},CC0-1.0")
+    (src / "manifest.csv").write_text("\n".join(lines) + "\n")
+    done.touch()  # hidden: not an input
+    return src
+
+
+def run_one(n_videos: int, per_video: int, root: Path, source: str = "rows", until: str | None = None) -> list[dict]:
     out = root / f"n{n_videos}"
     shutil.rmtree(out, ignore_errors=True)
     policy = policy_from_dict({"runtime": {"part_rows": 4096}})
-    ctx = StageContext(run_id="bench", output=str(out), policy=policy)
+    src = source_folder(root, n_videos) if source == "files" else None
+    ctx = StageContext(run_id="bench", output=str(out), policy=policy, source=str(src) if src else None)
     store = StageStore(Storage(), str(out))
     Clips.per_video = per_video
     out.mkdir(parents=True, exist_ok=True)
@@ -212,11 +253,18 @@ def run_one(n_videos: int, per_video: int, root: Path) -> list[dict]:
         print(f"  {name:<14} {steps[-1]['seconds']:8.1f} s  driver +{steps[-1]['rss_mib']:7.1f} MiB", flush=True)
 
     def ingest() -> None:
+        if src is not None:
+            run = pipeline.run_stage("ingest", ctx, store)
+            print(f"  ingest: {run.inputs} inputs from {src} ({run.note})", flush=True)
+            return
         ds = ray.data.range(n_videos, override_num_blocks=max(2, math.ceil(n_videos / 4096)))
         ds = ds.map_batches(_ingest_rows, fn_kwargs={"run_id": "bench"}, batch_format="pyarrow", batch_size=4096)
         ray_tables.write_parts(ds, store, "ingest", "item_id", policy.runtime.part_rows)
 
     step("ingest", ingest)
+    step("gate(ingest)", lambda: table_gates.check_stage_table("ingest", store, None, "item_id", policy))
+    if until == "ingest":
+        return steps
     for cls in STAGES:
         step(cls.name, lambda cls=cls: pipeline.run_media_stage(cls(ctx), store))
         if cls is Score:
@@ -265,14 +313,14 @@ def _gate(store: StageStore, policy) -> None:
     table_gates.check_stage_table("caption", store, "extract", "item_id", policy)
 
 
-def one(n: int, per_video: int, root: Path) -> None:
+def one(n: int, per_video: int, root: Path, source: str, until: str | None) -> None:
     """One N in this (fresh) process: its peak RSS says nothing of the other Ns."""
     pipeline.ensure_ray(None)
     gates.warm_up()
     ray.data.range(10).materialize()  # Ray Data's first-job set-up, not a step's
     print(f"driver RSS after start-up (Ray, pipeline, GX imported): {PeakRSS.now() / 2**20:.0f} MiB", flush=True)
     print(f"{n} videos -> {n * per_video} candidate clips", flush=True)
-    print("RESULT " + json.dumps(run_one(n, per_video, root)), flush=True)
+    print("RESULT " + json.dumps(run_one(n, per_video, root, source, until)), flush=True)
 
 
 def main() -> None:
@@ -280,22 +328,27 @@ def main() -> None:
     ap.add_argument("--videos", type=int, nargs="+", default=[50_000, 500_000])
     ap.add_argument("--clips-per-video", type=int, default=2)
     ap.add_argument("--keep", default=None, help="work directory (default: a temporary one)")
+    ap.add_argument("--source", choices=["rows", "files"], default="rows",
+                    help="ingest synthetic rows, or list a folder of N empty files (see the doc)")
+    ap.add_argument("--until", choices=["ingest"], default=None, help="stop after this step (and its gate)")
     ap.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
     root = Path(a.keep or tempfile.mkdtemp(prefix="reelflow-scale-"))
     if a.one is not None:
-        return one(a.one, a.clips_per_video, root)
+        return one(a.one, a.clips_per_video, root, a.source, a.until)
     results = {}
     for n in sorted(a.videos):
         proc = subprocess.run([sys.executable, __file__, "--one", str(n), "--clips-per-video", str(a.clips_per_video),
-                               "--keep", str(root)], stdout=subprocess.PIPE, text=True, check=True)
+                               "--keep", str(root), "--source", a.source,
+                               *(["--until", a.until] if a.until else [])], stdout=subprocess.PIPE, text=True, check=True)
         for line in proc.stdout.splitlines():
             if line.startswith("RESULT "):
                 results[n] = json.loads(line[len("RESULT "):])
             else:
                 print(line)
     small = min(results)
-    print("\n| step | " + " | ".join(f"{n * a.clips_per_video:,} clips: s / driver MiB" for n in sorted(results))
+    size = (lambda n: f"{n:,} inputs") if a.until == "ingest" else (lambda n: f"{n * a.clips_per_video:,} clips")
+    print("\n| step | " + " | ".join(f"{size(n)}: s / driver MiB" for n in sorted(results))
           + " | wall slope (log-log) | driver MiB growth |")
     print("|---|" + "---:|" * (len(results) + 2))
     for i, s in enumerate(results[small]):
