@@ -5,7 +5,7 @@ and, per N, the ratio to the smallest N measured in the same run (``#14``'s targ
 flat in N, wall-time log-log slope <= 1.1).
 
     .venv/bin/python bench/curate_scale.py [--videos 50000 500000] [--clips-per-video 2] [--keep DIR]
-                                           [--source rows|files] [--until ingest]
+                                           [--source rows|files] [--until STEP]
 
 Steps, in the pipeline's shape:
 - ingest: synthetic input rows made and written by the workers (as a manifest read as a dataset);
@@ -267,6 +267,8 @@ def run_one(n_videos: int, per_video: int, root: Path, source: str = "rows", unt
         return steps
     for cls in STAGES:
         step(cls.name, lambda cls=cls: pipeline.run_media_stage(cls(ctx), store))
+        if until == cls.name:
+            return steps
         if cls is Score:
             step("dedup", lambda: pipeline.run_table_stage(DedupStage.for_policy(policy), store))
             step("gate(dedup)", lambda: table_gates.check_stage_table("dedup", store, "score", "item_id", policy))
@@ -330,7 +332,8 @@ def main() -> None:
     ap.add_argument("--keep", default=None, help="work directory (default: a temporary one)")
     ap.add_argument("--source", choices=["rows", "files"], default="rows",
                     help="ingest synthetic rows, or list a folder of N empty files (see the doc)")
-    ap.add_argument("--until", choices=["ingest"], default=None, help="stop after this step (and its gate)")
+    ap.add_argument("--until", choices=["ingest", *[c.name for c in STAGES]], default=None,
+                    help="stop after this step (ingest: and its gate)")
     ap.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
     root = Path(a.keep or tempfile.mkdtemp(prefix="reelflow-scale-"))
