@@ -184,9 +184,6 @@ def listed_within(storage: Storage, source: str, max_files: int) -> list[str] | 
     return sorted(head) if len(head) <= max_files else None
 
 
-_FILES_SCHEMA = pa.schema([("uri", pa.string()), ("position", pa.int64())])
-
-
 @ray.remote(num_cpus=1, num_returns=2)
 def _list_task(s3: S3Config, folders: list[str]) -> tuple[int, pa.Table]:
     """Every file under ``folders``, in listing order: ``(count, table of uris)``."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections import Counter
 from pathlib import Path, PurePosixPath
 
 import pyarrow as pa
@@ -120,11 +121,24 @@ def _resolve(base: str, uri: str) -> str:
     return join(base, uri)
 
 
-def _is_sidecar(uri: str, all_uris: set[str]) -> bool:
+def _dot_prefixes(uris: set[str]) -> Counter:
+    """How many files of each folder have each name prefix that ends before a dot (``clip.v2.mp4``:
+    ``clip`` and ``clip.v2``), to tell sidecars in one pass instead of a scan per ``.json`` file."""
+    out: Counter = Counter()
+    for u in uris:
+        folder, _, name = u.rpartition("/")
+        out.update((folder, name[:i]) for i, ch in enumerate(name) if ch == "." and i)
+    return out
+
+
+def _is_sidecar(uri: str, all_uris: set[str], dot_prefixes: Counter) -> bool:
+    """A ``.json`` file is a sidecar when a file of its folder is named by its stem, or starts with
+    its stem and a dot (itself aside)."""
     if not uri.endswith(".json"):
         return False
     stem = uri[: -len(".json")]
-    return stem in all_uris or any(u.startswith(stem + ".") and u != uri for u in all_uris)
+    folder, _, name = stem.rpartition("/")
+    return stem in all_uris or dot_prefixes[(folder, name)] > 1
 
 
 def discover(storage: Storage, source: str, limits: LimitsPolicy | None = None,
@@ -181,9 +195,10 @@ def file_rows(storage: Storage, files: list[str], names: set[str], by_uri: dict[
     manifest, not hidden, not a sidecar. ``names`` must hold every file related to these
     (``related_key``), ``by_uri`` the root manifest's rows for them (``manifest_index``)."""
     out = []
+    prefixes = _dot_prefixes(names)
     for i, uri in enumerate(files):
         name = basename(uri)
-        if uri == root_manifest or name.startswith(".") or _is_sidecar(uri, names):
+        if uri == root_manifest or name.startswith(".") or _is_sidecar(uri, names, prefixes):
             continue
         sidecar = _sidecar(storage, uri, names, limits)
         listed = by_uri.get(uri) or by_uri.get(name)
