@@ -1,11 +1,11 @@
-"""Ingest of a large manifest where the rows lie (#14 item 1): the driver streams, the workers judge.
+"""Ingest of a large source where the rows lie (#14 item 1): the workers read, list and judge.
 
 ``sources.ingest_rows`` reads a whole manifest into the driver as dicts. A manifest estimated at
 more than ``runtime.driver_max_rows`` rows is ingested as a shuffle instead:
 
-1. the driver streams the file (an S3 manifest is downloaded to local disk first, never held in
-   memory) as Arrow record batches of ``BATCH_ROWS`` rows, C++ parsing only, and puts each into
-   the object store;
+1. a reader task streams the file (an S3 manifest is downloaded to its local disk first, never
+   held in memory) as Arrow record batches of ``BATCH_ROWS`` rows, C++ parsing only, yielding each
+   to the object store (a streaming generator: the driver sees only row counts and references);
 2. a map task per batch turns its rows into inputs (``sources.manifest_rows``: uris resolved,
    text trimmed, rows numbered) and splits them by uri into P tables;
 3. reduce task p gets every row of its uris (the rules compare a uri's rows: conflicting licence
@@ -147,6 +147,34 @@ def _reduce_task(table: TableRef, run_id: str, policy, p: int, *tables: pa.Table
     return dict(Counter(r["status"] for r in rows))
 
 
+@ray.remote(num_cpus=1, num_returns="streaming")
+def _read_manifest_task(s3: S3Config, uri: str):
+    """The manifest's rows as ``BATCH_ROWS``-row tables, each yielded after its row count. A worker
+    reads the file (an S3 manifest is downloaded to its disk), so the batches reach the object
+    store without passing through the driver."""
+    path = str(Storage(s3).localize(uri))
+    first = True
+    for t in _rebatched(_batches(path, uri)):
+        if first:
+            check_manifest_columns(t.column_names, uri)
+            first = False
+        yield t.num_rows
+        yield t
+
+
+def _split_manifest(s3: S3Config, uri: str, n: int, split) -> tuple[list[list], int]:
+    """Run ``split`` (a map task of ``n`` returns: batch, base, first_row, n) on each batch of the
+    manifest as the reader yields it. Returns each batch's ``n`` output refs and the rows read."""
+    maps, seen = [], 0
+    batches = iter(_read_manifest_task.remote(s3, uri))
+    for count in batches:
+        rows = ray.get(count)  # raises the reader's error: a SourceError for a malformed manifest
+        out = split.options(num_returns=n).remote(next(batches), manifest_folder(uri), seen + 1, n)
+        maps.append([out] if n == 1 else list(out))
+        seen += rows
+    return maps, seen
+
+
 def run_distributed(storage: Storage, source: str, run_id: str, policy, store: StageStore,
                     partitions: int | None = None) -> dict[str, int]:
     """Ingest the manifest ``source`` (see the module doc); returns the inputs per status."""
@@ -154,18 +182,10 @@ def run_distributed(storage: Storage, source: str, run_id: str, policy, store: S
     size = storage.size(source)
     if size > limits.max_manifest_bytes:
         raise SourceError(f"manifest {source} is {size} bytes, over limits.max_manifest_bytes={limits.max_manifest_bytes}")
-    path = str(storage.localize(source))
     est = estimated_rows(storage, source) or 1
     n = partitions or max(1, min(MAX_PARTITIONS, math.ceil(est / ROWS_PER_PARTITION)))
-    base = manifest_folder(source)
     store.clear("ingest")
-    maps, seen = [], 0
-    for t in _rebatched(_batches(path, source)):
-        if not maps:
-            check_manifest_columns(t.column_names, source)
-        out = _map_task.options(num_returns=n).remote(ray.put(t), base, seen + 1, n)
-        maps.append([out] if n == 1 else list(out))
-        seen += t.num_rows
+    maps, seen = _split_manifest(storage.s3, source, n, _map_task)
     if not seen:
         raise SourceError(f"manifest {source} has no rows")
     table = TableRef(store.output, storage.s3)
@@ -274,14 +294,7 @@ def run_distributed_listing(storage: Storage, source: str, run_id: str, policy, 
         if size > policy.limits.max_manifest_bytes:
             raise SourceError(f"manifest {root_manifest} is {size} bytes, over "
                               f"limits.max_manifest_bytes={policy.limits.max_manifest_bytes}")
-        seen = 0
-        for t in _rebatched(_batches(str(storage.localize(root_manifest)), root_manifest)):
-            if not seen:
-                check_manifest_columns(t.column_names, root_manifest)
-            out = _split_manifest_task.options(num_returns=n).remote(ray.put(t), manifest_folder(root_manifest),
-                                                                     seen + 1, n)
-            manifest_parts.append([out] if n == 1 else list(out))
-            seen += t.num_rows
+        manifest_parts, _ = _split_manifest(s3, root_manifest, n, _split_manifest_task)
     table = TableRef(store.output, s3)
     judged = [_judge_files_task.remote(table, run_id, policy, root_manifest, p, len(file_parts),
                                        *[f[p] for f in file_parts], *[m[p] for m in manifest_parts])
