@@ -9,6 +9,7 @@ whose message names each failed expectation and the rows (item ids) that broke i
 from __future__ import annotations
 
 import logging
+import threading
 import warnings
 from dataclasses import dataclass
 from functools import lru_cache
@@ -118,6 +119,9 @@ def _kwargs(kwargs: dict, cond: str | None = None) -> dict:
     return out
 
 
+_GX_LOCK = threading.Lock()
+
+
 @lru_cache(maxsize=1)
 def _dataframe_batches():
     """One pandas data source, asset and whole-frame batch definition for every gate of the
@@ -130,12 +134,14 @@ def _dataframe_batches():
 def _run_gx(name: str, df: pd.DataFrame, expectations: list, fmt: dict):
     import great_expectations as gx
 
-    batch = _dataframe_batches().get_batch(batch_parameters={"dataframe": df})
     # Given to the constructor, not added one by one: add_expectation compares each new
     # expectation with every one before it (pydantic dicts; ~0.07 s a gate).
     suite = gx.ExpectationSuite(name=f"reelflow.{name}", expectations=expectations)
-    with warnings.catch_warnings():
+    # The shared data source keeps one execution engine, which holds the batch being validated:
+    # two threads validating at once would see each other's frame.
+    with _GX_LOCK, warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        batch = _dataframe_batches().get_batch(batch_parameters={"dataframe": df})
         return batch.validate(suite, result_format=fmt)
 
 

@@ -1,5 +1,6 @@
 """GX gates: each suite passes good tables and stops bad ones, naming expectation and rows."""
 
+import pandas as pd
 import pyarrow as pa
 import pytest
 
@@ -91,3 +92,29 @@ def test_failures_come_in_the_suite_s_order_and_a_bad_condition_fails_its_rules(
         ("expect_column_values_to_be_between", ["b"]), ("expect_column_values_to_be_in_set", ["c"]),
         ("expect_column_values_to_not_be_null", []), ("expect_column_values_to_be_between", ["a", "b"])]
     assert "could not be evaluated" in failures[2].detail and "nope" in failures[2].detail
+
+
+def test_gates_validating_at_once_in_two_threads_each_judge_their_own_table():
+    """Every gate of a process shares one GX data source (its execution engine holds the batch
+    being validated): two threads validating at once must not see each other's frame."""
+    import threading
+
+    import great_expectations.expectations as gxe
+
+    from reelflow.curation import gates
+
+    good, bad = pd.DataFrame({"x": list(range(2000))}), pd.DataFrame({"x": [-1] * 2000})
+    suite = [gxe.ExpectColumnValuesToBeBetween(column="x", min_value=0)]
+    mixed_up: list[bool] = []
+
+    def run(df: pd.DataFrame, should_fail: bool) -> None:
+        for _ in range(10):
+            if bool(gates.run_suite("t", df, suite, None)) != should_fail:
+                mixed_up.append(should_fail)
+
+    threads = [threading.Thread(target=run, args=(good, False)), threading.Thread(target=run, args=(bad, True))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not mixed_up
