@@ -5,9 +5,9 @@ bytes), which needs every accepted clip's bucket, key and size in key order, and
 Beyond ``runtime.driver_max_rows`` the stage:
 
 1. plans: the workers project those three columns and sort them (Ray Data's distributed sort);
-   the driver streams the sorted rows in order (``preserve_order``), applying the cut rule as it
-   goes, and keeps one boundary per shard (the bucket, its first key, its name) -- ~10k entries
-   for 10M clips, never the rows;
+   one task reads the sorted blocks in order (``preserve_order``), applying the cut rule as it
+   goes, and returns one boundary per shard (the bucket, its first key, its name) -- ~10k entries
+   for 10M clips, never the rows, which do not pass through the driver;
 2. writes: map tasks read the full rows, give each its shard by binary search of those
    boundaries and split them by shard range; one writer task per range (~``ROWS_PER_WRITER``
    rows, whole shards in plan order) writes its tars and one part of the shard table, named
@@ -73,33 +73,44 @@ def plan_bounds(store: StageStore, ctx: StageContext) -> tuple[ShardBounds, int]
     how many clips they cover."""
     cfg = ctx.policy.output
     ds = ray_tables.read_table(store, SHARD_INPUT, columns=PLAN_COLUMNS, ok_only=True)
-    firsts: dict[str, list[str]] = {}
-    names: dict[str, list[str]] = {}
     if ds is None:
-        return ShardBounds(firsts, names), 0
+        return ShardBounds({}, {}), 0
     ds = ds.map_batches(_plan_columns, fn_kwargs={"buckets": ctx.policy.buckets}, batch_format="pyarrow",
                         batch_size=None).sort(["bucket", "item_id"])
     data_ctx = ray.data.DataContext.get_current()
     keep_order = data_ctx.execution_options.preserve_order
     data_ctx.execution_options.preserve_order = True  # the cut rule reads the keys in order
-    bucket, count, size, clips = None, 0, 0, 0
     try:
-        for batch in ds.iter_batches(batch_size=65536, batch_format="pyarrow"):
-            for b, key, nbytes in zip(batch["bucket"].to_pylist(), batch["item_id"].to_pylist(),
-                                      batch["nbytes"].to_pylist()):
-                # plan_shards: a bucket's first clip opens its first shard; a clip that would take
-                # the open shard past a cap opens the next one.
-                if b != bucket:
-                    bucket, firsts[b], names[b] = b, [], []
-                if not names[b] or count >= cfg.shard_max_samples or size + nbytes > cfg.shard_max_bytes:
-                    firsts[b].append(key)
-                    names[b].append(f"shards/{b}/shard-{len(names[b]):06d}.tar")
-                    count, size = 0, 0
-                count += 1
-                size += nbytes
-                clips += 1
+        blocks = ds.to_arrow_refs()
     finally:
         data_ctx.execution_options.preserve_order = keep_order
+    # One task applies the cut rule over the sorted blocks. The driver streaming them itself held
+    # the pages of every block it read: +54 MiB of RSS from 100k to 1M clips, ~0.5 GiB at 10M.
+    return ray.get(_plan_task.remote(blocks, cfg.shard_max_samples, cfg.shard_max_bytes))
+
+
+@ray.remote(num_cpus=1)
+def _plan_task(blocks: list, max_samples: int, max_bytes: int) -> tuple[ShardBounds, int]:
+    """``plan_bounds``' scan: the sorted blocks (references, in order), one at a time."""
+    firsts: dict[str, list[str]] = {}
+    names: dict[str, list[str]] = {}
+    bucket, count, size, clips = None, 0, 0, 0
+    for ref in blocks:
+        batch = ray.get(ref)
+        for b, key, nbytes in zip(batch["bucket"].to_pylist(), batch["item_id"].to_pylist(),
+                                  batch["nbytes"].to_pylist()):
+            # plan_shards: a bucket's first clip opens its first shard; a clip that would take
+            # the open shard past a cap opens the next one.
+            if b != bucket:
+                bucket, firsts[b], names[b] = b, [], []
+            if not names[b] or count >= max_samples or size + nbytes > max_bytes:
+                firsts[b].append(key)
+                names[b].append(f"shards/{b}/shard-{len(names[b]):06d}.tar")
+                count, size = 0, 0
+            count += 1
+            size += nbytes
+            clips += 1
+        del batch
     return ShardBounds(firsts, names), clips
 
 
