@@ -22,7 +22,7 @@ Steps, in the pipeline's shape:
 - gate(caption): the per-item stage gate as the flow runs it (``table_gates``);
 - balance: the real balance stage (k-means fitted on a sample, assignment and writes as maps), and
   its gate (the weights' mean as a sum of per-part sums);
-- shard: the real shard stage (a streamed plan, then one writer per shard; every clip's mp4 is the
+- shard: the real shard stage (a plan cut by one task over sorted blocks, then one writer per shard; every clip's mp4 is the
   same 1 KiB file), and its gate;
 - outputs: the ledger (a shuffle by video over Ray tasks, one writer per partition), the index and
   dataset.json, as the flow writes them beyond ``runtime.driver_max_rows`` (parts only: the
