@@ -27,11 +27,13 @@ def test_the_modules_a_stage_task_imports_do_not_import_torch():
 
 
 def test_start_engines_starts_only_what_is_not_running(engines):
-    # The session's Ray and Prefect API are up: only the gates' GX context is left to start.
+    # The session's Ray and Prefect API are up: only the gates' GX context (and its one data
+    # source) is left to start.
     gates._context.cache_clear()
+    gates._dataframe_batches.cache_clear()
     ready = startup.start_engines()
     assert set(ready) == {"ray", "gx"}
-    assert gates._context.cache_info().currsize == 1
+    assert gates._context.cache_info().currsize == 1 and gates._dataframe_batches.cache_info().currsize == 1
 
 
 def test_an_engine_that_fails_to_start_fails_the_call(engines, monkeypatch):
