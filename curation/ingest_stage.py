@@ -162,11 +162,14 @@ def _read_manifest_task(s3: S3Config, uri: str):
         yield t
 
 
-def _split_manifest(s3: S3Config, uri: str, n: int, split) -> tuple[list[list], int]:
+def _split_manifest(storage: Storage, uri: str, n: int, split, limits) -> tuple[list[list], int]:
     """Run ``split`` (a map task of ``n`` returns: batch, base, first_row, n) on each batch of the
     manifest as the reader yields it. Returns each batch's ``n`` output refs and the rows read."""
+    size = storage.size(uri)
+    if size > limits.max_manifest_bytes:
+        raise SourceError(f"manifest {uri} is {size} bytes, over limits.max_manifest_bytes={limits.max_manifest_bytes}")
     maps, seen = [], 0
-    batches = iter(_read_manifest_task.remote(s3, uri))
+    batches = iter(_read_manifest_task.remote(storage.s3, uri))
     for count in batches:
         rows = ray.get(count)  # raises the reader's error: a SourceError for a malformed manifest
         out = split.options(num_returns=n).remote(next(batches), manifest_folder(uri), seen + 1, n)
@@ -178,14 +181,10 @@ def _split_manifest(s3: S3Config, uri: str, n: int, split) -> tuple[list[list], 
 def run_distributed(storage: Storage, source: str, run_id: str, policy, store: StageStore,
                     partitions: int | None = None) -> dict[str, int]:
     """Ingest the manifest ``source`` (see the module doc); returns the inputs per status."""
-    limits = policy.limits
-    size = storage.size(source)
-    if size > limits.max_manifest_bytes:
-        raise SourceError(f"manifest {source} is {size} bytes, over limits.max_manifest_bytes={limits.max_manifest_bytes}")
     est = estimated_rows(storage, source) or 1
     n = partitions or max(1, min(MAX_PARTITIONS, math.ceil(est / ROWS_PER_PARTITION)))
     store.clear("ingest")
-    maps, seen = _split_manifest(storage.s3, source, n, _map_task)
+    maps, seen = _split_manifest(storage, source, n, _map_task, policy.limits)
     if not seen:
         raise SourceError(f"manifest {source} has no rows")
     table = TableRef(store.output, storage.s3)
@@ -290,11 +289,7 @@ def run_distributed_listing(storage: Storage, source: str, run_id: str, policy, 
     root_manifest = next((join(source, m) for m in MANIFEST_NAMES if m in root_names), None)
     manifest_parts = []
     if root_manifest:
-        size = storage.size(root_manifest)
-        if size > policy.limits.max_manifest_bytes:
-            raise SourceError(f"manifest {root_manifest} is {size} bytes, over "
-                              f"limits.max_manifest_bytes={policy.limits.max_manifest_bytes}")
-        manifest_parts, _ = _split_manifest(s3, root_manifest, n, _split_manifest_task)
+        manifest_parts, _ = _split_manifest(storage, root_manifest, n, _split_manifest_task, policy.limits)
     table = TableRef(store.output, s3)
     judged = [_judge_files_task.remote(table, run_id, policy, root_manifest, p, len(file_parts),
                                        *[f[p] for f in file_parts], *[m[p] for m in manifest_parts])

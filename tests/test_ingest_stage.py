@@ -86,6 +86,10 @@ def test_a_crashed_distributed_ingest_is_not_taken_for_a_finished_one(tmp_path, 
     empty.write_text("uri,license\n")
     with pytest.raises(SourceError, match="has no rows"):
         ingest_stage.run_distributed(store.storage, str(empty), "r1", demo_policy(), store)
+    small = demo_policy()
+    small = small.model_copy(update={"limits": small.limits.model_copy(update={"max_manifest_bytes": 100})})
+    with pytest.raises(SourceError, match="over limits.max_manifest_bytes=100"):
+        ingest_stage.run_distributed(store.storage, str(manifest), "r1", small, store)
     bad = tmp_path / "bad.csv"
     bad.write_text("path,licence\nx.mp4,CC0-1.0\n")
     with pytest.raises(SourceError, match="lacks required column"):
