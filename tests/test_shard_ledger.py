@@ -229,7 +229,7 @@ def _balance_rows(media, n: int) -> list[dict]:
 
 
 def test_shard_stage_by_the_workers_writes_the_driver_s_bytes(tmp_path, ray_session):
-    """The distributed shard stage (a streamed plan, then one writer per shard) writes the same
+    """The distributed shard stage (a plan cut by one task over the sorted blocks, then one writer per shard) writes the same
     tars and the same shard table as the in-driver one; a rerun skips on its finished marker."""
     from reelflow.curation import pipeline, table_gates
     from reelflow.curation.stages import StageContext
