@@ -46,3 +46,25 @@ def test_date_template_in_source_and_output():
     assert expand_date("/data/out", when) == "/data/out"
     today = datetime.now(timezone.utc).strftime("%Y-%m-%d")
     assert expand_date("out-{date}") in (f"out-{today}", f"out-{(datetime.now(timezone.utc)).strftime('%Y-%m-%d')}")
+
+
+def test_the_command_exits_with_its_code_after_the_exit_handlers_ran(tmp_path):
+    """``main`` ends the process with ``os._exit`` (no interpreter teardown): the exit code, the
+    exit handlers (Ray's shutdown, the Prefect server's stop) and buffered output must survive it."""
+    import subprocess
+    import sys
+
+    marker = tmp_path / "handler-ran"
+    script = (
+        "import atexit, pathlib, sys\n"
+        f"atexit.register(lambda: pathlib.Path({str(marker)!r}).write_text('yes'))\n"
+        "from reelflow.flows import cli\n"
+        "sys.argv = ['reelflow', 'curate', sys.argv[1], sys.argv[2]]\n"
+        "print('buffered line', end='')\n"
+        "cli.main()\n"
+    )
+    r = subprocess.run([sys.executable, "-c", script, str(tmp_path / "nope"), str(tmp_path / "out")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert "does not exist" in r.stderr and r.stdout.startswith("buffered line")
+    assert marker.read_text() == "yes"
