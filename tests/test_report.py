@@ -337,3 +337,23 @@ def test_large_run_report_reads_a_sample_of_videos(tmp_path, clip_files, ray_ses
     page = (tmp_path / "out" / "report.html").read_text()
     assert "show a sample of 45% of the videos" in page
     assert "<td>123457</td><td>123450</td><td>5</td><td>2</td>" in page
+
+
+def test_a_clip_that_cannot_be_decoded_shows_why_and_the_rest_of_the_report_stands(tmp_path, clip_files):
+    """Thumbnails decode in a thread while the charts draw; a clip file that is gone (or broken)
+    must end as a note on its own card, every other card keeping its thumbnail."""
+    import shutil
+
+    storage, out = Storage(), str(tmp_path / "out")
+    gone = tmp_path / "gone.mp4"
+    shutil.copy(clip_files[1], gone)
+    store = build_output(storage, out, [clip_files[0], str(gone)])
+    gone.unlink()
+    write_report(storage, out, store, RULES, RUN)
+    page = (tmp_path / "out" / "report.html").read_text()
+    cards = page.split("<div class='clip ")[1:]
+    broken = [c for c in cards if "thumbnail unavailable" in c]
+    assert broken and all("data:image/jpeg" not in c for c in broken)
+    assert page.count("data:image/jpeg;base64") == len(cards) - len(broken) > 0
+    assert "\x00" not in page  # every placeholder was filled
+    assert page.count("data:image/png;base64") == 2 + 4  # the charts are all there
