@@ -242,7 +242,7 @@ def _judge_files_task(table: TableRef, run_id: str, policy, root_manifest: str |
     listed = pa.concat_tables(tables[n_file_tables:]).sort_by("manifest_row").to_pylist() if len(tables) > n_file_tables else []
     storage = Storage(table.s3)
     found = [{**row, "position": positions[i]}
-             for i, row in file_rows(storage, uris, set(uris), manifest_index(listed), root_manifest, policy.limits)]
+             for i, row in file_rows(storage, uris, set(uris), manifest_index(listed, root_manifest), root_manifest, policy.limits)]
     rows = judge_inputs(found, run_id, policy)
     table.store().write_part("ingest", to_table(rows, STAGE_SCHEMAS["ingest"]), name=f"{PART_PREFIX}{p:05d}.parquet")
     return dict(Counter(r["status"] for r in rows))

@@ -165,20 +165,25 @@ def discover(storage: Storage, source: str, limits: LimitsPolicy | None = None,
         raise SourceError(f"source holds no files: {source}")
     names = set(files)
     root_manifest = next((join(source, n) for n in MANIFEST_NAMES if join(source, n) in names), None)
-    by_uri = manifest_index(read_manifest(storage, root_manifest, limits)) if root_manifest else {}
+    by_uri = manifest_index(read_manifest(storage, root_manifest, limits), root_manifest) if root_manifest else {}
     rows = [row for _, row in file_rows(storage, files, names, by_uri, root_manifest, limits)]
     if not rows:
         raise SourceError(f"source holds no input files (only manifests or sidecars): {source}")
     return rows
 
 
-def manifest_index(rows: list[dict]) -> dict[str, dict]:
-    """A root manifest's rows (in file order) by uri and by file name; a file matches its own uri's
-    row, else the first row that lists its name."""
+def manifest_index(rows: list[dict], root_manifest: str | None) -> dict[str, dict]:
+    """A root manifest's rows (in file order) by uri, and by file name for the rows that name a
+    file of the manifest's own folder (``shared.mp4``). A file matches its own uri's row, else the
+    first such row of its name, whichever folder it is in. A row naming a file in a subfolder
+    (``set1/clip.mp4``) speaks for that file only: it once also lent its licence to every unlisted
+    file of the same name in other folders."""
     by_uri: dict[str, dict] = {}
+    top = _parent(root_manifest) if root_manifest else None
     for r in rows:
         by_uri[r["uri"]] = r
-        by_uri.setdefault(basename(r["uri"]), r)
+        if _parent(r["uri"]) == top:
+            by_uri.setdefault(basename(r["uri"]), r)
     return by_uri
 
 

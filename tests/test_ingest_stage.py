@@ -130,6 +130,9 @@ def _source_tree(root) -> None:
     (root / "notes.txt").write_text("not a video: an input that fails at probe")
     (root / "set1" / "orphan.json").write_text("{}")  # no file of its name: an input, not a sidecar
     manifest.append("shared.mp4,CC-BY-4.0,the shared name")
+    for d in ("set1", "set2"):  # listed by path in set1 only: set2's file of that name has no licence
+        (root / d / "pathonly.mp4").write_bytes(b"\0")
+    manifest.append("set1/pathonly.mp4,CC0-1.0,listed by path")
     (root / "manifest.csv").write_text("\n".join(manifest) + "\n")
 
 
@@ -164,7 +167,9 @@ def test_listing_on_the_workers_matches_the_driver(tmp_path, ray_session, reques
     workers = store.read("ingest").to_pylist()
     key = lambda r: r["item_id"]  # noqa: E731
     assert sorted(workers, key=key) == sorted(driver, key=key)
-    assert sum(counts.values()) == len(driver) == 9 * 7 + 3 * 6 + 2  # clips, shared.mp4, deep/er, notes, orphan
+    assert sum(counts.values()) == len(driver) == 9 * 7 + 3 * 6 + 2 + 2  # clips, shared.mp4, deep/er, notes, orphan, pathonly
+    pathonly = {r["source_uri"].rsplit("/", 2)[1]: r for r in driver if r["source_uri"].endswith("/pathonly.mp4")}
+    assert pathonly["set1"]["status"] == "ok" and pathonly["set2"]["status"] == "rejected"
     reasons = " ".join(r["reason"] or "" for r in driver)
     assert "conflicting claims" in reasons and "not valid JSON" in reasons and "must hold a JSON object" in reasons
     titled = {r["title"] for r in driver}
@@ -195,4 +200,4 @@ def test_a_large_directory_is_listed_by_the_workers_in_a_run(tmp_path, ray_sessi
         ctx = StageContext(run_id="r1", output=out, policy=policy, source=str(tree), cache_dir=str(tmp_path / "cache"))
         run = run_stage("ingest", ctx, store)
         assert ("judged by the workers" in run.note) == by_workers, run.note
-        assert store.read("ingest").num_rows == 9 * 7 + 3 * 6 + 2
+        assert store.read("ingest").num_rows == 9 * 7 + 3 * 6 + 2 + 2

@@ -53,6 +53,23 @@ def test_directory_uses_sidecars_and_root_manifest(tmp_path, storage):
     assert got["c.mov"]["license"] is None
 
 
+def test_a_root_manifest_row_by_path_licenses_its_own_file_only(tmp_path, storage):
+    """``set1/video.mp4`` in the root manifest speaks for that file; an unlisted ``set2/video.mp4``
+    must not borrow its licence (it did). A row by bare name (``shared.mp4``) still speaks for
+    every file of that name, in any folder."""
+    for d in ("set1", "set2"):
+        (tmp_path / d).mkdir()
+        for n in ("video.mp4", "shared.mp4"):
+            (tmp_path / d / n).write_bytes(b"x")
+    (tmp_path / "manifest.csv").write_text("uri,license\nset1/video.mp4,CC-BY-4.0\nshared.mp4,CC0-1.0\n")
+    got = {r["uri"].split(str(tmp_path) + "/", 1)[1]: r["license"] for r in discover(storage, str(tmp_path))}
+    assert got == {"set1/video.mp4": "CC-BY-4.0", "set2/video.mp4": None,
+                   "set1/shared.mp4": "CC0-1.0", "set2/shared.mp4": "CC0-1.0"}
+    rows = {r["source_uri"].split(str(tmp_path) + "/", 1)[1]: r for r in ingest_rows(storage, str(tmp_path), "r1", Policy())}
+    assert rows["set2/video.mp4"]["status"] == REJECTED and "licen" in rows["set2/video.mp4"]["reason"]
+    assert rows["set1/video.mp4"]["status"] == OK
+
+
 def test_ingest_rows_reject_unlicensed_duplicates_and_empty_uris(tmp_path, storage):
     (tmp_path / "m.csv").write_text(
         "uri,license\n/v/a.mp4,CC0-1.0\n/v/a.mp4,CC0-1.0\n/v/b.mp4,CC-BY-NC-4.0\n,CC0-1.0\n/v/c.mp4,\n"
