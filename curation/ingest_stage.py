@@ -22,14 +22,17 @@ A directory or ``s3://`` prefix source is listed by the driver only up to
 
 1. the driver lists the source's top level (streamed, a page at a time): its files go to the object
    store in ``BATCH_ROWS`` chunks, and its sub-folders to listing tasks that list them whole on the
-   workers (``LIST_DIRS_PER_TASK`` folders a task);
-2. a map task per chunk splits the files by ``sources.related_key`` (a file's name up to its first
-   dot), so a file, its sidecars and the root manifest's rows that can describe it meet in one
-   partition; the root manifest, if any, is streamed and split the same way;
-3. reduce task p applies the in-driver path's rules to its files (``sources.file_rows``, then
+   workers (``LIST_DIRS_PER_TASK`` folders a task at first, more as the folders keep coming);
+2. the root manifest, if any, is streamed; its rows are resolved, and those naming a file of the
+   top folder by bare name (which speak for every file of that name, in any folder) counted;
+3. a map task per chunk splits the files by ``partition_key``, so a file, its sidecars and the
+   root manifest's rows that can describe it meet in one partition: by folder and name up to the
+   first dot while the bare-name rows are at most ``BROADCAST_BARE_ROWS`` (each partition gets
+   them all), else by that name alone (a name repeated in many folders then stays together);
+4. reduce task p applies the in-driver path's rules to its files (``sources.file_rows``, then
    ``judge_inputs``) and writes ``part-ingest-<p>.parquet``.
 
-The driver holds counts, object references and the top level's folder names, never the listing.
+The driver holds counts and object references, never the listing (a page of it at most).
 Inputs are numbered in listing order (the top level's files, then each folder's), not in the
 in-driver path's sorted order; the rows are the same (a test compares them).
 """
@@ -41,7 +44,7 @@ import itertools
 import math
 import zlib
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -71,7 +74,9 @@ ROWS_PER_PARTITION = 500_000  # inputs a reduce task judges
 MAX_PARTITIONS = 256
 BYTES_PER_ROW = 64  # a conservative manifest row size, to estimate rows from bytes (csv, jsonl)
 PART_PREFIX = "part-ingest-"
-LIST_DIRS_PER_TASK = 16  # top-level folders a listing task lists
+LIST_DIRS_PER_TASK = 16  # top-level folders the first listing tasks list ...
+MAX_DIRS_PER_TASK = 1024  # ... doubling every 64 tasks up to this (10M folders: ~10k tasks, not 625k)
+BROADCAST_BARE_ROWS = 100_000  # root-manifest rows by bare name that every reduce task can be sent
 
 
 def estimated_rows(storage: Storage, source: str) -> int | None:
@@ -211,32 +216,51 @@ def _list_task(s3: S3Config, folders: list[str]) -> tuple[int, pa.Table]:
     return len(uris), pa.table({"uri": uris})
 
 
-@ray.remote(num_cpus=1)
-def _split_files_task(files: pa.Table, first_position: int, n: int):
-    uris = files.column("uri").to_pylist()
+def partition_key(uri: str, by_folder: bool) -> str:
+    """Where a file, its sidecars and the root-manifest rows that can describe it meet: its folder
+    and its name up to the first dot (``sources.related_key``), or that name alone."""
+    return f"{uri.rpartition('/')[0]}/{related_key(uri)}" if by_folder else related_key(uri)
+
+
+def _split_by_uri(table: pa.Table, n: int, by_folder: bool):
+    uris = table.column("uri").to_pylist()
     parts: list[list[int]] = [[] for _ in range(n)]
     for i, u in enumerate(uris):
-        parts[zlib.crc32(related_key(u).encode()) % n].append(i)
-    positions = pa.array(range(first_position, first_position + len(uris)), pa.int64())
-    table = pa.table({"uri": files.column("uri"), "position": positions})
+        parts[zlib.crc32(partition_key(u, by_folder).encode()) % n].append(i)
     out = [table.take(pa.array(p, pa.int64())) for p in parts]
     return out[0] if n == 1 else tuple(out)
 
 
 @ray.remote(num_cpus=1)
-def _split_manifest_task(batch: pa.Table, base: str, first_row: int, n: int):
-    parts: list[list[dict]] = [[] for _ in range(n)]
+def _split_files_task(files: pa.Table, first_position: int, n: int, by_folder: bool):
+    positions = pa.array(range(first_position, first_position + files.num_rows), pa.int64())
+    return _split_by_uri(pa.table({"uri": files.column("uri"), "position": positions}), n, by_folder)
+
+
+@ray.remote(num_cpus=1)
+def _split_rows_task(rows: pa.Table, n: int, by_folder: bool):
+    return _split_by_uri(rows, n, by_folder)
+
+
+@ray.remote(num_cpus=1, num_returns=3)
+def _classify_manifest_task(batch: pa.Table, base: str, first_row: int, _returns: int):
+    """A root manifest's batch as inputs (uris resolved against ``base``, the top folder):
+    ``(how many name a file of the top folder, those rows, the rows with a sub-folder)``. A row
+    by bare name speaks for every file of that name (``sources.manifest_index``)."""
+    bare: list[dict] = []
+    nested: list[dict] = []
     for r in manifest_rows(batch, base, first_row):
         if r["uri"]:  # a row without a uri describes no file
-            parts[zlib.crc32(related_key(r["uri"]).encode()) % n].append(r)
+            (bare if manifest_folder(r["uri"]) == base else nested).append(r)
     schema = pa.schema([f for f in _INPUT_SCHEMA if f.name != "position"])
-    out = [pa.Table.from_pylist(p, schema=schema) for p in parts]
-    return out[0] if n == 1 else tuple(out)
+    return len(bare), pa.Table.from_pylist(bare, schema=schema), pa.Table.from_pylist(nested, schema=schema)
 
 
 @ray.remote(num_cpus=1)
 def _judge_files_task(table: TableRef, run_id: str, policy, root_manifest: str | None, p: int,
                       n_file_tables: int, *tables: pa.Table) -> dict:
+    """Partition ``p``: its files (the first ``n_file_tables`` tables), then the root manifest's
+    rows that can describe them, judged as the in-driver path judges them."""
     files = pa.concat_tables(tables[:n_file_tables]).sort_by("position")
     uris, positions = files.column("uri").to_pylist(), files.column("position").to_pylist()
     listed = pa.concat_tables(tables[n_file_tables:]).sort_by("manifest_row").to_pylist() if len(tables) > n_file_tables else []
@@ -248,10 +272,10 @@ def _judge_files_task(table: TableRef, run_id: str, policy, root_manifest: str |
     return dict(Counter(r["status"] for r in rows))
 
 
-def _chunks(items: Iterable, size: int) -> Iterator[list]:
-    it = iter(items)
-    while chunk := list(itertools.islice(it, size)):
-        yield chunk
+def _dirs_per_task(tasks_so_far: int) -> int:
+    """Folders for the next listing task: few at first (a small tree is spread over the workers),
+    twice as many every 64 tasks, up to ``MAX_DIRS_PER_TASK``."""
+    return min(MAX_DIRS_PER_TASK, LIST_DIRS_PER_TASK << (tasks_so_far // 64))
 
 
 def run_distributed_listing(storage: Storage, source: str, run_id: str, policy, store: StageStore,
@@ -260,39 +284,60 @@ def run_distributed_listing(storage: Storage, source: str, run_id: str, policy, 
     inputs per status."""
     store.clear("ingest")
     s3 = storage.s3
-    listed: list[tuple] = []  # (count ref or int, table ref), in listing order
-    root_names: set[str] = set()
+    top_chunks: list[tuple[int, ray.ObjectRef]] = []  # the top level's files, BATCH_ROWS at a time
+    list_tasks: list[tuple[ray.ObjectRef, ray.ObjectRef]] = []  # (count, table) of each listing task
+    manifests: set[str] = set()
+    files: list[str] = []
     folders: list[str] = []
-
-    def top_files() -> Iterator[str]:
-        for files, dirs in storage.iter_level(source):
-            folders.extend(dirs)
-            root_names.update(basename(f) for f in files)
-            yield from files
-
-    for chunk in _chunks(top_files(), BATCH_ROWS):
-        listed.append((len(chunk), ray.put(pa.table({"uri": pa.array(chunk, pa.string())}))))
-    for group in _chunks(folders, LIST_DIRS_PER_TASK):
-        listed.append(tuple(_list_task.remote(s3, group)))
-    got = iter(ray.get([c for c, _ in listed if not isinstance(c, int)]))
-    counts = [c if isinstance(c, int) else next(got) for c, _ in listed]
-    total = sum(counts)
+    # Streamed a page at a time: neither the top level's files nor its folders are ever held whole.
+    for page_files, page_dirs in storage.iter_level(source):
+        manifests.update(m for m in map(basename, page_files) if m in MANIFEST_NAMES)
+        files.extend(page_files)
+        folders.extend(page_dirs)
+        while len(files) >= BATCH_ROWS:
+            top_chunks.append((BATCH_ROWS, ray.put(pa.table({"uri": pa.array(files[:BATCH_ROWS], pa.string())}))))
+            del files[:BATCH_ROWS]
+        while len(folders) >= (size := _dirs_per_task(len(list_tasks))):
+            list_tasks.append(tuple(_list_task.remote(s3, folders[:size])))
+            del folders[:size]
+    if files:
+        top_chunks.append((len(files), ray.put(pa.table({"uri": pa.array(files, pa.string())}))))
+    if folders:
+        list_tasks.append(tuple(_list_task.remote(s3, folders)))
+    # Inputs are numbered in this order: the top level's files, then each listing task's.
+    listed = top_chunks + list(zip(ray.get([c for c, _ in list_tasks]), [t for _, t in list_tasks]))
+    total = sum(c for c, _ in listed)
     if not total:
         raise SourceError(f"source holds no files: {source}")
     n = partitions or max(1, min(MAX_PARTITIONS, math.ceil(total / ROWS_PER_PARTITION)))
-    file_parts, first = [], 0
-    for count, ref in zip(counts, listed):
-        if count:
-            out = _split_files_task.options(num_returns=n).remote(ref[1], first, n)
-            file_parts.append([out] if n == 1 else list(out))
-        first += count
-    root_manifest = next((join(source, m) for m in MANIFEST_NAMES if m in root_names), None)
-    manifest_parts = []
+    root_manifest = next((join(source, m) for m in MANIFEST_NAMES if m in manifests), None)
+    bare: list[ray.ObjectRef] = []
+    nested: list[ray.ObjectRef] = []
+    n_bare = 0
     if root_manifest:
-        manifest_parts, _ = _split_manifest(storage, root_manifest, n, _split_manifest_task, policy.limits)
+        maps, _ = _split_manifest(storage, root_manifest, 3, _classify_manifest_task, policy.limits)
+        n_bare = sum(ray.get([m[0] for m in maps]))
+        bare, nested = [m[1] for m in maps], [m[2] for m in maps]
+    # A row by bare name speaks for every file of that name, in any folder. Where such rows are
+    # few, every partition gets them all, and files split by folder and name: a name repeated in
+    # many folders (<id>/video.mp4) spreads over the partitions. Where they are many, files split
+    # by name alone, as those rows do (a name in many folders then stays in one partition).
+    by_folder = n_bare <= BROADCAST_BARE_ROWS
+
+    def split(task, ref, *args) -> list:
+        out = task.options(num_returns=n).remote(ref, *args, n, by_folder)
+        return [out] if n == 1 else list(out)
+
+    file_parts, first = [], 0
+    for count, ref in listed:
+        if count:
+            file_parts.append(split(_split_files_task, ref, first))
+        first += count
+    row_parts = [split(_split_rows_task, ref) for ref in (nested if by_folder else nested + bare)]
+    everywhere = bare if by_folder else []
     table = TableRef(store.output, s3)
     judged = [_judge_files_task.remote(table, run_id, policy, root_manifest, p, len(file_parts),
-                                       *[f[p] for f in file_parts], *[m[p] for m in manifest_parts])
+                                       *[f[p] for f in file_parts], *[r[p] for r in row_parts], *everywhere)
               for p in range(n)]
     out: dict[str, int] = {}
     for got in ray.get(judged):

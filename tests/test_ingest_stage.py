@@ -5,6 +5,7 @@ per-row one (empty, relative and non-file uris, licences), in CSV, JSONL and Par
 from __future__ import annotations
 
 import csv
+import io
 import json
 
 import pyarrow as pa
@@ -175,6 +176,57 @@ def test_listing_on_the_workers_matches_the_driver(tmp_path, ray_session, reques
     titled = {r["title"] for r in driver}
     assert {"the shared name", "title only", "t2"} <= titled and any(t and t.startswith("listed ") for t in titled)
     assert counts["ok"] > 20 and ingest_stage.finished(store) and len(store.parts("ingest")) == 3
+
+
+@pytest.mark.parametrize("bare_rows_broadcast", [True, False])
+def test_a_name_repeated_in_every_folder_spreads_over_the_partitions(tmp_path, ray_session, monkeypatch,
+                                                                    bare_rows_broadcast):
+    """``<id>/video.mp4`` in 40 folders (a sidecar in some, a manifest row by path for others, one
+    row by bare name for every folder): the same rows as the in-driver ingest, and, while the rows by
+    bare name are few enough to send to every partition, no partition judges all the files. (By
+    name alone, as beyond ``BROADCAST_BARE_ROWS`` bare-name rows, they all meet in one.)"""
+    from reelflow.curation import ingest_stage, sources
+    from reelflow.curation.policy import demo_policy
+    from reelflow.curation.stage_store import StageStore
+    from reelflow.curation.storage import Storage
+
+    monkeypatch.setattr(ingest_stage, "LIST_DIRS_PER_TASK", 2)
+    if not bare_rows_broadcast:
+        monkeypatch.setattr(ingest_stage, "BROADCAST_BARE_ROWS", 0)
+    tree = tmp_path / "tree"
+    manifest = ["uri,license,title"]
+    for i in range(40):
+        folder = tree / f"id{i:03d}"
+        folder.mkdir(parents=True)
+        (folder / "video.mp4").write_bytes(b"\0")
+        if i % 4 == 0:
+            (folder / "video.json").write_text(json.dumps({"license": "CC0-1.0", "title": f"sidecar {i}"}))
+        elif i % 4 == 1:
+            manifest.append(f"id{i:03d}/video.mp4,CC-BY-4.0,row {i}")
+        elif i % 4 == 2:  # a path row and a sidecar that disagree: rejected
+            manifest.append(f"id{i:03d}/video.mp4,CC-BY-4.0,row {i}")
+            (folder / "video.mp4.json").write_text(json.dumps({"license": "CC-BY-NC-4.0"}))
+    manifest.append("video.mp4,CC-BY-SA-4.0,the bare name")  # speaks for the i % 4 == 3 folders
+    (tree / "manifest.csv").write_text("\n".join(manifest) + "\n")
+    policy, storage = demo_policy(), Storage()
+    driver = to_table(sources.ingest_rows(storage, str(tree), "r1", policy), STAGE_SCHEMAS["ingest"]).to_pylist()
+    store = StageStore(storage, str(tmp_path / "out"))
+    ingest_stage.run_distributed_listing(storage, str(tree), "r1", policy, store, partitions=4)
+    key = lambda r: r["item_id"]  # noqa: E731
+    assert sorted(store.read("ingest").to_pylist(), key=key) == sorted(driver, key=key)
+    assert len(driver) == 40
+    got = {r["source_uri"].rsplit("/", 2)[1]: r for r in driver}
+    assert (got["id003"]["status"], got["id003"]["title"]) == ("ok", "the bare name")
+    assert (got["id001"]["status"], got["id001"]["title"]) == ("ok", "row 1")  # its own row over the bare one
+    for folder in ("id000", "id002"):  # a sidecar against the bare-name row, against its own row
+        assert got[folder]["status"] == "rejected" and "conflicting claims" in got[folder]["reason"], got[folder]
+    per_part = [storage.read_bytes(u) for u in store.parts("ingest")]
+    sizes = sorted(pq.read_table(io.BytesIO(b)).num_rows for b in per_part)
+    assert sum(sizes) == 40
+    if bare_rows_broadcast:
+        assert sizes[-1] < 20, sizes  # spread: 4 partitions by folder and name
+    else:
+        assert sizes[-1] == 40, sizes  # by name alone: one partition
 
 
 def test_a_large_directory_is_listed_by_the_workers_in_a_run(tmp_path, ray_session):
