@@ -89,8 +89,9 @@ def run(src: Path, rows_per_partition: int) -> dict:
     wall = time.perf_counter() - t0
     peak = max(peak, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     sizes = [pq.ParquetFile(storage.localize(u)).metadata.num_rows for u in store.parts("ingest")]
-    # The partitions the stage made (an empty one may write no part), from its own rule.
-    n = max(1, min(ingest_stage.MAX_PARTITIONS, -(-sum(sizes) // rows_per_partition)))
+    # The partitions the stage made (an empty one may write no part), by its own rule: from the
+    # files listed, the inputs and the tree's two others (manifest.csv, .complete).
+    n = max(1, min(ingest_stage.MAX_PARTITIONS, -(-(sum(sizes) + 2) // rows_per_partition)))
     ray.shutdown()
     shutil.rmtree(out, ignore_errors=True)
     return {"inputs": sum(counts.values()), "ok": counts.get("ok", 0), "wall_s": round(wall, 1),

@@ -294,12 +294,17 @@ def run_distributed_listing(storage: Storage, source: str, run_id: str, policy, 
         manifests.update(m for m in map(basename, page_files) if m in MANIFEST_NAMES)
         files.extend(page_files)
         folders.extend(page_dirs)
-        while len(files) >= BATCH_ROWS:
-            top_chunks.append((BATCH_ROWS, ray.put(pa.table({"uri": pa.array(files[:BATCH_ROWS], pa.string())}))))
-            del files[:BATCH_ROWS]
-        while len(folders) >= (size := _dirs_per_task(len(list_tasks))):
-            list_tasks.append(tuple(_list_task.remote(s3, folders[:size])))
-            del folders[:size]
+        start = 0  # taken from the front by index, then dropped once: not a copy of the rest per task
+        while len(files) - start >= BATCH_ROWS:
+            chunk = files[start:start + BATCH_ROWS]
+            top_chunks.append((BATCH_ROWS, ray.put(pa.table({"uri": pa.array(chunk, pa.string())}))))
+            start += BATCH_ROWS
+        del files[:start]
+        start = 0
+        while len(folders) - start >= (size := _dirs_per_task(len(list_tasks))):
+            list_tasks.append(tuple(_list_task.remote(s3, folders[start:start + size])))
+            start += size
+        del folders[:start]
     if files:
         top_chunks.append((len(files), ray.put(pa.table({"uri": pa.array(files, pa.string())}))))
     if folders:
