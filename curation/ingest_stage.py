@@ -64,6 +64,7 @@ from reelflow.curation.sources import (
     manifest_folder,
     manifest_index,
     manifest_rows,
+    names_by_bare_name,
     related_key,
 )
 from reelflow.curation.stage_store import StageStore
@@ -251,7 +252,7 @@ def _classify_manifest_task(batch: pa.Table, base: str, first_row: int, _returns
     nested: list[dict] = []
     for r in manifest_rows(batch, base, first_row):
         if r["uri"]:  # a row without a uri describes no file
-            (bare if manifest_folder(r["uri"]) == base else nested).append(r)
+            (bare if names_by_bare_name(r["uri"], base) else nested).append(r)
     schema = pa.schema([f for f in _INPUT_SCHEMA if f.name != "position"])
     return len(bare), pa.Table.from_pylist(bare, schema=schema), pa.Table.from_pylist(nested, schema=schema)
 

@@ -179,12 +179,17 @@ def manifest_index(rows: list[dict], root_manifest: str | None) -> dict[str, dic
     (``set1/clip.mp4``) speaks for that file only: it once also lent its licence to every unlisted
     file of the same name in other folders."""
     by_uri: dict[str, dict] = {}
-    top = _parent(root_manifest) if root_manifest else None
     for r in rows:
         by_uri[r["uri"]] = r
-        if _parent(r["uri"]) == top:
+        if root_manifest and names_by_bare_name(r["uri"], manifest_folder(root_manifest)):
             by_uri.setdefault(basename(r["uri"]), r)
     return by_uri
+
+
+def names_by_bare_name(row_uri: str, manifest_dir: str) -> bool:
+    """Whether a root-manifest row (its uri resolved) names a file of the manifest's own folder:
+    such a row speaks for every file of that name, in any folder (``manifest_index``)."""
+    return _parent(row_uri) == manifest_dir
 
 
 def related_key(uri: str) -> str:
